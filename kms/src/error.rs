@@ -1,0 +1,319 @@
+//! The one error type of keyward-kms.
+//!
+//! Cryptographic failures are deliberately opaque ("decryption failed"): the
+//! caller learns that authentication failed, never which byte was wrong.
+//! Device and storage failures keep their source and native code. States a
+//! user can act on (wrong PIN, retired version, last protector) get their own
+//! variant so that the CLI can give a remedy.
+
+use std::path::PathBuf;
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in keyward-kms.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    // ---- cryptography (opaque on purpose) -------------------------------
+    /// AEAD authentication failed: the data was modified, or the key,
+    /// version, data class or context does not match.
+    #[error("decryption failed: the data was modified, or the key, version or context does not match")]
+    DecryptionFailed,
+    /// A wrapped key failed its integrity check.
+    #[error("key unwrap failed: the wrapped key was modified or belongs to another key")]
+    UnwrapFailed,
+    /// A signature did not verify.
+    #[error("signature verification failed")]
+    InvalidSignature,
+    /// Input bytes do not follow the expected format.
+    #[error("malformed input: {what}")]
+    Malformed {
+        /// What was malformed.
+        what: &'static str,
+    },
+    /// The input was written by a format version we do not know.
+    #[error("unsupported format version {version} (this keyward reads version {supported})")]
+    UnsupportedFormat {
+        /// Version byte found.
+        version: u8,
+        /// Version this build reads.
+        supported: u8,
+    },
+    /// A stream ended before its final chunk: the file was cut short.
+    #[error("the encrypted stream is truncated: its final chunk is missing")]
+    Truncated,
+    /// The operating system's random number generator failed.
+    #[error("the operating system's random number generator failed")]
+    Random,
+    /// A public key is not a valid point on the expected curve.
+    #[error("invalid public key: {what}")]
+    InvalidPublicKey {
+        /// What is wrong with it.
+        what: &'static str,
+    },
+
+    // ---- keystore --------------------------------------------------------
+    /// No keystore at this path.
+    #[error("no keystore at {path}")]
+    StoreNotFound {
+        /// Path looked at.
+        path: PathBuf,
+    },
+    /// A keystore already exists at this path.
+    #[error("a keystore already exists at {path}")]
+    StoreExists {
+        /// Path of the existing store.
+        path: PathBuf,
+    },
+    /// The file is not a keyward keystore (foreign SQLite file, or not SQLite).
+    #[error("{path} is not a keyward keystore")]
+    NotAKeystore {
+        /// Path of the file.
+        path: PathBuf,
+    },
+    /// The keystore file is damaged.
+    #[error("the keystore at {path} is damaged: {detail}")]
+    StoreCorrupt {
+        /// Path of the file.
+        path: PathBuf,
+        /// What was found wrong.
+        detail: String,
+    },
+    /// The keystore was written by a newer keyward.
+    #[error("the keystore has schema version {found}; this keyward supports up to {supported}")]
+    StoreTooNew {
+        /// Schema version in the file.
+        found: u32,
+        /// Highest version this build knows.
+        supported: u32,
+    },
+    /// The keystore file or its directory has unsafe permissions or owner.
+    #[error("unsafe permissions on {path}: {detail}")]
+    UnsafePermissions {
+        /// Path checked.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Another process holds the keystore for writing.
+    #[error("the keystore is busy: another keyward process is changing it")]
+    StoreBusy,
+    /// SQLite reported an error.
+    #[error("keystore database error")]
+    Database(#[from] rusqlite::Error),
+    /// An I/O error, with what we were doing.
+    #[error("{context}")]
+    Io {
+        /// What we were doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    // ---- keys ------------------------------------------------------------
+    /// No key of this name.
+    #[error("no key named {name:?}")]
+    KeyNotFound {
+        /// Key name.
+        name: String,
+    },
+    /// A key of this name exists already.
+    #[error("a key named {name:?} already exists")]
+    KeyExists {
+        /// Key name.
+        name: String,
+    },
+    /// The key has no such version.
+    #[error("key {name:?} has no version {version}")]
+    VersionNotFound {
+        /// Key name.
+        name: String,
+        /// Version asked for.
+        version: u32,
+    },
+    /// The version is older than the key's minimum decryption version.
+    #[error("version {version} of key {name:?} is retired (minimum decryption version is {min_decryption_version})")]
+    VersionRetired {
+        /// Key name.
+        name: String,
+        /// Version of the data.
+        version: u32,
+        /// The key's current minimum.
+        min_decryption_version: u32,
+    },
+    /// The key exists but is for another purpose (encrypt vs sign).
+    #[error("key {name:?} is a {actual} key and cannot be used to {wanted}")]
+    WrongPurpose {
+        /// Key name.
+        name: String,
+        /// The key's purpose.
+        actual: &'static str,
+        /// What was attempted.
+        wanted: &'static str,
+    },
+    /// Invalid key name.
+    #[error("invalid key name {name:?}: {reason}")]
+    InvalidKeyName {
+        /// The name given.
+        name: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// A data-key version reached its hard usage limit.
+    #[error("version {version} of key {name:?} reached its usage limit; rotate the key")]
+    UsageLimit {
+        /// Key name.
+        name: String,
+        /// Version.
+        version: u32,
+    },
+    /// Key material of this class may not be written to the store.
+    #[error("{what}")]
+    ClassPolicy {
+        /// What the policy forbids.
+        what: &'static str,
+    },
+
+    // ---- protectors and unlock ------------------------------------------
+    /// The operation needs the master key and the keystore is locked.
+    #[error("the keystore is locked")]
+    Locked,
+    /// No enrolled protector of the requested kind.
+    #[error("no protector of kind {kind} is enrolled")]
+    NoSuchProtectorKind {
+        /// Kind asked for.
+        kind: String,
+    },
+    /// No protector with this id.
+    #[error("no protector with id {id}")]
+    ProtectorNotFound {
+        /// Id asked for.
+        id: u32,
+    },
+    /// Refused: removing it would leave no way to unlock.
+    #[error("refusing to remove the last protector: the keystore could never be unlocked again")]
+    LastProtector,
+    /// The passphrase did not unlock the protector.
+    #[error("wrong passphrase")]
+    WrongPassphrase,
+    /// The recovery key did not unlock the protector.
+    #[error("wrong recovery key")]
+    WrongRecoveryKey,
+    /// A recovery key was typed in a form that cannot be right.
+    #[error("not a recovery key: {reason}")]
+    RecoveryKeyFormat {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The passphrase was refused (too short, mismatch).
+    #[error("passphrase refused: {reason}")]
+    WeakPassphrase {
+        /// Why.
+        reason: &'static str,
+    },
+
+    // ---- hardware ---------------------------------------------------------
+    /// No device of the enrolled kind is present.
+    #[error("no {kind} device found{}", hint.as_deref().map(|h| format!(" ({h})")).unwrap_or_default())]
+    DeviceNotFound {
+        /// Backend kind.
+        kind: String,
+        /// What we looked for.
+        hint: Option<String>,
+    },
+    /// A device is present but it is not the enrolled one.
+    #[error("wrong device: expected {expected}, found {found}")]
+    WrongDevice {
+        /// Enrolled identity.
+        expected: String,
+        /// Identity found.
+        found: String,
+    },
+    /// Wrong PIN.
+    #[error("wrong PIN{}", retries_left.map(|n| format!(" ({n} tries left)")).unwrap_or_default())]
+    WrongPin {
+        /// Tries left, where the device reports it.
+        retries_left: Option<u32>,
+    },
+    /// The PIN is blocked.
+    #[error("the PIN is blocked")]
+    PinBlocked,
+    /// The device refuses authorisation for a while (TPM dictionary-attack lockout).
+    #[error("the device is locked out{}", seconds.map(|s| format!(" for {s} s")).unwrap_or_default())]
+    Lockout {
+        /// Seconds until it recovers, if known.
+        seconds: Option<u64>,
+    },
+    /// Touch was required and did not happen in time.
+    #[error("touch was not confirmed in time")]
+    TouchTimeout,
+    /// The device went away during the operation.
+    #[error("the device was removed during the operation")]
+    DeviceRemoved,
+    /// The user cancelled a prompt.
+    #[error("cancelled")]
+    Cancelled,
+    /// The backend cannot do this.
+    #[error("{kind} backend does not support {what}")]
+    NotSupported {
+        /// Backend kind.
+        kind: String,
+        /// The unsupported operation.
+        what: &'static str,
+    },
+    /// Any other device failure, with its native code.
+    #[error("{kind} device error {code}: {message}")]
+    Device {
+        /// Backend kind.
+        kind: String,
+        /// Native code (status word, CKR_*, TPM RC), as text.
+        code: String,
+        /// What the device or library said.
+        message: String,
+    },
+
+    // ---- audit and signed messages ----------------------------------------
+    /// An audit record could not be written; the operation did not happen.
+    #[error("the audit log could not be written, so the operation was not performed")]
+    AuditWrite(#[source] Box<Error>),
+    /// The audit log does not verify.
+    #[error("the audit log fails verification at record {seq}: {detail}")]
+    AuditTampered {
+        /// First record found wrong.
+        seq: u64,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A signed message was seen before.
+    #[error("replayed message: counter {counter} was already accepted")]
+    Replay {
+        /// The message's counter.
+        counter: u64,
+    },
+    /// A signed message is outside its freshness window or for another audience.
+    #[error("signed message rejected: {reason}")]
+    NotFresh {
+        /// Why.
+        reason: &'static str,
+    },
+
+    // ---- caller input -------------------------------------------------------
+    /// A caller-supplied argument is out of range.
+    #[error("invalid argument: {what}")]
+    InvalidArgument {
+        /// What is wrong.
+        what: String,
+    },
+}
+
+impl Error {
+    /// Builds an [`Error::Io`] with the operation that failed.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! service
+/// Service
+#[derive(Debug)]
+pub struct Service;
