@@ -18,7 +18,9 @@ pub enum Error {
     // ---- cryptography (opaque on purpose) -------------------------------
     /// AEAD authentication failed: the data was modified, or the key,
     /// version, data class or context does not match.
-    #[error("decryption failed: the data was modified, or the key, version or context does not match")]
+    #[error(
+        "decryption failed: the data was modified, or the key, version or context does not match"
+    )]
     DecryptionFailed,
     /// A wrapped key failed its integrity check.
     #[error("key unwrap failed: the wrapped key was modified or belongs to another key")]
@@ -134,7 +136,9 @@ pub enum Error {
         version: u32,
     },
     /// The version is older than the key's minimum decryption version.
-    #[error("version {version} of key {name:?} is retired (minimum decryption version is {min_decryption_version})")]
+    #[error(
+        "version {version} of key {name:?} is retired (minimum decryption version is {min_decryption_version})"
+    )]
     VersionRetired {
         /// Key name.
         name: String,

@@ -246,7 +246,17 @@ mod tests {
         for ok in ["a", "assistant-store", "k.v1_x", "0abc"] {
             assert!(KeyName::new(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "A", "-x", ".x", "a/b", "../x", "a\0b", "é", &"a".repeat(65)] {
+        for bad in [
+            "",
+            "A",
+            "-x",
+            ".x",
+            "a/b",
+            "../x",
+            "a\0b",
+            "é",
+            &"a".repeat(65),
+        ] {
             assert!(KeyName::new(bad).is_err(), "{bad:?}");
         }
     }

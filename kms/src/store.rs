@@ -1,1 +1,5 @@
-//! store
+//! The SQLite keystore.
+
+/// An open keystore.
+#[derive(Debug)]
+pub struct Store;

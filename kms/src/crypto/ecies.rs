@@ -218,7 +218,10 @@ mod tests {
         for i in 0..blob.len() {
             let mut t = blob.clone();
             t[i] ^= 0x01;
-            assert!(open(&pk, &t, b"aad", |e| Ok(ecdh(&sk, e))).is_err(), "byte {i}");
+            assert!(
+                open(&pk, &t, b"aad", |e| Ok(ecdh(&sk, e))).is_err(),
+                "byte {i}"
+            );
         }
         let (other, other_pk) = keypair();
         assert!(open(&other_pk, &blob, b"aad", |e| Ok(ecdh(&other, e))).is_err());
@@ -233,7 +236,13 @@ mod tests {
         x_too_big[0] = 0x02;
         let mut bad_prefix = [0x11u8; 33];
         bad_prefix[0] = 0x05;
-        for bad in [&[][..], &[0u8][..], &x_too_big[..], &bad_prefix[..], &[4u8; 65][..]] {
+        for bad in [
+            &[][..],
+            &[0u8][..],
+            &x_too_big[..],
+            &bad_prefix[..],
+            &[4u8; 65][..],
+        ] {
             assert!(seal(bad, &secret, b"").is_err(), "{bad:02x?}");
         }
     }

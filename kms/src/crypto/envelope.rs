@@ -1,8 +1,8 @@
 //! One-shot AES-256-GCM ciphertexts and the header shared with [`super::stream`].
 
+use crate::Result;
 use crate::keys::{DataClass, KeyName};
 use crate::secret::{Secret32, SecretBytes};
-use crate::Result;
 
 /// Which body follows a ciphertext header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +56,12 @@ pub fn seal(
 /// # Errors
 /// `DecryptionFailed` for any tampering or a wrong key, class or context;
 /// `Malformed`/`UnsupportedFormat` for a bad header.
-pub fn open(key: &Secret32, class: DataClass, context: &[u8], ciphertext: &[u8]) -> Result<SecretBytes> {
+pub fn open(
+    key: &Secret32,
+    class: DataClass,
+    context: &[u8],
+    ciphertext: &[u8],
+) -> Result<SecretBytes> {
     let _ = (key, class, context, ciphertext);
     todo!("helper A")
 }

@@ -31,7 +31,10 @@ pub fn wrap(kek: &Secret32, key: &Secret32) -> [u8; WRAPPED_LEN] {
         .wrap_key(key.expose(), &mut out)
         .expect("a 32-byte key always wraps into a 40-byte buffer")
         .len();
-    assert_eq!(written, WRAPPED_LEN, "RFC 3394 wrap of 32 bytes is 40 bytes");
+    assert_eq!(
+        written, WRAPPED_LEN,
+        "RFC 3394 wrap of 32 bytes is 40 bytes"
+    );
     out
 }
 
@@ -110,7 +113,10 @@ mod tests {
         for i in 0..WRAPPED_LEN * 8 {
             let mut t = w;
             t[i / 8] ^= 1 << (i % 8);
-            assert!(matches!(unwrap(&kek, &t), Err(Error::UnwrapFailed)), "bit {i}");
+            assert!(
+                matches!(unwrap(&kek, &t), Err(Error::UnwrapFailed)),
+                "bit {i}"
+            );
         }
         assert!(unwrap(&s(3), &w).is_err());
     }
@@ -142,11 +148,23 @@ mod tests {
         let k0 = dek_kek(&mk, &base);
         let store2 = [8u8; 16];
         let variants = [
-            DekLabel { store_id: &store2, ..base },
-            DekLabel { name: &other, ..base },
+            DekLabel {
+                store_id: &store2,
+                ..base
+            },
+            DekLabel {
+                name: &other,
+                ..base
+            },
             DekLabel { version: 2, ..base },
-            DekLabel { purpose: KeyPurpose::Sign, ..base },
-            DekLabel { class: DataClass::General, ..base },
+            DekLabel {
+                purpose: KeyPurpose::Sign,
+                ..base
+            },
+            DekLabel {
+                class: DataClass::General,
+                ..base
+            },
         ];
         for v in &variants {
             assert_ne!(dek_kek(&mk, v).expose(), k0.expose());

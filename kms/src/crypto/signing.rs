@@ -1,8 +1,8 @@
 //! Ed25519 keys and the signed-message format.
 
+use crate::Result;
 use crate::keys::KeyName;
 use crate::secret::Secret32;
-use crate::Result;
 
 /// Length of an encoded Ed25519 public key.
 pub const PUBLIC_KEY_LEN: usize = 32;
@@ -34,7 +34,11 @@ pub fn public_key(seed: &Secret32) -> [u8; PUBLIC_KEY_LEN] {
 ///
 /// # Errors
 /// `InvalidArgument` for an audience over 255 bytes.
-pub fn sign(seed: &Secret32, header: &SignedHeader, message: &mut dyn std::io::Read) -> Result<Vec<u8>> {
+pub fn sign(
+    seed: &Secret32,
+    header: &SignedHeader,
+    message: &mut dyn std::io::Read,
+) -> Result<Vec<u8>> {
     let _ = (seed, header, message);
     todo!("helper A")
 }
@@ -52,7 +56,11 @@ pub fn parse(blob: &[u8]) -> Result<SignedHeader> {
 ///
 /// # Errors
 /// `InvalidSignature`, `Malformed`, `InvalidPublicKey`, `Io`.
-pub fn verify(public_key: &[u8], blob: &[u8], message: &mut dyn std::io::Read) -> Result<SignedHeader> {
+pub fn verify(
+    public_key: &[u8],
+    blob: &[u8],
+    message: &mut dyn std::io::Read,
+) -> Result<SignedHeader> {
     let _ = (public_key, blob, message);
     todo!("helper A")
 }

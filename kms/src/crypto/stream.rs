@@ -2,9 +2,9 @@
 
 use std::io::{Read, Write};
 
+use crate::Result;
 use crate::keys::{DataClass, KeyName};
 use crate::secret::Secret32;
-use crate::Result;
 
 /// Reads a ciphertext header from `reader` (one-shot or stream). Returns the
 /// parsed header and its raw bytes, which [`decrypt`] needs.
