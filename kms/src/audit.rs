@@ -1,6 +1,32 @@
-//! The hash-chained audit log.
+//! The hash-chained audit log (DESIGN.md, "Audit log").
+//!
+//! Each record is one JSON object stored as text in the `audit` table:
+//! `{"seq", "ts", "action", "status", "fields", "prev"}`, where `prev` is the
+//! hash of the record before (64 zeros for the first). Its hash is
+//! `SHA-256("keyward/v1/audit\0" || record text)`. The newest sequence number
+//! and hash are also kept in `meta`, so deleting the newest records is seen.
+//!
+//! Whenever the master key is in memory, the head is also authenticated:
+//! `meta.audit_mac = HMAC-SHA256(K, seq_be64 || hash)` with `K =
+//! HKDF-SHA256(MK, salt = store_id, info = "keyward/v1/audit-mac")`. Someone
+//! who can write the file but does not know the master key can then not
+//! truncate the log below that checkpoint, or rewrite it, unseen.
+//!
+//! Records are appended inside the transaction of the change they describe:
+//! if the record cannot be written, the change does not happen.
 
+use hmac::{Hmac, KeyInit, Mac};
+use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::secret::Secret32;
+use crate::store::Db;
+use crate::{Error, Result};
+
+const HASH_DOMAIN: &[u8] = b"keyward/v1/audit\0";
+const MAC_INFO: &[u8] = b"keyward/v1/audit-mac";
 
 /// One audit record as stored and shown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,7 +44,20 @@ pub struct AuditRecord {
     /// Hex SHA-256 of the previous record (zeros for the first).
     pub prev: String,
     /// Hex SHA-256 of this record.
+    #[serde(skip_deserializing)]
     pub hash: String,
+}
+
+/// The stored part of a record (everything but its own hash), in the field
+/// order that is hashed.
+#[derive(Serialize)]
+struct Stored<'a> {
+    seq: u64,
+    ts: i64,
+    action: &'a str,
+    status: &'a str,
+    fields: &'a serde_json::Value,
+    prev: &'a str,
 }
 
 /// Result of verifying the chain.
@@ -28,4 +67,241 @@ pub struct AuditSummary {
     pub records: u64,
     /// Hash of the last record.
     pub head: String,
+    /// Sequence number of the newest checkpoint authenticated with the
+    /// master key, if the store was unlocked for the check and one exists.
+    pub checkpoint: Option<u64>,
+}
+
+/// The key that authenticates checkpoints.
+pub(crate) fn mac_key(master: &Secret32, store_id: &[u8; 16]) -> Secret32 {
+    let hk = hkdf::Hkdf::<Sha256>::new(Some(store_id), master.expose());
+    let mut okm = [0u8; 32];
+    hk.expand(MAC_INFO, &mut okm)
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    Secret32::from_bytes(&mut okm)
+}
+
+fn record_hash(text: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(HASH_DOMAIN);
+    h.update(text.as_bytes());
+    h.finalize().into()
+}
+
+fn checkpoint_mac(key: &Secret32, seq: u64, hash: &[u8]) -> [u8; 32] {
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(key.expose()).expect("HMAC takes any key size");
+    mac.update(&seq.to_be_bytes());
+    mac.update(hash);
+    mac.finalize().into_bytes().into()
+}
+
+/// Appends one record inside the caller's transaction and returns its
+/// sequence number. With `mac` (the master key is in memory) the new head is
+/// also authenticated.
+///
+/// # Errors
+/// `AuditWrite` wrapping whatever failed: the caller's transaction must then
+/// be abandoned, and the operation with it.
+pub(crate) fn append(
+    db: &Db<'_>,
+    action: &str,
+    ok: bool,
+    fields: &serde_json::Value,
+    mac: Option<&Secret32>,
+) -> Result<u64> {
+    append_inner(db, action, ok, fields, mac).map_err(|e| Error::AuditWrite(Box::new(e)))
+}
+
+fn append_inner(
+    db: &Db<'_>,
+    action: &str,
+    ok: bool,
+    fields: &serde_json::Value,
+    mac: Option<&Secret32>,
+) -> Result<u64> {
+    let (last_seq, prev) = head(db)?;
+    let seq = last_seq + 1;
+    let prev_hex = hex::encode(prev);
+    let text = serde_json::to_string(&Stored {
+        seq,
+        ts: crate::store::now(),
+        action,
+        status: if ok { "ok" } else { "error" },
+        fields,
+        prev: &prev_hex,
+    })
+    .map_err(|_| Error::Malformed {
+        what: "audit record does not serialise",
+    })?;
+    let hash = record_hash(&text);
+    db.conn().execute(
+        "INSERT INTO audit (seq, record, hash) VALUES (?1, ?2, ?3)",
+        rusqlite::params![seq, text, &hash[..]],
+    )?;
+    db.set_meta("audit_head_seq", &seq)?;
+    db.set_meta("audit_head_hash", &&hash[..])?;
+    if let Some(key) = mac {
+        db.set_meta("audit_mac_seq", &seq)?;
+        db.set_meta("audit_mac", &&checkpoint_mac(key, seq, &hash)[..])?;
+    }
+    Ok(seq)
+}
+
+/// Re-authenticates the current head under a new key (master-key rotation).
+///
+/// # Errors
+/// `Database`.
+pub(crate) fn remac(db: &Db<'_>, key: &Secret32) -> Result<()> {
+    let (seq, hash) = head(db)?;
+    if seq > 0 {
+        db.set_meta("audit_mac_seq", &seq)?;
+        db.set_meta("audit_mac", &&checkpoint_mac(key, seq, &hash)[..])?;
+    }
+    Ok(())
+}
+
+/// The newest (seq, hash) as recorded in `meta`; (0, zeros) when empty.
+fn head(db: &Db<'_>) -> Result<(u64, [u8; 32])> {
+    let seq: Option<u64> = db
+        .conn()
+        .query_row(
+            "SELECT value FROM meta WHERE name = 'audit_head_seq'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(seq) = seq else {
+        return Ok((0, [0u8; 32]));
+    };
+    let hash = db
+        .meta_blob("audit_head_hash")?
+        .and_then(|h| <[u8; 32]>::try_from(h).ok())
+        .ok_or_else(|| Error::AuditTampered {
+            seq,
+            detail: "the recorded head hash is missing".into(),
+        })?;
+    Ok((seq, hash))
+}
+
+/// Records from `since` (inclusive), at most `limit`.
+///
+/// # Errors
+/// `Database`, `AuditTampered` for a record that is not valid JSON.
+pub(crate) fn records(db: &Db<'_>, since: u64, limit: usize) -> Result<Vec<AuditRecord>> {
+    let mut stmt = db
+        .conn()
+        .prepare("SELECT seq, record, hash FROM audit WHERE seq >= ?1 ORDER BY seq LIMIT ?2")?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = stmt.query_map(rusqlite::params![since, limit], |r| {
+        Ok((
+            r.get::<_, u64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, Vec<u8>>(2)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, text, hash) = row?;
+        let mut rec: AuditRecord =
+            serde_json::from_str(&text).map_err(|_| Error::AuditTampered {
+                seq,
+                detail: "record is not valid JSON".into(),
+            })?;
+        rec.hash = hex::encode(hash);
+        out.push(rec);
+    }
+    Ok(out)
+}
+
+/// Number of records.
+///
+/// # Errors
+/// `Database`.
+pub(crate) fn count(db: &Db<'_>) -> Result<u64> {
+    Ok(db
+        .conn()
+        .query_row("SELECT count(*) FROM audit", [], |r| r.get(0))?)
+}
+
+/// Verifies the whole chain; with `mac` also the newest checkpoint.
+///
+/// # Errors
+/// `AuditTampered` naming the first record found wrong.
+pub(crate) fn verify(db: &Db<'_>, mac: Option<&Secret32>) -> Result<AuditSummary> {
+    let tampered = |seq: u64, detail: &str| Error::AuditTampered {
+        seq,
+        detail: detail.to_owned(),
+    };
+    let mut stmt = db
+        .conn()
+        .prepare("SELECT seq, record, hash FROM audit ORDER BY seq")?;
+    let mut rows = stmt.query([])?;
+    let mut expected_seq = 1u64;
+    let mut prev = [0u8; 32];
+    let mut mac_target: Option<(u64, Vec<u8>)> = None;
+    let mac_seq: Option<u64> = db
+        .conn()
+        .query_row(
+            "SELECT value FROM meta WHERE name = 'audit_mac_seq'",
+            [],
+            |r| r.get(0),
+        )
+        .ok();
+    while let Some(row) = rows.next()? {
+        let seq: u64 = row.get(0)?;
+        let text: String = row.get(1)?;
+        let stored_hash: Vec<u8> = row.get(2)?;
+        if seq != expected_seq {
+            return Err(tampered(
+                expected_seq,
+                &format!("record {expected_seq} is missing (next is {seq})"),
+            ));
+        }
+        let rec: serde_json::Value =
+            serde_json::from_str(&text).map_err(|_| tampered(seq, "record is not valid JSON"))?;
+        if rec.get("seq").and_then(serde_json::Value::as_u64) != Some(seq) {
+            return Err(tampered(seq, "record's own sequence number differs"));
+        }
+        if rec.get("prev").and_then(serde_json::Value::as_str) != Some(&hex::encode(prev)) {
+            return Err(tampered(seq, "does not chain to the previous record"));
+        }
+        let hash = record_hash(&text);
+        if !bool::from(hash.ct_eq(&stored_hash[..])) {
+            return Err(tampered(seq, "record was modified (hash mismatch)"));
+        }
+        if Some(seq) == mac_seq {
+            mac_target = Some((seq, hash.to_vec()));
+        }
+        prev = hash;
+        expected_seq += 1;
+    }
+    let records = expected_seq - 1;
+    let (head_seq, head_hash) = head(db)?;
+    if head_seq != records || head_hash != prev {
+        return Err(tampered(
+            records + 1,
+            &format!("log ends at record {records} but {head_seq} were written (truncated?)"),
+        ));
+    }
+    let mut checkpoint = None;
+    if let Some(key) = mac {
+        if let Some(mac_seq) = mac_seq {
+            let (seq, hash) =
+                mac_target.ok_or_else(|| tampered(mac_seq, "checkpointed record is missing"))?;
+            let stored = db
+                .meta_blob("audit_mac")?
+                .ok_or_else(|| tampered(seq, "checkpoint MAC is missing"))?;
+            let expect = checkpoint_mac(key, seq, &hash);
+            if !bool::from(expect.ct_eq(&stored[..])) {
+                return Err(tampered(seq, "checkpoint does not authenticate"));
+            }
+            checkpoint = Some(seq);
+        }
+    }
+    Ok(AuditSummary {
+        records,
+        head: hex::encode(prev),
+        checkpoint,
+    })
 }

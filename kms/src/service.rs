@@ -10,14 +10,20 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::Serialize;
+use std::collections::BTreeMap;
 
-use crate::Result;
-use crate::audit::{AuditRecord, AuditSummary};
-use crate::backend::{Backend, BackendKind, Callbacks, EnrollRequest};
+use base64::Engine as _;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::audit::{self, AuditRecord, AuditSummary};
+use crate::backend::{Backend, BackendKind, Callbacks, EnrollRequest, Enrollment, Wrapped};
+use crate::crypto::kw::{self, DekLabel};
+use crate::crypto::{envelope, signing, stream};
 use crate::keys::{DataClass, KeyName, KeyPurpose, MasterKey};
-use crate::secret::SecretBytes;
-use crate::store::Store;
+use crate::secret::{Secret32, SecretBytes};
+use crate::store::{Db, KeyRow, ProtectorRow, Store, VersionRow, now};
+use crate::{Error, Result};
 
 /// The backends a service can use, one per kind.
 #[derive(Debug, Clone, Default)]
@@ -233,6 +239,34 @@ pub struct PublicKeyExport {
     pub raw_hex: String,
 }
 
+/// Accepted clock difference for [`Service::verify_fresh`], seconds.
+pub const FRESHNESS_WINDOW: u64 = 300;
+
+/// HKDF-free AAD of a master-key wrap (docs/FORMAT.md, "Protectors"):
+/// `"keyward/v1/mk-wrap" || store_id || protector_id_be32 || epoch_be32 ||
+/// kind`.
+pub fn mk_wrap_aad(
+    store_id: &[u8; 16],
+    protector_id: u32,
+    epoch: u32,
+    kind: BackendKind,
+) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(64);
+    aad.extend_from_slice(b"keyward/v1/mk-wrap");
+    aad.extend_from_slice(store_id);
+    aad.extend_from_slice(&protector_id.to_be_bytes());
+    aad.extend_from_slice(&epoch.to_be_bytes());
+    aad.push(kind.code());
+    aad
+}
+
+/// A `secret`-class key: same shape as a stored key, but only in memory.
+#[derive(Debug)]
+struct MemoryKey {
+    key: KeyRow,
+    versions: Vec<VersionRow>,
+}
+
 /// The key service over one keystore.
 #[derive(Debug)]
 pub struct Service {
@@ -240,6 +274,7 @@ pub struct Service {
     backends: Backends,
     master: Option<MasterKey>,
     actor: Actor,
+    memory_keys: Option<BTreeMap<KeyName, MemoryKey>>,
 }
 
 impl Service {
@@ -255,8 +290,56 @@ impl Service {
         request: &EnrollRequest,
         ui: &dyn Callbacks,
     ) -> Result<(Self, ProtectorInfo)> {
-        let _ = (path, backends, kind, request, ui);
-        todo!("me")
+        let backend = backend_for(&backends, kind)?.clone();
+        let store = Store::create(path)?;
+        let mut service = Self {
+            store,
+            backends,
+            master: None,
+            actor: Actor::current(),
+            memory_keys: None,
+        };
+        let result = (|| {
+            let master = MasterKey::generate(1)?;
+            let enrollment = backend.enroll(request, ui)?;
+            let store_id = *service.store.store_id();
+            let mac = audit::mac_key(master.secret(), &store_id);
+            let actor = service.actor_json();
+            let info = service.store.write(|db| {
+                db.set_meta("mk_epoch", &1)?;
+                audit::append(
+                    db,
+                    "store.init",
+                    true,
+                    &json!({ "store_id": hex::encode(store_id), "actor": actor }),
+                    Some(&mac),
+                )?;
+                add_protector(
+                    db,
+                    &store_id,
+                    &master,
+                    backend.as_ref(),
+                    enrollment,
+                    &request.label,
+                    &actor,
+                    &mac,
+                )
+            })?;
+            service.master = Some(master);
+            Ok(info)
+        })();
+        match result {
+            Ok(info) => Ok((service, info)),
+            Err(e) => {
+                drop(service);
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut p = path.as_os_str().to_owned();
+                    p.push(suffix);
+                    let _ = std::fs::remove_file(PathBuf::from(p));
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Opens an existing keystore, locked.
@@ -265,8 +348,21 @@ impl Service {
     /// `StoreNotFound`, `NotAKeystore`, `StoreCorrupt`, `StoreTooNew`,
     /// `UnsafePermissions`.
     pub fn open(path: &Path, backends: Backends) -> Result<Self> {
-        let _ = (path, backends);
-        todo!("me")
+        let store = Store::open(path)?;
+        Ok(Self {
+            store,
+            backends,
+            master: None,
+            actor: Actor::current(),
+            memory_keys: None,
+        })
+    }
+
+    /// Allows `secret`-class keys, which live only in this process's memory
+    /// and are gone when it exits or locks. Only a long-running daemon
+    /// should enable this.
+    pub fn enable_memory_keys(&mut self) {
+        self.memory_keys.get_or_insert_with(BTreeMap::new);
     }
 
     /// Sets who is acting (the daemon sets the client per request).
@@ -279,7 +375,17 @@ impl Service {
     /// # Errors
     /// Database errors.
     pub fn status(&self) -> Result<Status> {
-        todo!("me")
+        let db = self.store.db();
+        Ok(Status {
+            path: self.store.path().to_owned(),
+            store_id: hex::encode(self.store.store_id()),
+            schema_version: crate::store::SCHEMA_VERSION,
+            mk_epoch: db.mk_epoch()?,
+            unlocked: self.master.is_some(),
+            protectors: db.protectors()?.len(),
+            keys: db.keys()?.len() + self.memory_keys.as_ref().map_or(0, BTreeMap::len),
+            audit_records: audit::count(&db)?,
+        })
     }
 
     /// Whether the master key is in memory.
@@ -293,13 +399,94 @@ impl Service {
     /// `WrongPassphrase`, `WrongRecoveryKey`, device errors from the
     /// backend; `NoSuchProtectorKind`, `ProtectorNotFound`.
     pub fn unlock(&mut self, with: UnlockWith, ui: &dyn Callbacks) -> Result<ProtectorInfo> {
-        let _ = (with, ui);
-        todo!("me")
+        let store_id = *self.store.store_id();
+        let (epoch, protectors) = {
+            let db = self.store.db();
+            (db.mk_epoch()?, db.protectors()?)
+        };
+        let candidates: Vec<ProtectorRow> = protectors
+            .into_iter()
+            .filter(|p| match with {
+                UnlockWith::Any => true,
+                UnlockWith::Kind(kind) => p.enrollment.kind == kind,
+                UnlockWith::Id(id) => p.id == id,
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Err(match with {
+                UnlockWith::Id(id) => Error::ProtectorNotFound { id },
+                UnlockWith::Kind(kind) => Error::NoSuchProtectorKind {
+                    kind: kind.to_string(),
+                },
+                UnlockWith::Any => Error::NoSuchProtectorKind { kind: "any".into() },
+            });
+        }
+        let mut last_err = None;
+        let n = candidates.len();
+        for (i, p) in candidates.into_iter().enumerate() {
+            let Some(backend) = self.backends.get(p.enrollment.kind).cloned() else {
+                last_err = Some(no_backend(p.enrollment.kind));
+                continue;
+            };
+            let aad = mk_wrap_aad(&store_id, p.id, p.mk_epoch, p.enrollment.kind);
+            match backend.unwrap(&p.enrollment, &Wrapped(p.wrapped_mk.clone()), &aad, ui) {
+                Ok(secret) => {
+                    if p.mk_epoch != epoch {
+                        return Err(Error::StoreCorrupt {
+                            path: self.store.path().to_owned(),
+                            detail: format!(
+                                "protector {} holds master-key epoch {} but the store is at {epoch}",
+                                p.id, p.mk_epoch
+                            ),
+                        });
+                    }
+                    let master = MasterKey::from_secret(secret, epoch);
+                    let mac = audit::mac_key(master.secret(), &store_id);
+                    let actor = self.actor_json();
+                    self.store.write(|db| {
+                        audit::append(
+                            db,
+                            "unlock",
+                            true,
+                            &json!({ "protector": p.id, "kind": p.enrollment.kind, "actor": actor }),
+                            Some(&mac),
+                        )
+                    })?;
+                    self.master = Some(master);
+                    return Ok(protector_info(&p));
+                }
+                Err(e) => {
+                    let actor = self.actor_json();
+                    // Best effort: a failed attempt is recorded if it can be;
+                    // the caller sees the original error either way.
+                    let _ = self.store.write(|db| {
+                        audit::append(
+                            db,
+                            "unlock.failed",
+                            false,
+                            &json!({ "protector": p.id, "kind": p.enrollment.kind,
+                                     "error": e.to_string(), "actor": actor }),
+                            None,
+                        )
+                    });
+                    let wrong_secret =
+                        matches!(e, Error::WrongPassphrase | Error::WrongRecoveryKey);
+                    if !wrong_secret || i + 1 == n {
+                        return Err(e);
+                    }
+                    last_err = Some(e);
+                }
+            }
+        }
+        Err(last_err.unwrap_or(Error::Locked))
     }
 
-    /// Forgets the master key.
+    /// Forgets the master key (and every `secret`-class key).
     pub fn lock(&mut self) {
         self.master = None;
+        if let Some(keys) = self.memory_keys.as_mut() {
+            keys.clear();
+        }
     }
 
     /// Enrolled protectors.
@@ -307,7 +494,13 @@ impl Service {
     /// # Errors
     /// Database errors.
     pub fn protectors(&self) -> Result<Vec<ProtectorInfo>> {
-        todo!("me")
+        Ok(self
+            .store
+            .db()
+            .protectors()?
+            .iter()
+            .map(protector_info)
+            .collect())
     }
 
     /// Enrolls another protector (needs the store unlocked).
@@ -320,26 +513,128 @@ impl Service {
         request: &EnrollRequest,
         ui: &dyn Callbacks,
     ) -> Result<ProtectorInfo> {
-        let _ = (kind, request, ui);
-        todo!("me")
+        let master = self.master.as_ref().ok_or(Error::Locked)?;
+        let backend = backend_for(&self.backends, kind)?.clone();
+        let enrollment = backend.enroll(request, ui)?;
+        let store_id = *self.store.store_id();
+        let mac = audit::mac_key(master.secret(), &store_id);
+        let actor = self.actor_json();
+        self.store.write(|db| {
+            add_protector(
+                db,
+                &store_id,
+                master,
+                backend.as_ref(),
+                enrollment,
+                &request.label,
+                &actor,
+                &mac,
+            )
+        })
     }
 
-    /// Removes a protector; never the last one.
+    /// Removes a protector; never the last one. Needs the store unlocked,
+    /// so that only someone who can unlock can take a way to unlock away.
     ///
     /// # Errors
-    /// `LastProtector`, `ProtectorNotFound`.
+    /// `Locked`, `LastProtector`, `ProtectorNotFound`.
     pub fn remove_protector(&mut self, id: u32) -> Result<()> {
-        let _ = id;
-        todo!("me")
+        let mac = self.mac()?;
+        let actor = self.actor_json();
+        self.store.write(|db| {
+            let all = db.protectors()?;
+            let Some(p) = all.iter().find(|p| p.id == id) else {
+                return Err(Error::ProtectorNotFound { id });
+            };
+            if all.len() <= 1 {
+                return Err(Error::LastProtector);
+            }
+            db.delete_protector(id)?;
+            audit::append(
+                db,
+                "protector.remove",
+                true,
+                &json!({ "protector": id, "kind": p.enrollment.kind, "label": p.label, "actor": actor }),
+                Some(&mac),
+            )?;
+            Ok(())
+        })
     }
 
     /// Creates a named key with version 1.
     ///
     /// # Errors
-    /// `Locked`, `KeyExists`.
+    /// `Locked`, `KeyExists`, `ClassPolicy` for a `secret` key without
+    /// [`Service::enable_memory_keys`].
     pub fn create_key(&mut self, name: &KeyName, spec: &KeySpec) -> Result<KeyInfo> {
-        let _ = (name, spec);
-        todo!("me")
+        let master = self.master.as_ref().ok_or(Error::Locked)?;
+        let usage_limit = spec.usage_limit.unwrap_or(DEFAULT_USAGE_LIMIT);
+        if usage_limit == 0 || usage_limit > HARD_USAGE_LIMIT {
+            return Err(Error::InvalidArgument {
+                what: format!("usage limit must be between 1 and 2^32, not {usage_limit}"),
+            });
+        }
+        if spec.rotation_period == Some(0) {
+            return Err(Error::InvalidArgument {
+                what: "rotation period must be at least one second".into(),
+            });
+        }
+        let store_id = *self.store.store_id();
+        let key = KeyRow {
+            name: name.clone(),
+            purpose: spec.purpose,
+            class: spec.class,
+            primary_version: 1,
+            min_decryption_version: 1,
+            rotation_period: spec.rotation_period,
+            usage_limit,
+            created_at: now(),
+            sign_counter: 0,
+        };
+        let v1 = new_version(master, &store_id, &key, 1)?;
+        let mac = audit::mac_key(master.secret(), &store_id);
+        let actor = self.actor_json();
+        let fields = json!({ "key": name, "purpose": spec.purpose, "class": spec.class,
+                             "version": 1, "actor": actor });
+        if spec.class == DataClass::Secret {
+            let Some(memory) = self.memory_keys.as_mut() else {
+                return Err(Error::ClassPolicy {
+                    what: "secret-class keys live only in the memory of a running daemon \
+                           (keyward serve); they are never written to the store",
+                });
+            };
+            if memory.contains_key(name) || self.store.db().key(name).is_ok() {
+                return Err(Error::KeyExists {
+                    name: name.to_string(),
+                });
+            }
+            self.store
+                .write(|db| audit::append(db, "key.create", true, &fields, Some(&mac)))?;
+            memory.insert(
+                name.clone(),
+                MemoryKey {
+                    key,
+                    versions: vec![v1],
+                },
+            );
+        } else {
+            if self
+                .memory_keys
+                .as_ref()
+                .is_some_and(|m| m.contains_key(name))
+            {
+                return Err(Error::KeyExists {
+                    name: name.to_string(),
+                });
+            }
+            self.store.write(|db| {
+                db.insert_key(&key)?;
+                db.insert_version(name, &v1)?;
+                audit::append(db, "key.create", true, &fields, Some(&mac))?;
+                Ok(())
+            })?;
+        }
+        self.key(name)
     }
 
     /// All named keys.
@@ -347,7 +642,17 @@ impl Service {
     /// # Errors
     /// Database errors.
     pub fn keys(&self) -> Result<Vec<KeyInfo>> {
-        todo!("me")
+        let db = self.store.db();
+        let mut out = Vec::new();
+        for key in db.keys()? {
+            let versions = db.versions(&key.name)?;
+            out.push(key_info(&key, &versions));
+        }
+        if let Some(memory) = &self.memory_keys {
+            out.extend(memory.values().map(|m| key_info(&m.key, &m.versions)));
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
     }
 
     /// One named key.
@@ -355,8 +660,12 @@ impl Service {
     /// # Errors
     /// `KeyNotFound`.
     pub fn key(&self, name: &KeyName) -> Result<KeyInfo> {
-        let _ = name;
-        todo!("me")
+        if let Some(m) = self.memory_keys.as_ref().and_then(|m| m.get(name)) {
+            return Ok(key_info(&m.key, &m.versions));
+        }
+        let db = self.store.db();
+        let key = db.key(name)?;
+        Ok(key_info(&key, &db.versions(name)?))
     }
 
     /// Adds a new primary version.
@@ -364,17 +673,66 @@ impl Service {
     /// # Errors
     /// `Locked`, `KeyNotFound`.
     pub fn rotate_key(&mut self, name: &KeyName) -> Result<KeyInfo> {
-        let _ = name;
-        todo!("me")
+        self.rotate_key_because(name, "requested")?;
+        self.key(name)
     }
 
-    /// Retires every version below `min_decryption_version`.
+    fn rotate_key_because(&mut self, name: &KeyName, reason: &str) -> Result<u32> {
+        let master = self.master.as_ref().ok_or(Error::Locked)?;
+        let store_id = *self.store.store_id();
+        let mac = audit::mac_key(master.secret(), &store_id);
+        let actor = self.actor_json();
+        if let Some(m) = self.memory_keys.as_mut().and_then(|m| m.get_mut(name)) {
+            let version = m.key.primary_version + 1;
+            let v = new_version(master, &store_id, &m.key, version)?;
+            let fields =
+                json!({ "key": name, "version": version, "reason": reason, "actor": actor });
+            self.store
+                .write(|db| audit::append(db, "key.rotate", true, &fields, Some(&mac)))?;
+            m.versions.push(v);
+            m.key.primary_version = version;
+            return Ok(version);
+        }
+        self.store
+            .write(|db| rotate_in_tx(db, master, &store_id, name, reason, &actor, &mac))
+    }
+
+    /// Retires every version below `min_decryption_version` (or, with a
+    /// lower value, brings retired versions back: their material is kept).
     ///
     /// # Errors
-    /// `KeyNotFound`, `InvalidArgument` (above the primary version).
+    /// `KeyNotFound`, `InvalidArgument` (0 or above the primary version).
     pub fn retire(&mut self, name: &KeyName, min_decryption_version: u32) -> Result<KeyInfo> {
-        let _ = (name, min_decryption_version);
-        todo!("me")
+        let mac = self.mac()?;
+        let actor = self.actor_json();
+        let check = |key: &KeyRow| {
+            if min_decryption_version == 0 || min_decryption_version > key.primary_version {
+                return Err(Error::InvalidArgument {
+                    what: format!(
+                        "minimum decryption version must be between 1 and the primary version {}",
+                        key.primary_version
+                    ),
+                });
+            }
+            Ok(())
+        };
+        let fields = json!({ "key": name, "min_decryption_version": min_decryption_version,
+                             "actor": actor });
+        if let Some(m) = self.memory_keys.as_mut().and_then(|m| m.get_mut(name)) {
+            check(&m.key)?;
+            self.store
+                .write(|db| audit::append(db, "key.retire", true, &fields, Some(&mac)))?;
+            m.key.min_decryption_version = min_decryption_version;
+        } else {
+            self.store.write(|db| {
+                let key = db.key(name)?;
+                check(&key)?;
+                db.set_versions(name, key.primary_version, min_decryption_version)?;
+                audit::append(db, "key.retire", true, &fields, Some(&mac))?;
+                Ok(())
+            })?;
+        }
+        self.key(name)
     }
 
     /// Encrypts a small message (one-shot format).
@@ -382,8 +740,9 @@ impl Service {
     /// # Errors
     /// `Locked`, `KeyNotFound`, `WrongPurpose`.
     pub fn encrypt(&mut self, name: &KeyName, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
-        let _ = (name, context, plaintext);
-        todo!("me")
+        let (key, version, dek) =
+            self.reserve_encryption(name, "encrypt", plaintext.len() as u64)?;
+        envelope::seal(&dek, name, version, key.class, context, plaintext)
     }
 
     /// Decrypts a one-shot ciphertext.
@@ -391,8 +750,27 @@ impl Service {
     /// # Errors
     /// `DecryptionFailed`, `VersionRetired`, `KeyNotFound`, `Locked`.
     pub fn decrypt(&mut self, context: &[u8], ciphertext: &[u8]) -> Result<Decrypted> {
-        let _ = (context, ciphertext);
-        todo!("me")
+        let (header, _) = envelope::parse_header(ciphertext)?;
+        if header.mode != envelope::Mode::OneShot {
+            return Err(Error::Malformed {
+                what: "this is a stream ciphertext; decrypt it as a stream",
+            });
+        }
+        let (key, dek) = self.decryption_key(&header.key, header.version)?;
+        let result = envelope::open(&dek, key.class, context, ciphertext);
+        self.audit_use(
+            "decrypt",
+            &header.key,
+            header.version,
+            key.class,
+            ciphertext.len() as u64,
+            result.is_ok(),
+        )?;
+        Ok(Decrypted {
+            plaintext: result?,
+            key: header.key,
+            version: header.version,
+        })
     }
 
     /// Encrypts a stream of any length in constant memory.
@@ -407,11 +785,22 @@ impl Service {
         writer: &mut dyn Write,
         progress: &mut dyn FnMut(u64),
     ) -> Result<StreamSummary> {
-        let _ = (name, context, reader, writer, progress);
-        todo!("me")
+        // A stream uses its own key derived from a fresh salt, so it counts
+        // as one use of the data-key version.
+        let (key, version, dek) = self.reserve_encryption(name, "encrypt.stream", 0)?;
+        let bytes = stream::encrypt(
+            &dek, name, version, key.class, context, reader, writer, progress,
+        )?;
+        Ok(StreamSummary {
+            key: name.clone(),
+            version,
+            bytes,
+        })
     }
 
-    /// Decrypts either format read from `reader`.
+    /// Decrypts either format read from `reader`. Stream plaintext is
+    /// written chunk by chunk, each only after its tag verified; the audit
+    /// record is written before the first byte.
     ///
     /// # Errors
     /// As [`Service::decrypt`], plus `Truncated` and `Io`.
@@ -422,8 +811,60 @@ impl Service {
         writer: &mut dyn Write,
         progress: &mut dyn FnMut(u64),
     ) -> Result<StreamSummary> {
-        let _ = (context, reader, writer, progress);
-        todo!("me")
+        let (header, raw) = stream::read_header(reader)?;
+        let (key, dek) = self.decryption_key(&header.key, header.version)?;
+        match header.mode {
+            envelope::Mode::OneShot => {
+                let mut ciphertext = raw;
+                reader
+                    .take(envelope::MAX_CIPHERTEXT_LEN)
+                    .read_to_end(&mut ciphertext)
+                    .map_err(|e| Error::io("cannot read the ciphertext", e))?;
+                let result = envelope::open(&dek, key.class, context, &ciphertext);
+                self.audit_use(
+                    "decrypt",
+                    &header.key,
+                    header.version,
+                    key.class,
+                    ciphertext.len() as u64,
+                    result.is_ok(),
+                )?;
+                let plain = result?;
+                writer
+                    .write_all(plain.expose())
+                    .map_err(|e| Error::io("cannot write the plaintext", e))?;
+                progress(plain.expose().len() as u64);
+                Ok(StreamSummary {
+                    key: header.key,
+                    version: header.version,
+                    bytes: plain.expose().len() as u64,
+                })
+            }
+            envelope::Mode::Stream => {
+                self.audit_use(
+                    "decrypt.stream",
+                    &header.key,
+                    header.version,
+                    key.class,
+                    0,
+                    true,
+                )?;
+                let result =
+                    stream::decrypt(&dek, key.class, context, &raw, reader, writer, progress);
+                if let Err(e) = &result {
+                    let fields = json!({ "key": header.key, "version": header.version,
+                                         "error": e.to_string(), "actor": self.actor_json() });
+                    let _ = self
+                        .store
+                        .write(|db| audit::append(db, "decrypt.stream", false, &fields, None));
+                }
+                Ok(StreamSummary {
+                    key: header.key,
+                    version: header.version,
+                    bytes: result?,
+                })
+            }
+        }
     }
 
     /// Signs `message` with the primary version of a signing key.
@@ -436,23 +877,116 @@ impl Service {
         audience: &str,
         message: &mut dyn Read,
     ) -> Result<Vec<u8>> {
-        let _ = (name, audience, message);
-        todo!("me")
+        let master = self.master.as_ref().ok_or(Error::Locked)?;
+        let store_id = *self.store.store_id();
+        let mac = audit::mac_key(master.secret(), &store_id);
+        let actor = self.actor_json();
+        let (key, version, counter) = if let Some(m) =
+            self.memory_keys.as_mut().and_then(|m| m.get_mut(name))
+        {
+            require_purpose(&m.key, KeyPurpose::Sign)?;
+            m.key.sign_counter += 1;
+            let v = m.versions.last().cloned().ok_or(Error::VersionNotFound {
+                name: name.to_string(),
+                version: m.key.primary_version,
+            })?;
+            let fields = json!({ "key": name, "version": v.version, "counter": m.key.sign_counter,
+                                 "audience": audience, "actor": actor });
+            self.store
+                .write(|db| audit::append(db, "sign", true, &fields, Some(&mac)))?;
+            (m.key.clone(), v, m.key.sign_counter)
+        } else {
+            self.store.write(|db| {
+                let key = db.key(name)?;
+                require_purpose(&key, KeyPurpose::Sign)?;
+                let v = db.version(name, key.primary_version)?;
+                let counter = db.next_sign_counter(name)?;
+                audit::append(
+                    db,
+                    "sign",
+                    true,
+                    &json!({ "key": name, "version": v.version, "counter": counter,
+                             "audience": audience, "actor": actor }),
+                    Some(&mac),
+                )?;
+                Ok((key, v, counter))
+            })?
+        };
+        let seed = unwrap_version(master, &store_id, &key, &version)?;
+        let header = signing::SignedHeader {
+            key: name.clone(),
+            version: version.version,
+            signer: store_id,
+            counter,
+            timestamp: u64::try_from(now()).unwrap_or(0),
+            audience: audience.to_owned(),
+        };
+        signing::sign(&seed, &header, message)
     }
 
-    /// Verifies a signature blob over `message`: strict Ed25519, audience,
-    /// freshness window and replay (a counter already seen is refused).
+    /// Verifies a signature blob over `message`: strict Ed25519 and the
+    /// audience. (See [`Service::verify_fresh`] for messages, which also
+    /// checks freshness and replays.)
     ///
     /// # Errors
-    /// `InvalidSignature`, `Replay`, `NotFresh`, `KeyNotFound`.
+    /// `InvalidSignature`, `NotFresh` (audience), `KeyNotFound`,
+    /// `VersionRetired`.
     pub fn verify(
         &mut self,
         audience: &str,
         signature: &[u8],
         message: &mut dyn Read,
     ) -> Result<Verified> {
-        let _ = (audience, signature, message);
-        todo!("me")
+        let header = self.verify_signature(signature, message)?;
+        if header.audience != audience {
+            return Err(Error::NotFresh {
+                reason: "the message is addressed to another audience",
+            });
+        }
+        Ok(verified(header))
+    }
+
+    /// Verifies a signed message as [`Service::verify`] does, and also
+    /// refuses one signed more than [`FRESHNESS_WINDOW`] seconds from now or
+    /// whose counter is not above the last one accepted from that signer
+    /// (which it then records).
+    ///
+    /// # Errors
+    /// As [`Service::verify`], plus `Replay` and `NotFresh`.
+    pub fn verify_fresh(
+        &mut self,
+        audience: &str,
+        signature: &[u8],
+        message: &mut dyn Read,
+    ) -> Result<Verified> {
+        let v = self.verify(audience, signature, message)?;
+        let now = u64::try_from(now()).unwrap_or(0);
+        if v.timestamp.abs_diff(now) > FRESHNESS_WINDOW {
+            return Err(Error::NotFresh {
+                reason: "signed outside the freshness window",
+            });
+        }
+        let header = signing::parse(signature)?;
+        let actor = self.actor_json();
+        self.store.write(|db| {
+            let seen = db.replay_counter(&header.key, &header.signer)?;
+            if seen.is_some_and(|max| header.counter <= max) {
+                return Err(Error::Replay {
+                    counter: header.counter,
+                });
+            }
+            db.set_replay_counter(&header.key, &header.signer, header.counter)?;
+            audit::append(
+                db,
+                "verify.accept",
+                true,
+                &json!({ "key": header.key, "version": header.version, "counter": header.counter,
+                         "signer": hex::encode(header.signer), "actor": actor }),
+                None,
+            )?;
+            Ok(())
+        })?;
+        Ok(v)
     }
 
     /// The public key of a signing key version (primary if `None`).
@@ -460,8 +994,20 @@ impl Service {
     /// # Errors
     /// `KeyNotFound`, `VersionNotFound`, `WrongPurpose`.
     pub fn export_public(&self, name: &KeyName, version: Option<u32>) -> Result<PublicKeyExport> {
-        let _ = (name, version);
-        todo!("me")
+        let (key, v) = self.key_version(name, version)?;
+        require_purpose(&key, KeyPurpose::Sign)?;
+        let public = self.public_key_of(&key, &v)?;
+        // SubjectPublicKeyInfo for Ed25519 (RFC 8410 §4): a fixed 12-byte
+        // prefix and the 32-byte key.
+        let mut der = hex::decode("302a300506032b6570032100").expect("constant hex");
+        der.extend_from_slice(&public);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
+        Ok(PublicKeyExport {
+            key: name.clone(),
+            version: v.version,
+            pem: format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n"),
+            raw_hex: hex::encode(public),
+        })
     }
 
     /// Replaces the master key: re-wraps every data-key version and the new
@@ -469,9 +1015,67 @@ impl Service {
     /// epoch.
     ///
     /// # Errors
-    /// `Locked`, backend wrap errors.
+    /// `Locked`, backend wrap errors (nothing changes then).
     pub fn rotate_master(&mut self) -> Result<u32> {
-        todo!("me")
+        let old = self.master.as_ref().ok_or(Error::Locked)?;
+        let epoch = old.epoch().checked_add(1).ok_or(Error::InvalidArgument {
+            what: "master-key epoch exhausted".into(),
+        })?;
+        let new = MasterKey::generate(epoch)?;
+        let store_id = *self.store.store_id();
+        let new_mac = audit::mac_key(new.secret(), &store_id);
+        let actor = self.actor_json();
+        let backends = &self.backends;
+        // Memory keys are re-wrapped first and swapped in only after commit.
+        let mut memory_rewrapped = Vec::new();
+        if let Some(memory) = &self.memory_keys {
+            for (name, m) in memory {
+                let mut versions = Vec::new();
+                for v in &m.versions {
+                    let dek = unwrap_version(old, &store_id, &m.key, v)?;
+                    let mut v = v.clone();
+                    v.wrapped = kw::wrap(&kek(&new, &store_id, &m.key, v.version), &dek).to_vec();
+                    versions.push(v);
+                }
+                memory_rewrapped.push((name.clone(), versions));
+            }
+        }
+        let (versions, protectors) = self.store.write(|db| {
+            let all = db.all_versions()?;
+            for (key, v) in &all {
+                let dek = unwrap_version(old, &store_id, key, v)?;
+                let wrapped = kw::wrap(&kek(&new, &store_id, key, v.version), &dek);
+                db.update_version_wrap(&key.name, v.version, &wrapped)?;
+            }
+            let protectors = db.protectors()?;
+            for p in &protectors {
+                let backend = backend_for(backends, p.enrollment.kind)?;
+                let aad = mk_wrap_aad(&store_id, p.id, epoch, p.enrollment.kind);
+                let wrapped = backend.wrap(&p.enrollment, new.secret(), &aad)?;
+                db.update_protector_wrap(p.id, &wrapped.0, epoch)?;
+            }
+            db.set_meta("mk_epoch", &epoch)?;
+            audit::remac(db, &new_mac)?;
+            audit::append(
+                db,
+                "master.rotate",
+                true,
+                &json!({ "epoch": epoch, "versions": all.len(), "protectors": protectors.len(),
+                         "actor": actor }),
+                Some(&new_mac),
+            )?;
+            Ok((all.len(), protectors.len()))
+        })?;
+        tracing::info!(epoch, versions, protectors, "master key rotated");
+        if let Some(memory) = self.memory_keys.as_mut() {
+            for (name, versions) in memory_rewrapped {
+                if let Some(m) = memory.get_mut(&name) {
+                    m.versions = versions;
+                }
+            }
+        }
+        self.master = Some(new);
+        Ok(epoch)
     }
 
     /// Audit records, oldest first, from `since` (sequence number).
@@ -479,15 +1083,375 @@ impl Service {
     /// # Errors
     /// Database errors.
     pub fn audit_records(&self, since: u64, limit: usize) -> Result<Vec<AuditRecord>> {
-        let _ = (since, limit);
-        todo!("me")
+        audit::records(&self.store.db(), since, limit)
     }
 
-    /// Verifies the whole audit chain.
+    /// Verifies the whole audit chain (and, when unlocked, the newest
+    /// checkpoint authenticated with the master key).
     ///
     /// # Errors
     /// `AuditTampered` with the first bad record.
     pub fn audit_verify(&self) -> Result<AuditSummary> {
-        todo!("me")
+        let mac = self
+            .master
+            .as_ref()
+            .map(|m| audit::mac_key(m.secret(), self.store.store_id()));
+        audit::verify(&self.store.db(), mac.as_ref())
+    }
+
+    // ---- internals ---------------------------------------------------------
+
+    fn actor_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.actor).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn mac(&self) -> Result<Secret32> {
+        let master = self.master.as_ref().ok_or(Error::Locked)?;
+        Ok(audit::mac_key(master.secret(), self.store.store_id()))
+    }
+
+    /// Counts one encryption against the primary version before it happens
+    /// (so a crash can only over-count), rotating first if the version
+    /// reached its usage limit, and returns the key to use.
+    fn reserve_encryption(
+        &mut self,
+        name: &KeyName,
+        action: &str,
+        size: u64,
+    ) -> Result<(KeyRow, u32, Secret32)> {
+        let master = self.master.as_ref().ok_or(Error::Locked)?;
+        let store_id = *self.store.store_id();
+        let mac = audit::mac_key(master.secret(), &store_id);
+        let actor = self.actor_json();
+        if let Some(m) = self.memory_keys.as_mut().and_then(|m| m.get_mut(name)) {
+            require_purpose(&m.key, KeyPurpose::Encrypt)?;
+            if m.versions
+                .last()
+                .is_some_and(|v| v.uses_reserved >= m.key.usage_limit)
+            {
+                let version = m.key.primary_version + 1;
+                m.versions
+                    .push(new_version(master, &store_id, &m.key, version)?);
+                m.key.primary_version = version;
+            }
+            let v = m.versions.last_mut().ok_or(Error::VersionNotFound {
+                name: name.to_string(),
+                version: m.key.primary_version,
+            })?;
+            v.uses_reserved += 1;
+            let fields = json!({ "key": name, "version": v.version, "class": m.key.class,
+                                 "size": size, "actor": actor });
+            self.store
+                .write(|db| audit::append(db, action, true, &fields, Some(&mac)))?;
+            let dek = unwrap_version(master, &store_id, &m.key, v)?;
+            return Ok((m.key.clone(), v.version, dek));
+        }
+        let (key, v) = self.store.write(|db| {
+            let mut key = db.key(name)?;
+            require_purpose(&key, KeyPurpose::Encrypt)?;
+            let mut v = db.version(name, key.primary_version)?;
+            if v.uses_reserved >= key.usage_limit {
+                let version =
+                    rotate_in_tx(db, master, &store_id, name, "usage-limit", &actor, &mac)?;
+                key = db.key(name)?;
+                v = db.version(name, version)?;
+            }
+            if v.uses_reserved >= HARD_USAGE_LIMIT {
+                return Err(Error::UsageLimit {
+                    name: name.to_string(),
+                    version: v.version,
+                });
+            }
+            v.uses_reserved += 1;
+            db.set_uses_reserved(name, v.version, v.uses_reserved)?;
+            audit::append(
+                db,
+                action,
+                true,
+                &json!({ "key": name, "version": v.version, "class": key.class, "size": size,
+                         "actor": actor }),
+                Some(&mac),
+            )?;
+            Ok((key, v))
+        })?;
+        let dek = unwrap_version(master, &store_id, &key, &v)?;
+        Ok((key, v.version, dek))
+    }
+
+    /// The data key for decrypting data written under `name` v`version`.
+    fn decryption_key(&self, name: &KeyName, version: u32) -> Result<(KeyRow, Secret32)> {
+        let master = self.master.as_ref().ok_or(Error::Locked)?;
+        let (key, v) = self.key_version(name, Some(version))?;
+        require_purpose(&key, KeyPurpose::Encrypt)?;
+        if version < key.min_decryption_version {
+            return Err(Error::VersionRetired {
+                name: name.to_string(),
+                version,
+                min_decryption_version: key.min_decryption_version,
+            });
+        }
+        let dek = unwrap_version(master, self.store.store_id(), &key, &v)?;
+        Ok((key, dek))
+    }
+
+    fn key_version(&self, name: &KeyName, version: Option<u32>) -> Result<(KeyRow, VersionRow)> {
+        if let Some(m) = self.memory_keys.as_ref().and_then(|m| m.get(name)) {
+            let version = version.unwrap_or(m.key.primary_version);
+            let v = m
+                .versions
+                .iter()
+                .find(|v| v.version == version)
+                .cloned()
+                .ok_or_else(|| Error::VersionNotFound {
+                    name: name.to_string(),
+                    version,
+                })?;
+            return Ok((m.key.clone(), v));
+        }
+        let db = self.store.db();
+        let key = db.key(name)?;
+        let v = db.version(name, version.unwrap_or(key.primary_version))?;
+        Ok((key, v))
+    }
+
+    /// A signing version's public key: derived from the seed when unlocked
+    /// (and checked against the stored copy), else the stored copy.
+    fn public_key_of(&self, key: &KeyRow, v: &VersionRow) -> Result<[u8; 32]> {
+        let stored: Option<[u8; 32]> = v.public_key.as_deref().and_then(|p| p.try_into().ok());
+        match &self.master {
+            Some(master) => {
+                let seed = unwrap_version(master, self.store.store_id(), key, v)?;
+                let derived = signing::public_key(&seed);
+                if stored.is_some_and(|s| s != derived) {
+                    return Err(Error::StoreCorrupt {
+                        path: self.store.path().to_owned(),
+                        detail: format!(
+                            "the stored public key of {} v{} does not match its private key",
+                            key.name, v.version
+                        ),
+                    });
+                }
+                Ok(derived)
+            }
+            None => stored.ok_or(Error::Locked),
+        }
+    }
+
+    fn verify_signature(
+        &mut self,
+        signature: &[u8],
+        message: &mut dyn Read,
+    ) -> Result<signing::SignedHeader> {
+        let header = signing::parse(signature)?;
+        let (key, v) = self.key_version(&header.key, Some(header.version))?;
+        require_purpose(&key, KeyPurpose::Sign)?;
+        if header.version < key.min_decryption_version {
+            return Err(Error::VersionRetired {
+                name: key.name.to_string(),
+                version: header.version,
+                min_decryption_version: key.min_decryption_version,
+            });
+        }
+        let public = self.public_key_of(&key, &v)?;
+        signing::verify(&public, signature, message)
+    }
+
+    fn audit_use(
+        &mut self,
+        action: &str,
+        name: &KeyName,
+        version: u32,
+        class: DataClass,
+        size: u64,
+        ok: bool,
+    ) -> Result<()> {
+        let mac = self.mac()?;
+        let fields = json!({ "key": name, "version": version, "class": class, "size": size,
+                             "actor": self.actor_json() });
+        self.store
+            .write(|db| audit::append(db, action, ok, &fields, Some(&mac)))?;
+        Ok(())
     }
 }
+
+fn verified(h: signing::SignedHeader) -> Verified {
+    Verified {
+        key: h.key,
+        version: h.version,
+        counter: h.counter,
+        timestamp: h.timestamp,
+        audience: h.audience,
+    }
+}
+
+fn backend_for(backends: &Backends, kind: BackendKind) -> Result<&Arc<dyn Backend>> {
+    backends.get(kind).ok_or_else(|| no_backend(kind))
+}
+
+fn no_backend(kind: BackendKind) -> Error {
+    Error::NotSupported {
+        kind: kind.to_string(),
+        what: "protectors of this kind in this build of keyward",
+    }
+}
+
+fn require_purpose(key: &KeyRow, wanted: KeyPurpose) -> Result<()> {
+    if key.purpose == wanted {
+        return Ok(());
+    }
+    Err(Error::WrongPurpose {
+        name: key.name.to_string(),
+        actual: key.purpose.as_str(),
+        wanted: match wanted {
+            KeyPurpose::Encrypt => "encrypt",
+            KeyPurpose::Sign => "sign",
+        },
+    })
+}
+
+fn kek(master: &MasterKey, store_id: &[u8; 16], key: &KeyRow, version: u32) -> Secret32 {
+    kw::dek_kek(
+        master.secret(),
+        &DekLabel {
+            store_id,
+            name: &key.name,
+            version,
+            purpose: key.purpose,
+            class: key.class,
+        },
+    )
+}
+
+fn unwrap_version(
+    master: &MasterKey,
+    store_id: &[u8; 16],
+    key: &KeyRow,
+    v: &VersionRow,
+) -> Result<Secret32> {
+    kw::unwrap(&kek(master, store_id, key, v.version), &v.wrapped)
+}
+
+/// Draws a new data-key version and wraps it under the master key.
+fn new_version(
+    master: &MasterKey,
+    store_id: &[u8; 16],
+    key: &KeyRow,
+    version: u32,
+) -> Result<VersionRow> {
+    let dek = Secret32::random()?;
+    let public_key = match key.purpose {
+        KeyPurpose::Encrypt => None,
+        KeyPurpose::Sign => Some(signing::public_key(&dek).to_vec()),
+    };
+    Ok(VersionRow {
+        version,
+        wrapped: kw::wrap(&kek(master, store_id, key, version), &dek).to_vec(),
+        public_key,
+        created_at: now(),
+        uses_reserved: 0,
+    })
+}
+
+fn rotate_in_tx(
+    db: &Db<'_>,
+    master: &MasterKey,
+    store_id: &[u8; 16],
+    name: &KeyName,
+    reason: &str,
+    actor: &serde_json::Value,
+    mac: &Secret32,
+) -> Result<u32> {
+    let key = db.key(name)?;
+    let newest = db.versions(name)?.last().map_or(0, |v| v.version);
+    let version = newest.max(key.primary_version) + 1;
+    let v = new_version(master, store_id, &key, version)?;
+    db.insert_version(name, &v)?;
+    db.set_versions(name, version, key.min_decryption_version)?;
+    audit::append(
+        db,
+        "key.rotate",
+        true,
+        &json!({ "key": name, "version": version, "reason": reason, "actor": actor }),
+        Some(mac),
+    )?;
+    Ok(version)
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site per path, all needed"
+)]
+fn add_protector(
+    db: &Db<'_>,
+    store_id: &[u8; 16],
+    master: &MasterKey,
+    backend: &dyn Backend,
+    enrollment: Enrollment,
+    label: &str,
+    actor: &serde_json::Value,
+    mac: &Secret32,
+) -> Result<ProtectorInfo> {
+    let id = db.next_protector_id()?;
+    let aad = mk_wrap_aad(store_id, id, master.epoch(), enrollment.kind);
+    let wrapped = backend.wrap(&enrollment, master.secret(), &aad)?;
+    let row = ProtectorRow {
+        id,
+        label: label.to_owned(),
+        enrollment,
+        wrapped_mk: wrapped.0,
+        mk_epoch: master.epoch(),
+        created_at: now(),
+    };
+    db.insert_protector(&row)?;
+    audit::append(
+        db,
+        "protector.enroll",
+        true,
+        &json!({ "protector": id, "kind": row.enrollment.kind, "label": label,
+                 "device": row.enrollment.device_id, "actor": actor }),
+        Some(mac),
+    )?;
+    Ok(protector_info(&row))
+}
+
+fn protector_info(p: &ProtectorRow) -> ProtectorInfo {
+    ProtectorInfo {
+        id: p.id,
+        kind: p.enrollment.kind,
+        label: p.label.clone(),
+        device_id: p.enrollment.device_id.clone(),
+        mk_epoch: p.mk_epoch,
+        created_at: p.created_at,
+    }
+}
+
+fn key_info(key: &KeyRow, versions: &[VersionRow]) -> KeyInfo {
+    KeyInfo {
+        name: key.name.clone(),
+        purpose: key.purpose,
+        class: key.class,
+        primary_version: key.primary_version,
+        min_decryption_version: key.min_decryption_version,
+        rotation_period: key.rotation_period,
+        usage_limit: key.usage_limit,
+        created_at: key.created_at,
+        versions: versions
+            .iter()
+            .map(|v| VersionInfo {
+                version: v.version,
+                created_at: v.created_at,
+                uses: v.uses_reserved,
+                state: if v.version == key.primary_version {
+                    "primary"
+                } else if v.version < key.min_decryption_version {
+                    "retired"
+                } else {
+                    "active"
+                },
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -65,3 +65,7 @@ pub fn open(
     let _ = (key, class, context, ciphertext);
     todo!("helper A")
 }
+
+/// Largest one-shot ciphertext accepted from a reader (64 MiB); larger data
+/// belongs in the stream format.
+pub const MAX_CIPHERTEXT_LEN: u64 = 64 << 20;
