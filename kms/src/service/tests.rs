@@ -165,8 +165,8 @@ fn dek(svc: &Service, key: &str, version: u32) -> [u8; 32] {
 
 #[test]
 fn init_creates_private_store_and_unlocks_again() {
-    let (fx, svc) = fixture();
     use std::os::unix::fs::PermissionsExt;
+    let (fx, svc) = fixture();
     let mode = std::fs::metadata(&fx.path)
         .expect("meta")
         .permissions()
@@ -466,9 +466,9 @@ fn audit_detects_edit_delete_reorder_and_truncation() {
 
 #[test]
 fn store_refuses_foreign_corrupt_newer_and_unsafe_files() {
+    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("tempdir");
     let p = |n: &str| dir.path().join(n);
-    use std::os::unix::fs::PermissionsExt;
     let write = |path: &Path, bytes: &[u8]| {
         std::fs::write(path, bytes).expect("write");
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
