@@ -211,8 +211,8 @@ fn failed_init_leaves_nothing_behind() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("keystore.db");
     // No backend registered for the kind asked for.
-    let err =
-        Service::init(&path, Backends::new(), BackendKind::Mock, &req("x"), &NoUi).unwrap_err();
+    let err = Service::init(&path, Backends::new(), BackendKind::Mock, &req("x"), &NoUi)
+        .expect_err("no backend for the kind");
     assert!(matches!(err, Error::NotSupported { .. }), "{err:?}");
     assert!(!path.exists());
 }
