@@ -81,6 +81,27 @@ pub(crate) fn mac_key(master: &Secret32, store_id: &[u8; 16]) -> Secret32 {
     Secret32::from_bytes(&mut okm)
 }
 
+fn record_text(
+    seq: u64,
+    ts: i64,
+    action: &str,
+    ok: bool,
+    fields: &serde_json::Value,
+    prev: &str,
+) -> Result<String> {
+    serde_json::to_string(&Stored {
+        seq,
+        ts,
+        action,
+        status: if ok { "ok" } else { "error" },
+        fields,
+        prev,
+    })
+    .map_err(|_| Error::Malformed {
+        what: "audit record does not serialise",
+    })
+}
+
 fn record_hash(text: &str) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(HASH_DOMAIN);
@@ -123,17 +144,7 @@ fn append_inner(
     let (last_seq, prev) = head(db)?;
     let seq = last_seq + 1;
     let prev_hex = hex::encode(prev);
-    let text = serde_json::to_string(&Stored {
-        seq,
-        ts: crate::store::now(),
-        action,
-        status: if ok { "ok" } else { "error" },
-        fields,
-        prev: &prev_hex,
-    })
-    .map_err(|_| Error::Malformed {
-        what: "audit record does not serialise",
-    })?;
+    let text = record_text(seq, crate::store::now(), action, ok, fields, &prev_hex)?;
     let hash = record_hash(&text);
     db.conn().execute(
         "INSERT INTO audit (seq, record, hash) VALUES (?1, ?2, ?3)",
@@ -304,4 +315,50 @@ pub(crate) fn verify(db: &Db<'_>, mac: Option<&Secret32>) -> Result<AuditSummary
         head: hex::encode(prev),
         checkpoint,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Vectors of docs/FORMAT.md ("Audit log"), computed independently with
+    // Python's hashlib and hmac.
+    #[test]
+    fn record_hash_and_checkpoint_vectors() {
+        let text = record_text(
+            1,
+            1_700_000_000,
+            "store.init",
+            true,
+            &serde_json::json!({ "store_id": "000102030405060708090a0b0c0d0e0f" }),
+            &"0".repeat(64),
+        )
+        .expect("serialises");
+        assert_eq!(
+            text,
+            concat!(
+                r#"{"seq":1,"ts":1700000000,"action":"store.init","status":"ok","#,
+                r#""fields":{"store_id":"000102030405060708090a0b0c0d0e0f"},"#,
+                r#""prev":"0000000000000000000000000000000000000000000000000000000000000000"}"#
+            )
+        );
+        let hash = record_hash(&text);
+        assert_eq!(
+            hex::encode(hash),
+            "385a3df87db7efe72727d54351048a101d5f9a88cb2967fe25550cefef39e7ad"
+        );
+        let store_id: [u8; 16] = core::array::from_fn(|i| i as u8);
+        let key = mac_key(
+            &Secret32::try_from_slice(&[0x42; 32]).expect("32"),
+            &store_id,
+        );
+        assert_eq!(
+            hex::encode(key.expose()),
+            "f6ddd117041dbf5c1b63a7ddc872161f618489a9bc1fed1d736002ebdd41caf4"
+        );
+        assert_eq!(
+            hex::encode(checkpoint_mac(&key, 1, &hash)),
+            "6979893032f14076e332beb4f073f6a03430690398e5dcb64f49155c9c86f223"
+        );
+    }
 }

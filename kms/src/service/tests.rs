@@ -619,3 +619,13 @@ fn migrates_a_version_1_store() {
         .expect("version");
     assert_eq!(v, crate::store::SCHEMA_VERSION);
 }
+
+#[test]
+fn mk_wrap_aad_vector() {
+    // docs/FORMAT.md ("Protectors"), computed independently in Python.
+    let store_id: [u8; 16] = core::array::from_fn(|i| i as u8);
+    assert_eq!(
+        hex::encode(mk_wrap_aad(&store_id, 1, 1, BackendKind::Passphrase)),
+        "6b6579776172642f76312f6d6b2d77726170000102030405060708090a0b0c0d0e0f000000010000000102"
+    );
+}
