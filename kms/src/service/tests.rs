@@ -629,3 +629,103 @@ fn mk_wrap_aad_vector() {
         "6b6579776172642f76312f6d6b2d77726170000102030405060708090a0b0c0d0e0f000000010000000102"
     );
 }
+
+#[test]
+fn tampered_or_swapped_wrapped_keys_are_refused() {
+    let (fx, mut svc) = fixture();
+    let (a, b) = (name("a"), name("b"));
+    svc.create_key(&a, &spec(KeyPurpose::Encrypt))
+        .expect("create");
+    svc.create_key(&b, &spec(KeyPurpose::Encrypt))
+        .expect("create");
+    svc.rotate_key(&a).expect("rotate");
+    let original: Vec<u8> = raw(&fx)
+        .query_row(
+            "SELECT wrapped FROM key_versions WHERE key_name = 'a' AND version = 1",
+            [],
+            |r| r.get(0),
+        )
+        .expect("wrapped");
+    let set = |bytes: &[u8], key: &str, version: u32| {
+        raw(&fx)
+            .execute(
+                "UPDATE key_versions SET wrapped = ?1 WHERE key_name = ?2 AND version = ?3",
+                rusqlite::params![bytes, key, version],
+            )
+            .expect("update");
+    };
+    for i in 0..original.len() {
+        let mut t = original.clone();
+        t[i] ^= 0x80;
+        set(&t, "a", 1);
+        assert!(
+            matches!(svc.decryption_key(&a, 1), Err(Error::UnwrapFailed)),
+            "byte {i}"
+        );
+    }
+    // The same wrap moved to another key or another version does not unwrap.
+    set(&original, "b", 1);
+    assert!(matches!(
+        svc.decryption_key(&b, 1),
+        Err(Error::UnwrapFailed)
+    ));
+    set(&original, "a", 2);
+    assert!(matches!(
+        svc.decryption_key(&a, 2),
+        Err(Error::UnwrapFailed)
+    ));
+    set(&original, "a", 1);
+    assert!(svc.decryption_key(&a, 1).is_ok());
+    // A downgraded class changes the KEK: the key no longer unwraps.
+    raw(&fx)
+        .execute("UPDATE keys SET class = 'general' WHERE name = 'a'", [])
+        .expect("downgrade");
+    assert!(matches!(
+        svc.decryption_key(&a, 1),
+        Err(Error::UnwrapFailed)
+    ));
+}
+
+#[test]
+fn tampered_master_key_wrap_is_refused() {
+    let (fx, svc) = fixture();
+    drop(svc);
+    let original: Vec<u8> = raw(&fx)
+        .query_row("SELECT wrapped_mk FROM protectors WHERE id = 1", [], |r| {
+            r.get(0)
+        })
+        .expect("wrapped");
+    for i in 0..original.len() {
+        let mut t = original.clone();
+        t[i] ^= 0x01;
+        raw(&fx)
+            .execute("UPDATE protectors SET wrapped_mk = ?1 WHERE id = 1", [&t])
+            .expect("update");
+        let mut svc = Service::open(&fx.path, fx.backends.clone()).expect("open");
+        let err = svc
+            .unlock(UnlockWith::Any, &NoUi)
+            .expect_err("tampered wrap");
+        assert!(
+            matches!(
+                err,
+                Error::UnwrapFailed
+                    | Error::InvalidPublicKey { .. }
+                    | Error::UnsupportedFormat { .. }
+            ),
+            "byte {i}: {err:?}"
+        );
+        assert!(!svc.is_unlocked());
+    }
+    // An epoch edit in the store is caught by the wrap's AAD.
+    raw(&fx)
+        .execute(
+            "UPDATE protectors SET wrapped_mk = ?1, mk_epoch = 2 WHERE id = 1",
+            [&original],
+        )
+        .expect("restore");
+    let mut svc = Service::open(&fx.path, fx.backends.clone()).expect("open");
+    assert!(matches!(
+        svc.unlock(UnlockWith::Any, &NoUi),
+        Err(Error::UnwrapFailed)
+    ));
+}
