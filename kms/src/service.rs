@@ -533,6 +533,54 @@ impl Service {
         })
     }
 
+    /// Replaces protector `old` with a fresh enrollment of `kind`, in one
+    /// transaction: either both the new protector exists and the old one is
+    /// gone, or nothing changed (e.g. re-sealing to a TPM after a firmware
+    /// update changed its PCRs, having unlocked with the recovery key).
+    ///
+    /// # Errors
+    /// `Locked`, `ProtectorNotFound`, backend errors.
+    pub fn replace_protector(
+        &mut self,
+        old: u32,
+        kind: BackendKind,
+        request: &EnrollRequest,
+        ui: &dyn Callbacks,
+    ) -> Result<ProtectorInfo> {
+        let master = self.master.as_ref().ok_or(Error::Locked)?;
+        if !self.store.db().protectors()?.iter().any(|p| p.id == old) {
+            return Err(Error::ProtectorNotFound { id: old });
+        }
+        let backend = backend_for(&self.backends, kind)?.clone();
+        let enrollment = backend.enroll(request, ui)?;
+        let store_id = *self.store.store_id();
+        let mac = audit::mac_key(master.secret(), &store_id);
+        let actor = self.actor_json();
+        self.store.write(|db| {
+            let info = add_protector(
+                db,
+                &store_id,
+                master,
+                backend.as_ref(),
+                enrollment,
+                &request.label,
+                &actor,
+                &mac,
+            )?;
+            if !db.delete_protector(old)? {
+                return Err(Error::ProtectorNotFound { id: old });
+            }
+            audit::append(
+                db,
+                "protector.replace",
+                true,
+                &json!({ "old": old, "new": info.id, "kind": kind, "actor": actor }),
+                Some(&mac),
+            )?;
+            Ok(info)
+        })
+    }
+
     /// Removes a protector; never the last one. Needs the store unlocked,
     /// so that only someone who can unlock can take a way to unlock away.
     ///

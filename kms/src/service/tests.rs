@@ -729,3 +729,26 @@ fn tampered_master_key_wrap_is_refused() {
         Err(Error::UnwrapFailed)
     ));
 }
+
+#[test]
+fn replace_protector_is_one_change() {
+    let (_fx, mut svc) = fixture();
+    svc.enroll(BackendKind::Mock, &req("two"), &NoUi)
+        .expect("enroll");
+    assert!(matches!(
+        svc.replace_protector(9, BackendKind::Mock, &req("x"), &NoUi),
+        Err(Error::ProtectorNotFound { id: 9 })
+    ));
+    let new = svc
+        .replace_protector(1, BackendKind::Mock, &req("resealed"), &NoUi)
+        .expect("replace");
+    let ids: Vec<u32> = svc
+        .protectors()
+        .expect("list")
+        .iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(ids, [2, new.id]);
+    let audit = svc.audit_records(1, 100).expect("audit");
+    assert_eq!(audit.last().expect("record").action, "protector.replace");
+}
