@@ -752,3 +752,60 @@ fn replace_protector_is_one_change() {
     let audit = svc.audit_records(1, 100).expect("audit");
     assert_eq!(audit.last().expect("record").action, "protector.replace");
 }
+
+#[test]
+fn random_damage_to_the_store_file_never_panics() {
+    let (fx, mut svc) = fixture();
+    svc.enroll(BackendKind::Mock, &req("two"), &NoUi)
+        .expect("enroll");
+    for i in 0..12 {
+        let k = name(&format!("k{i}"));
+        svc.create_key(&k, &spec(KeyPurpose::Encrypt))
+            .expect("create");
+        svc.rotate_key(&k).expect("rotate");
+    }
+    let deks: Vec<[u8; 32]> = (0..12).map(|i| dek(&svc, &format!("k{i}"), 1)).collect();
+    drop(svc);
+    raw(&fx)
+        .pragma_update(None, "wal_checkpoint", "TRUNCATE")
+        .expect("checkpoint");
+    let pristine = std::fs::read(&fx.path).expect("read");
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let (mut refused, mut opened) = (0, 0);
+    for _ in 0..300 {
+        let mut damaged = pristine.clone();
+        for _ in 0..1 + next() % 8 {
+            let at = (next() % damaged.len() as u64) as usize;
+            damaged[at] ^= 1 << (next() % 8);
+        }
+        std::fs::write(&fx.path, &damaged).expect("write");
+        let _ = std::fs::remove_file(fx.path.with_extension("db-wal"));
+        // Whatever is damaged, every call returns; none panics.
+        match Service::open(&fx.path, fx.backends.clone()) {
+            Err(_) => refused += 1,
+            Ok(mut svc) => {
+                opened += 1;
+                let _ = svc.status();
+                let _ = svc.keys();
+                let _ = svc.protectors();
+                let _ = svc.audit_verify();
+                if svc.unlock(UnlockWith::Any, &NoUi).is_ok() {
+                    // A damaged store may refuse a key, never hand out a wrong one.
+                    for (i, want) in deks.iter().enumerate() {
+                        if let Ok((_, got)) = svc.decryption_key(&name(&format!("k{i}")), 1) {
+                            assert_eq!(got.expose(), want, "k{i} unwrapped to a different key");
+                        }
+                    }
+                    let _ = svc.audit_verify();
+                }
+            }
+        }
+    }
+    println!("300 damaged stores: {refused} refused at open, {opened} opened");
+}
