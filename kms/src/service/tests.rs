@@ -780,7 +780,7 @@ fn random_damage_to_the_store_file_never_panics() {
     let (mut refused, mut opened) = (0, 0);
     for _ in 0..300 {
         let mut damaged = pristine.clone();
-        for _ in 0..1 + next() % 8 {
+        for _ in 0..=(next() % 8) {
             let at = (next() % damaged.len() as u64) as usize;
             damaged[at] ^= 1 << (next() % 8);
         }
