@@ -7,7 +7,7 @@
 //! secret, derive the private key, compare its public key with the enrolled
 //! one in constant time (a mismatch is a *wrong secret*, told apart from a
 //! *tampered blob*), and only then open the ECIES blob. Formats and test
-//! vectors: docs/FORMAT.md, "Software protectors".
+//! vectors: docs/FORMAT.md, "Software protectors and the mock token".
 
 pub mod passphrase;
 pub mod recovery;

@@ -8,7 +8,7 @@
 //! the group) and never confused with [`Error::WrongRecoveryKey`].
 //!
 //! ```text
-//! 1F9MTS-QHEWAJ-...-...      48 characters, 8 groups of 6, dashes optional
+//! 000G4K-0R40MG-30E20H-9185G6-R38E1W-W81246-GK2GAQ-HC5RRD   (the test vector)
 //! ```
 //!
 //! Check character of group `g` (0-based) with data symbols `d0..d4`, in
@@ -23,7 +23,8 @@
 //! The key is high-entropy, so no slow KDF is needed:
 //! `seed = HKDF-SHA256(ikm = 25 key bytes, salt = "", info =
 //! "keyward/v1/recovery-seed")`, then
-//! [`ecies::scalar_from_seed`]`(seed, "keyward/v1/recovery")`.
+//! [`ecies::scalar_from_seed`]`(seed, "keyward/v1/recovery")`. Format and test
+//! vector: docs/FORMAT.md, "Recovery key".
 
 use std::fmt;
 
@@ -51,9 +52,10 @@ pub const GROUP_LEN: usize = 6;
 pub const TEXT_LEN: usize = GROUPS * GROUP_LEN;
 
 /// The format, for `--help` text and error remedies.
-pub const FORMAT_HELP: &str = "A recovery key is 48 letters and digits in 8 groups of 6, \
-     such as 0123AB-... . Case, spaces and dashes do not matter; O is read as 0 and I or L \
-     as 1. Each group carries a check character, so a typo is reported with its group.";
+pub const FORMAT_HELP: &str = "A recovery key is 48 letters and digits in 8 groups of 6 \
+     (XXXXXX-XXXXXX-XXXXXX-XXXXXX-XXXXXX-XXXXXX-XXXXXX-XXXXXX). Case, spaces and dashes do \
+     not matter; O is read as 0 and I or L as 1. Each group carries a check character, so a \
+     typo is reported with the group it is in.";
 
 const DATA_PER_GROUP: usize = GROUP_LEN - 1;
 /// Crockford base32: no I, L, O or U.
@@ -551,13 +553,19 @@ mod tests {
         assert_eq!(format!("{:?}", sample()), "RecoveryKey([REDACTED])");
     }
 
-    /// docs/FORMAT-protectors.md, "Recovery key test vector".
+    /// docs/FORMAT.md (docs/FORMAT-protectors.md until merged), "Recovery key", test vector.
     #[test]
     fn format_vector() {
         let mut bytes: [u8; ENTROPY_BYTES] = std::array::from_fn(|i| i as u8);
         let key = RecoveryKey::from_bytes(&mut bytes);
         assert_eq!(key.to_text().expose_secret(), VECTOR_TEXT);
         assert_eq!(hex::encode(key.public_key()), VECTOR_PUBLIC_KEY);
+        assert_eq!(
+            hex::encode(key.derive_key().to_bytes()),
+            "30d44263ad277f2a2ca7e78a428ba4718bede0e9e381a714096ac2c6e759f1fb"
+        );
+        let typed = "000g4k 0r40mg 30e20h 9185g6 r38e1w w81246 gk2gaq hc5rrd";
+        assert_eq!(parse(typed).expect("vector parses").expose(), key.expose());
     }
 
     const VECTOR_TEXT: &str = "000G4K-0R40MG-30E20H-9185G6-R38E1W-W81246-GK2GAQ-HC5RRD";
