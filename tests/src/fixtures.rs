@@ -1,0 +1,225 @@
+//! Fixtures for the backends that need no external software: the mock
+//! token, the recovery key and the passphrase. Hardware fixtures (TPM on
+//! swtpm, PKCS#11 on SoftHSM2, PIV) live beside their backends' setup code.
+
+use std::sync::Arc;
+
+use keyward_hw_mocks::mock::{DEFAULT_PIN, DEFAULT_RETRIES, MockBackend, MockDevice};
+use keyward_kms::protectors::{passphrase, recovery};
+use keyward_kms::secret::ExposeSecret;
+use keyward_kms::{Backend, EnrollRequest, SecretKind};
+
+use crate::{Fixture, TestCallbacks, WrongSecret};
+
+/// Serial of the device the mock fixture enrolls.
+pub const MOCK_SERIAL: &str = "MOCK-0001";
+/// Serial of the device [`Fixture::swap_device`] plugs in instead.
+pub const MOCK_OTHER_SERIAL: &str = "MOCK-0002";
+
+/// The in-process mock token, with every hook.
+#[derive(Debug)]
+pub struct MockFixture {
+    mock: MockBackend,
+    right: Arc<TestCallbacks>,
+    wrong: Arc<TestCallbacks>,
+}
+
+impl MockFixture {
+    /// One mock token with the default PIN and retries.
+    pub fn new() -> Self {
+        Self {
+            mock: MockBackend::with_device(MockDevice::new(MOCK_SERIAL)),
+            right: Arc::new(TestCallbacks::new().answer(SecretKind::Pin, DEFAULT_PIN)),
+            wrong: Arc::new(TestCallbacks::new().answer(SecretKind::Pin, "999999")),
+        }
+    }
+
+    /// The fault-injection handle.
+    pub fn mock(&self) -> &MockBackend {
+        &self.mock
+    }
+}
+
+impl Default for MockFixture {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Fixture for MockFixture {
+    fn backend(&self) -> Arc<dyn Backend> {
+        Arc::new(self.mock.clone())
+    }
+
+    fn enroll_request(&self) -> EnrollRequest {
+        EnrollRequest {
+            label: "mock token".into(),
+            device: Some(MOCK_SERIAL.into()),
+            options: vec![("slot".into(), "9d".into())],
+        }
+    }
+
+    fn callbacks(&self) -> Arc<TestCallbacks> {
+        self.right.clone()
+    }
+
+    fn wrong_callbacks(&self) -> Arc<TestCallbacks> {
+        self.wrong.clone()
+    }
+
+    fn wrong_secret(&self) -> WrongSecret {
+        WrongSecret::Pin {
+            retries: DEFAULT_RETRIES,
+        }
+    }
+
+    fn has_device(&self) -> bool {
+        true
+    }
+
+    fn swap_device(&self) -> bool {
+        self.mock.swap_device(MOCK_OTHER_SERIAL);
+        true
+    }
+
+    fn unplug(&self) -> bool {
+        self.mock.unplug(MOCK_SERIAL)
+    }
+
+    fn replug(&self) -> bool {
+        self.mock.unplug(MOCK_OTHER_SERIAL);
+        self.mock.plug(MOCK_SERIAL)
+    }
+
+    fn pin_requests(&self) -> Option<u64> {
+        Some(self.mock.pin_requests())
+    }
+
+    fn fail_next_after_pin(&self) -> bool {
+        self.mock.fail_next_after_pin();
+        true
+    }
+}
+
+/// The recovery-key protector. The right callbacks answer with the key
+/// shown at enrollment.
+#[derive(Debug)]
+pub struct RecoveryFixture {
+    right: Arc<TestCallbacks>,
+    wrong: Arc<TestCallbacks>,
+}
+
+impl RecoveryFixture {
+    /// A fresh fixture; the wrong key is a valid, random recovery key.
+    ///
+    /// # Panics
+    /// If the OS RNG fails.
+    pub fn new() -> Self {
+        let other = recovery::RecoveryKey::generate().expect("OS RNG");
+        Self {
+            right: Arc::new(TestCallbacks::new().answer_with_shown_secret()),
+            wrong: Arc::new(
+                TestCallbacks::new()
+                    .answer(SecretKind::RecoveryKey, other.to_text().expose_secret()),
+            ),
+        }
+    }
+}
+
+impl Default for RecoveryFixture {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Fixture for RecoveryFixture {
+    fn backend(&self) -> Arc<dyn Backend> {
+        Arc::new(recovery::Backend::new())
+    }
+
+    fn enroll_request(&self) -> EnrollRequest {
+        EnrollRequest {
+            label: "paper backup".into(),
+            ..EnrollRequest::default()
+        }
+    }
+
+    fn callbacks(&self) -> Arc<TestCallbacks> {
+        self.right.clone()
+    }
+
+    fn wrong_callbacks(&self) -> Arc<TestCallbacks> {
+        self.wrong.clone()
+    }
+
+    fn wrong_secret(&self) -> WrongSecret {
+        WrongSecret::RecoveryKey
+    }
+}
+
+/// The passphrase a [`PassphraseFixture`] enrolls.
+pub const PASSPHRASE: &str = "correct horse battery staple";
+
+/// The passphrase protector with the smallest Argon2 cost allowed
+/// (8 MiB, one pass) so that the suite stays fast.
+#[derive(Debug)]
+pub struct PassphraseFixture {
+    right: Arc<TestCallbacks>,
+    wrong: Arc<TestCallbacks>,
+}
+
+impl PassphraseFixture {
+    /// A fresh fixture.
+    pub fn new() -> Self {
+        Self {
+            right: Arc::new(
+                TestCallbacks::new()
+                    .answer(SecretKind::NewPassphrase, PASSPHRASE)
+                    .answer(SecretKind::Passphrase, PASSPHRASE),
+            ),
+            wrong: Arc::new(
+                TestCallbacks::new()
+                    .answer(SecretKind::Passphrase, "correct horse battery stapler"),
+            ),
+        }
+    }
+}
+
+impl Default for PassphraseFixture {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Fixture for PassphraseFixture {
+    fn backend(&self) -> Arc<dyn Backend> {
+        Arc::new(passphrase::Backend::new())
+    }
+
+    fn enroll_request(&self) -> EnrollRequest {
+        EnrollRequest {
+            label: "laptop passphrase".into(),
+            device: None,
+            options: vec![
+                (
+                    passphrase::OPTION_M_KIB.into(),
+                    passphrase::MIN_M_KIB.to_string(),
+                ),
+                (passphrase::OPTION_T.into(), "1".into()),
+                (passphrase::OPTION_P.into(), "1".into()),
+            ],
+        }
+    }
+
+    fn callbacks(&self) -> Arc<TestCallbacks> {
+        self.right.clone()
+    }
+
+    fn wrong_callbacks(&self) -> Arc<TestCallbacks> {
+        self.wrong.clone()
+    }
+
+    fn wrong_secret(&self) -> WrongSecret {
+        WrongSecret::Passphrase
+    }
+}

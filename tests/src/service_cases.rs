@@ -1,0 +1,188 @@
+//! Service-level conformance cases: the backend as the protector of a
+//! real keystore, through [`Service`]. Each function is one test of
+//! [`crate::conformance_suite!`].
+#![expect(
+    clippy::missing_panics_doc,
+    reason = "every case panics when the backend fails it: that is how a test fails"
+)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use keyward_kms::service::{Backends, KeySpec, UnlockWith};
+use keyward_kms::{Backend, DataClass, Error, KeyName, KeyPurpose, Service};
+use tempfile::TempDir;
+
+use crate::{Fixture, WrongSecret};
+
+/// A temporary directory with a keystore path inside, and the registry
+/// holding the fixture's backend next to the software protectors.
+struct Setup {
+    _dir: TempDir,
+    path: PathBuf,
+    backend: Arc<dyn Backend>,
+    backends: Backends,
+}
+
+fn setup(f: &dyn Fixture) -> Setup {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("keystore.db");
+    let backend = f.backend();
+    let mut backends = Backends::software();
+    backends.add(backend.clone());
+    Setup {
+        _dir: dir,
+        path,
+        backend,
+        backends,
+    }
+}
+
+fn init(f: &dyn Fixture, s: &Setup) -> Service {
+    let (service, info) = Service::init(
+        &s.path,
+        s.backends.clone(),
+        s.backend.kind(),
+        &f.enroll_request(),
+        &*f.callbacks(),
+    )
+    .expect("init with the fixture's backend as first protector");
+    assert_eq!(info.kind, s.backend.kind());
+    assert_eq!(info.mk_epoch, 1);
+    assert_eq!(info.device_id.is_some(), f.has_device());
+    assert!(service.is_unlocked(), "a new keystore starts unlocked");
+    service
+}
+
+fn key_name() -> KeyName {
+    KeyName::new("assistant-store").expect("valid key name")
+}
+
+fn encrypt_spec() -> KeySpec {
+    KeySpec {
+        purpose: KeyPurpose::Encrypt,
+        class: DataClass::Private,
+        rotation_period: None,
+        usage_limit: None,
+    }
+}
+
+const CONTEXT: &[u8] = b"conformance/records";
+
+fn assert_decrypts(service: &mut Service, ciphertext: &[u8], plaintext: &[u8], version: u32) {
+    let out = service
+        .decrypt(CONTEXT, ciphertext)
+        .expect("old data decrypts");
+    assert_eq!(out.plaintext.expose(), plaintext);
+    assert_eq!(out.version, version);
+    assert_eq!(out.key, key_name());
+}
+
+/// Init, create a key, encrypt, rotate the key, rotate the master key,
+/// lock, unlock, reopen, and decrypt everything written on the way.
+pub fn lifecycle(f: &dyn Fixture) {
+    let s = setup(f);
+    let ui = f.callbacks();
+    let mut service = init(f, &s);
+    let name = key_name();
+
+    let info = service
+        .create_key(&name, &encrypt_spec())
+        .expect("create key");
+    assert_eq!(info.primary_version, 1);
+    let v1 = service
+        .encrypt(&name, CONTEXT, b"written under version 1")
+        .expect("encrypt");
+
+    let info = service.rotate_key(&name).expect("rotate key");
+    assert_eq!(info.primary_version, 2);
+    let v2 = service
+        .encrypt(&name, CONTEXT, b"written under version 2")
+        .expect("encrypt");
+    assert_decrypts(&mut service, &v1, b"written under version 1", 1);
+    assert_decrypts(&mut service, &v2, b"written under version 2", 2);
+
+    let epoch = service.rotate_master().expect("rotate master key");
+    assert_eq!(epoch, 2);
+    assert_decrypts(&mut service, &v1, b"written under version 1", 1);
+
+    service.lock();
+    assert!(!service.is_unlocked());
+    assert!(matches!(service.decrypt(CONTEXT, &v1), Err(Error::Locked)));
+    let unlocked = service
+        .unlock(UnlockWith::Kind(s.backend.kind()), &*ui)
+        .expect("unlock after master rotation");
+    assert_eq!(
+        unlocked.mk_epoch, 2,
+        "protector re-wrapped for the new epoch"
+    );
+    assert_decrypts(&mut service, &v1, b"written under version 1", 1);
+    assert_decrypts(&mut service, &v2, b"written under version 2", 2);
+    assert!(matches!(
+        service.decrypt(b"another context", &v1),
+        Err(Error::DecryptionFailed)
+    ));
+
+    drop(service);
+    let mut service = Service::open(&s.path, s.backends.clone()).expect("reopen");
+    assert!(!service.is_unlocked(), "a reopened keystore is locked");
+    service
+        .unlock(UnlockWith::Any, &*ui)
+        .expect("unlock after reopen");
+    assert_eq!(service.status().expect("status").mk_epoch, 2);
+    assert_decrypts(&mut service, &v1, b"written under version 1", 1);
+    assert_decrypts(&mut service, &v2, b"written under version 2", 2);
+}
+
+/// A wrong secret leaves the keystore locked with the backend's typed
+/// error; the right one unlocks afterwards.
+pub fn wrong_secret_keeps_store_locked(f: &dyn Fixture) {
+    let s = setup(f);
+    let mut service = init(f, &s);
+    service.lock();
+    let err = service
+        .unlock(UnlockWith::Kind(s.backend.kind()), &*f.wrong_callbacks())
+        .expect_err("wrong secret");
+    match f.wrong_secret() {
+        WrongSecret::Passphrase => assert!(matches!(err, Error::WrongPassphrase), "{err:?}"),
+        WrongSecret::RecoveryKey => assert!(matches!(err, Error::WrongRecoveryKey), "{err:?}"),
+        WrongSecret::Pin { .. } => assert!(matches!(err, Error::WrongPin { .. }), "{err:?}"),
+    }
+    assert!(!service.is_unlocked());
+    service
+        .unlock(UnlockWith::Kind(s.backend.kind()), &*f.callbacks())
+        .expect("right secret unlocks");
+    assert!(service.is_unlocked());
+}
+
+/// Master-key rotation re-wraps to the protector from its public key
+/// alone: no prompt, and a device may be absent meanwhile.
+pub fn master_rotation_needs_no_secret(f: &dyn Fixture) {
+    let s = setup(f);
+    let ui = f.callbacks();
+    let mut service = init(f, &s);
+    let name = key_name();
+    service
+        .create_key(&name, &encrypt_spec())
+        .expect("create key");
+    let before = service
+        .encrypt(&name, CONTEXT, b"before rotation")
+        .expect("encrypt");
+
+    let prompts = ui.prompt_count();
+    let unplugged = f.unplug();
+    let epoch = service
+        .rotate_master()
+        .expect("rotation needs no device and no secret");
+    assert_eq!(epoch, 2);
+    assert_eq!(ui.prompt_count(), prompts, "rotation prompts for nothing");
+    if unplugged {
+        assert!(f.replug());
+    }
+
+    service.lock();
+    service
+        .unlock(UnlockWith::Kind(s.backend.kind()), &*ui)
+        .expect("unlock with the re-wrapped master key");
+    assert_decrypts(&mut service, &before, b"before rotation", 1);
+}
