@@ -60,6 +60,22 @@ fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// User + system CPU seconds of this process so far (all threads).
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 12th and 13th of them, in clock ticks (100 per second on Linux).
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn gbps(bytes: usize, secs: f64) -> f64 {
     bytes as f64 / secs / 1e9
 }
@@ -113,6 +129,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Raw single-core ring AES-256-GCM, 64 KiB chunks, in place.
     let mut buf = plaintext.clone();
     let raw_key = Key::new(&key);
+    let cpu0 = cpu_secs();
     let start = Instant::now();
     for (i, chunk) in buf.chunks_mut(64 << 10).enumerate() {
         let mut nonce = [0u8; 12];
@@ -120,9 +137,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::hint::black_box(raw_key.seal_in_place(Nonce::from_bytes(nonce), &[], chunk)?);
     }
     let raw_secs = start.elapsed().as_secs_f64();
+    let raw_cpu = cpu_secs() - cpu0;
     drop(buf);
     println!(
-        "raw ring seal, 1 core, 64 KiB chunks: {raw_secs:.3} s, {:.2} GB/s",
+        "raw ring seal, 1 core, 64 KiB chunks: {raw_secs:.3} s wall, {raw_cpu:.2} s CPU, {:.2} GB/s",
         gbps(GIB, raw_secs)
     );
 
@@ -130,6 +148,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut ciphertext = Vec::with_capacity(GIB + GIB / 1000 + 4096);
     for round in 0..3 {
         let base_rss = peak_rss_mib();
+        let cpu0 = cpu_secs();
         let start = Instant::now();
         stream::encrypt(
             &key,
@@ -142,6 +161,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &mut |_| {},
         )?;
         let enc_secs = start.elapsed().as_secs_f64();
+        let enc_cpu = cpu_secs() - cpu0;
         if round == 0 {
             println!(
                 "peak RSS growth during encrypt: {:.1} MiB",
@@ -161,6 +181,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &mut |_| {},
         )?;
         let mut input = &ciphertext[..];
+        let cpu0 = cpu_secs();
         let start = Instant::now();
         let (_, raw) = stream::read_header(&mut input)?;
         let n = stream::decrypt(
@@ -173,9 +194,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &mut |_| {},
         )?;
         let dec_secs = start.elapsed().as_secs_f64();
+        let dec_cpu = cpu_secs() - cpu0;
         assert_eq!(n, GIB as u64);
         println!(
-            "round {round}: stream encrypt {:.2} GB/s ({:.2}x raw 1-core), decrypt {:.2} GB/s ({:.2}x)",
+            "round {round}: stream encrypt {:.2} GB/s ({:.2}x raw 1-core; {enc_secs:.3} s wall, {enc_cpu:.2} s CPU), \
+             decrypt {:.2} GB/s ({:.2}x; {dec_secs:.3} s wall, {dec_cpu:.2} s CPU)",
             gbps(GIB, enc_secs),
             raw_secs / enc_secs,
             gbps(GIB, dec_secs),

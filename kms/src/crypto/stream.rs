@@ -273,6 +273,29 @@ fn decrypt_impl(
     engine.decrypt(reader, writer, progress)
 }
 
+/// The per-stream key: `HKDF-SHA256(ikm = data key, salt = the header's
+/// salt, info = "keyward/v1/stream" | SHA-256(stream_header | class code |
+/// context))`, where `stream_header` is everything before the first chunk
+/// (common header, chunk exponent and salt). Exposed for the test vectors in
+/// docs/FORMAT.md.
+#[doc(hidden)]
+pub fn stream_key(
+    data_key: &Secret32,
+    stream_header: &[u8],
+    class: DataClass,
+    context: &[u8],
+) -> Secret32 {
+    let mut hash = Sha256::new();
+    hash.update(stream_header);
+    hash.update([class.code()]);
+    hash.update(context);
+    let mut info = Vec::with_capacity(STREAM_INFO.len() + 32);
+    info.extend_from_slice(STREAM_INFO);
+    info.extend_from_slice(&hash.finalize());
+    let salt_start = stream_header.len().saturating_sub(SALT_LEN);
+    aead::hkdf_sha256_32(data_key.expose(), &stream_header[salt_start..], &info)
+}
+
 /// The nonce of chunk `index`.
 fn chunk_nonce(index: u64, last: bool) -> Nonce {
     let mut nonce = [0u8; NONCE_LEN];
@@ -301,15 +324,7 @@ impl Engine {
         chunk_exponent: u8,
         batch: Option<usize>,
     ) -> Self {
-        let mut hash = Sha256::new();
-        hash.update(stream_header);
-        hash.update([class.code()]);
-        hash.update(context);
-        let mut info = Vec::with_capacity(STREAM_INFO.len() + 32);
-        info.extend_from_slice(STREAM_INFO);
-        info.extend_from_slice(&hash.finalize());
-        let salt = &stream_header[stream_header.len() - SALT_LEN..];
-        let stream_key = aead::hkdf_sha256_32(data_key.expose(), salt, &info);
+        let stream_key = stream_key(data_key, stream_header, class, context);
         let chunk = 1usize << chunk_exponent;
         Self {
             key: aead::Key::new(&stream_key),
