@@ -18,17 +18,21 @@
 //! but the last holds exactly `2^chunk_exp` plaintext bytes; the last holds
 //! 1 to `2^chunk_exp` bytes, or 0 when the whole plaintext is empty.
 //!
-//! Speed: the calling thread does all reading and writing while a second
-//! thread seals or opens the previous batch; both then share the batch's
-//! remaining chunks. Memory is two batch buffers of about 4 MiB each,
-//! whatever the input size. Decryption writes a batch only after every
-//! chunk in it has authenticated.
+//! Speed: input is processed in batches of about 4 MiB. While a second
+//! thread seals (or opens) the chunks of the current batch, the calling
+//! thread writes out the previous batch and reads the next one, in large
+//! vectored reads and writes; then both threads share what is left of the
+//! current batch. All I/O stays on the calling thread (the reader and
+//! writer need not be `Send`). Memory is two batch buffers, whatever the
+//! input size. Decryption writes a batch only after every chunk in it has
+//! authenticated.
 
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 use super::aead::{self, NONCE_LEN, Nonce, TAG_LEN};
 use super::envelope::{self, HEADER_PREFIX_LEN, Header, Mode};
@@ -377,8 +381,9 @@ impl Engine {
         progress: &mut dyn FnMut(u64),
     ) -> Result<u64> {
         let (chunk, slot, n) = (self.chunk, self.slot, self.batch);
-        let mut cur = vec![0u8; n * slot];
-        let mut next = vec![0u8; n * slot];
+        // Plaintext passes through these buffers: zeroize them when done.
+        let mut cur = Zeroizing::new(vec![0u8; n * slot]);
+        let mut next = Zeroizing::new(vec![0u8; n * slot]);
         let (mut cur_len, mut eof) = fill_plain(reader, &mut cur, chunk, slot, 0)?;
         // Sealed bytes at the start of `next` still to be written, and the
         // plaintext they hold.
@@ -453,8 +458,9 @@ impl Engine {
         progress: &mut dyn FnMut(u64),
     ) -> Result<u64> {
         let (slot, n) = (self.slot, self.batch);
-        let mut cur = vec![0u8; n * slot];
-        let mut next = vec![0u8; n * slot];
+        // Plaintext passes through these buffers: zeroize them when done.
+        let mut cur = Zeroizing::new(vec![0u8; n * slot]);
+        let mut next = Zeroizing::new(vec![0u8; n * slot]);
         let (mut cur_len, mut eof) = fill_cipher(reader, &mut cur, 0)?;
         // Authenticated plaintext at the start of `next` still to be
         // written: the length of the region holding it (slots with tags).
@@ -483,7 +489,7 @@ impl Engine {
                 // A full-size final chunk that fails as final but opens as
                 // non-final means the stream was cut at a chunk boundary.
                 let last_start = (count - 1) * slot;
-                let held = (rest == 0).then(|| cur[last_start..cur_len].to_vec());
+                let held = (rest == 0).then(|| Zeroizing::new(cur[last_start..cur_len].to_vec()));
                 let mut io_done = done;
                 let result = in_parallel(
                     &mut cur[..cur_len],
