@@ -146,7 +146,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut sink = CopySink(vec![0u8; 1 << 20]);
     let mut ciphertext = Vec::with_capacity(GIB + GIB / 1000 + 4096);
-    for round in 0..3 {
+    let (mut best_enc, mut best_dec) = (f64::MAX, f64::MAX);
+    for round in 0..5 {
         let base_rss = peak_rss_mib();
         let cpu0 = cpu_secs();
         let start = Instant::now();
@@ -195,6 +196,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )?;
         let dec_secs = start.elapsed().as_secs_f64();
         let dec_cpu = cpu_secs() - cpu0;
+        best_enc = best_enc.min(enc_secs);
+        best_dec = best_dec.min(dec_secs);
         assert_eq!(n, GIB as u64);
         println!(
             "round {round}: stream encrypt {:.2} GB/s ({:.2}x raw 1-core; {enc_secs:.3} s wall, {enc_cpu:.2} s CPU), \
@@ -205,5 +208,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             raw_secs / dec_secs,
         );
     }
+    println!(
+        "best of 5: stream encrypt {:.2} GB/s ({:.2}x raw 1-core), decrypt {:.2} GB/s ({:.2}x)",
+        gbps(GIB, best_enc),
+        raw_secs / best_enc,
+        gbps(GIB, best_dec),
+        raw_secs / best_dec
+    );
     Ok(())
 }
