@@ -15,10 +15,10 @@
 use hkdf::Hkdf;
 use p256::elliptic_curve::sec1::ToSec1Point;
 use p256::{PublicKey, SecretKey};
-use ring::aead;
 use sha2::Sha256;
 use zeroize::Zeroize;
 
+use super::aead::{self, Nonce};
 use crate::secret::{Secret32, random_bytes};
 use crate::{Error, Result};
 
@@ -29,6 +29,8 @@ pub const POINT_LEN: usize = 33;
 /// Length of a wrapped 32-byte secret.
 pub const BLOB_LEN: usize = 1 + POINT_LEN + 32 + 16;
 const INFO: &[u8] = b"keyward/v1/ecies-p256";
+/// The all-zero GCM nonce: safe because every wrap uses a fresh key.
+const ZERO_NONCE: Nonce = Nonce::from_bytes([0u8; aead::NONCE_LEN]);
 
 /// Parses and validates a SEC1 P-256 public key (compressed or not). Rejects
 /// the identity, points off the curve and coordinates out of range.
@@ -42,6 +44,9 @@ pub fn parse_public_key(sec1: &[u8]) -> Result<PublicKey> {
 }
 
 /// The 33-byte compressed encoding of `pk`.
+///
+/// # Panics
+/// Never: a compressed P-256 point is always 33 bytes.
 pub fn compress(pk: &PublicKey) -> [u8; POINT_LEN] {
     let point = pk.to_sec1_point(true);
     point
@@ -55,23 +60,34 @@ pub fn compress(pk: &PublicKey) -> [u8; POINT_LEN] {
 /// # Errors
 /// [`Error::InvalidPublicKey`] for a bad recipient; [`Error::Random`].
 pub fn seal(recipient: &[u8], secret: &Secret32, aad: &[u8]) -> Result<Vec<u8>> {
-    let recipient = parse_public_key(recipient)?;
     let ephemeral = random_scalar()?;
+    seal_with_ephemeral(recipient, secret, aad, &ephemeral)
+}
+
+/// [`seal`] with a caller-chosen ephemeral key. Test hook for the fixed
+/// vector in docs/FORMAT.md only: an ephemeral key must never be reused.
+///
+/// # Errors
+/// [`Error::InvalidPublicKey`] for a bad recipient.
+#[doc(hidden)]
+pub fn seal_with_ephemeral(
+    recipient: &[u8],
+    secret: &Secret32,
+    aad: &[u8],
+    ephemeral: &SecretKey,
+) -> Result<Vec<u8>> {
+    let recipient = parse_public_key(recipient)?;
     let epk = compress(&ephemeral.public_key());
-    let z = ecdh(&ephemeral, &recipient);
+    let z = ecdh(ephemeral, &recipient);
     let key = derive(&z, &epk, &compress(&recipient));
 
     let mut blob = Vec::with_capacity(BLOB_LEN);
     blob.push(VERSION);
     blob.extend_from_slice(&epk);
-    let mut body = secret.expose().to_vec();
-    let tag = aead_key(&key)
-        .seal_in_place_separate_tag(zero_nonce(), aead::Aad::from(aad), &mut body)
-        .map_err(|_| Error::Malformed {
-            what: "AES-GCM refused the input",
-        })?;
+    let mut body = *secret.expose();
+    let tag = aead::Key::new(&key).seal_in_place(ZERO_NONCE, aad, &mut body)?;
     blob.extend_from_slice(&body);
-    blob.extend_from_slice(tag.as_ref());
+    blob.extend_from_slice(&tag);
     body.zeroize();
     Ok(blob)
 }
@@ -114,9 +130,10 @@ pub fn open(
     let recipient = parse_public_key(recipient)?;
     let z = ecdh(&epk)?;
     let key = derive(&z, &compress(&epk), &compress(&recipient));
-    let mut body = blob[1 + POINT_LEN..].to_vec();
-    let result = aead_key(&key)
-        .open_in_place(zero_nonce(), aead::Aad::from(aad), &mut body)
+    let mut body = [0u8; 32 + aead::TAG_LEN];
+    body.copy_from_slice(&blob[1 + POINT_LEN..]);
+    let result = aead::Key::new(&key)
+        .open_in_place(ZERO_NONCE, aad, &mut body)
         .map_err(|_| Error::UnwrapFailed)
         .and_then(|plain| Secret32::try_from_slice(plain));
     body.zeroize();
@@ -124,6 +141,9 @@ pub fn open(
 }
 
 /// ECDH in software: the x-coordinate of `secret * peer`.
+///
+/// # Panics
+/// Never: a P-256 x-coordinate is always 32 bytes.
 pub fn ecdh(secret: &SecretKey, peer: &PublicKey) -> Secret32 {
     let shared = p256::ecdh::diffie_hellman(secret.to_nonzero_scalar(), peer.as_affine());
     Secret32::try_from_slice(shared.raw_secret_bytes().as_slice())
@@ -150,6 +170,10 @@ pub fn random_scalar() -> Result<SecretKey> {
 /// A P-256 private key derived deterministically from a 32-byte secret
 /// (the software protectors): `HKDF-SHA256(ikm = seed, salt = "",
 /// info = label || counter)` with the first counter giving a valid scalar.
+///
+/// # Panics
+/// Only if 256 consecutive HKDF outputs are all outside `[1, n)`, which has
+/// probability about 2^-8192.
 pub fn scalar_from_seed(seed: &Secret32, label: &[u8]) -> SecretKey {
     let hk = Hkdf::<Sha256>::new(None, seed.expose());
     for counter in 0u8..=255 {
@@ -176,17 +200,6 @@ fn derive(z: &Secret32, epk: &[u8; POINT_LEN], recipient: &[u8; POINT_LEN]) -> S
     hk.expand(INFO, &mut okm)
         .expect("32 bytes is a valid HKDF-SHA256 output length");
     Secret32::from_bytes(&mut okm)
-}
-
-fn aead_key(key: &Secret32) -> aead::LessSafeKey {
-    aead::LessSafeKey::new(
-        aead::UnboundKey::new(&aead::AES_256_GCM, key.expose())
-            .expect("32 bytes is an AES-256 key"),
-    )
-}
-
-fn zero_nonce() -> aead::Nonce {
-    aead::Nonce::assume_unique_for_key([0u8; 12])
 }
 
 #[cfg(test)]
