@@ -8,7 +8,7 @@
 //! taken back), which docs/CLI.md says; stdout only ever receives
 //! authenticated plaintext chunks.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -18,6 +18,11 @@ use crate::failure::{Exit, Failure};
 /// `-` as a path means stdin/stdout, as in most Unix tools.
 fn is_dash(path: &Path) -> bool {
     path.as_os_str() == "-"
+}
+
+/// Whether `path` exists and is not a regular file (following symlinks).
+fn is_special(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir())
 }
 
 /// Where data comes from.
@@ -69,6 +74,9 @@ impl Read for Input {
 pub(crate) enum Output {
     /// Standard output.
     Stdout(BufWriter<io::Stdout>),
+    /// Something that is not a regular file (`/dev/null`, a FIFO, a
+    /// terminal device): written in place, as there is nothing to rename.
+    Device(BufWriter<File>),
     /// A temporary file renamed to `path` on [`Output::commit`].
     File {
         /// The temporary file, deleted on drop unless committed.
@@ -100,6 +108,13 @@ impl Output {
         force: bool,
     ) -> Result<Self, Failure> {
         match path {
+            Some(p) if !is_dash(p) && is_special(p) => {
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(p)
+                    .map_err(|e| Failure::io(format_args!("cannot open {}", p.display()), &e))?;
+                Ok(Self::Device(BufWriter::with_capacity(1 << 16, file)))
+            }
             Some(p) if !is_dash(p) => {
                 let dir = match p.parent() {
                     Some(d) if !d.as_os_str().is_empty() => d,
@@ -149,6 +164,9 @@ impl Output {
             Self::Stdout(mut w) => w
                 .flush()
                 .map_err(|e| Failure::io("cannot write to standard output", &e)),
+            Self::Device(mut w) => w
+                .flush()
+                .map_err(|e| Failure::io("cannot write the output", &e)),
             Self::File { writer, path } => {
                 let tmp = writer.into_inner().map_err(|e| {
                     Failure::io(format_args!("cannot write {}", path.display()), e.error())
@@ -173,6 +191,7 @@ impl Write for Output {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Self::Stdout(w) => w.write(buf),
+            Self::Device(w) => w.write(buf),
             Self::File { writer, .. } => writer.write(buf),
         }
     }
@@ -180,6 +199,7 @@ impl Write for Output {
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Self::Stdout(w) => w.flush(),
+            Self::Device(w) => w.flush(),
             Self::File { writer, .. } => writer.flush(),
         }
     }
@@ -342,6 +362,15 @@ mod tests {
         out.write_all(b"+new").expect("write");
         out.commit().expect("commit");
         assert_eq!(std::fs::read(&target).expect("read"), b"old+new");
+    }
+
+    #[test]
+    fn devices_are_written_in_place() {
+        let mut out =
+            Output::create(Some(Path::new("/dev/null")), Content::Binary, false).expect("create");
+        assert!(matches!(out, Output::Device(_)));
+        out.write_all(b"discarded").expect("write");
+        out.commit().expect("commit");
     }
 
     #[test]
