@@ -1,0 +1,523 @@
+//! Command-line arguments (clap derive).
+//!
+//! There is deliberately no argument that takes a secret: passphrases and
+//! recovery keys come from a terminal prompt, a file descriptor, a file or
+//! the environment (see [`crate::ui`]), never from argv, where every user of
+//! the machine can read them in `/proc`.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use keyward_kms::{DataClass, KeyName, KeyPurpose};
+
+/// Help heading of the options every command takes.
+const GLOBAL: &str = "Global options";
+
+/// Shown at the end of `keyward --help`; the same table is in docs/CLI.md.
+const EXIT_CODES_HELP: &str = "\
+Secrets are never command-line arguments. To unlock, keyward reads:
+  a passphrase   from --passphrase-fd N or KEYWARD_PASSPHRASE
+  a recovery key from --recovery-key-file FILE or KEYWARD_RECOVERY_KEY
+or, with none of these, asks on the terminal.
+
+Exit codes:
+  0    success
+  1    failure not covered below (I/O error, cancelled prompt)
+  2    usage error (bad arguments, invalid key name)
+  3    authentication failed or needed (wrong passphrase, PIN or recovery key; locked)
+  4    not found (keystore, key, key version, protector)
+  5    data integrity (decryption failed, truncated data, bad signature, tampered audit log)
+  6    refused by policy (retired version, last protector, data class, existing store or key)
+  7    device or hardware error
+  8    keystore unusable (busy, damaged, too new, unsafe permissions, audit write failed)
+  101  internal error (a bug in keyward)
+  141  standard output closed early (e.g. piped into `head`)
+
+See docs/CLI.md for details.";
+
+/// keyward: hardware-backed key management for a local-first assistant.
+#[derive(Debug, Parser)]
+#[command(
+    name = "keyward",
+    version,
+    about = "keyward: hardware-backed key management for a local-first assistant",
+    after_help = EXIT_CODES_HELP
+)]
+pub(crate) struct Cli {
+    /// Keystore file [default: $XDG_DATA_HOME/keyward/keystore.db, else
+    /// ~/.local/share/keyward/keystore.db]
+    #[arg(long, global = true, env = "KEYWARD_STORE", value_name = "PATH", help_heading = GLOBAL)]
+    pub(crate) store: Option<PathBuf>,
+
+    /// Print machine-readable JSON instead of text
+    #[arg(long, global = true, help_heading = GLOBAL)]
+    pub(crate) json: bool,
+
+    /// More diagnostics on stderr (-v, -vv, -vvv); RUST_LOG overrides
+    #[arg(short, long, global = true, action = ArgAction::Count, help_heading = GLOBAL)]
+    pub(crate) verbose: u8,
+
+    /// Read the passphrase from file descriptor N (up to the first newline)
+    #[arg(long, global = true, value_name = "N", help_heading = GLOBAL,
+          value_parser = clap::value_parser!(i32).range(0..))]
+    pub(crate) passphrase_fd: Option<i32>,
+
+    /// Read the recovery key from FILE
+    #[arg(long, global = true, value_name = "FILE", help_heading = GLOBAL)]
+    pub(crate) recovery_key_file: Option<PathBuf>,
+
+    /// The command to run
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Create a keystore protected by a new recovery key
+    Init(InitArgs),
+    /// Show the keystore's state
+    Status,
+    /// Enroll another protector (a way to unlock the keystore)
+    #[command(subcommand)]
+    Enroll(EnrollCommand),
+    /// List or remove protectors
+    #[command(subcommand)]
+    Protectors(ProtectorsCommand),
+    /// Create, list, show, rotate and retire named keys
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Encrypt data with a named key (stdin to stdout unless -i/-o)
+    Encrypt(EncryptArgs),
+    /// Decrypt keyward data (the key is named in the data)
+    Decrypt(DecryptArgs),
+    /// Sign data with a signing key
+    Sign(SignArgs),
+    /// Verify a keyward signature
+    Verify(VerifyArgs),
+    /// Print the public key of a signing key as PEM
+    ExportPublic(ExportPublicArgs),
+    /// Master-key operations
+    #[command(subcommand)]
+    Master(MasterCommand),
+    /// Read and verify the audit log
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `keyward init`.
+#[derive(Debug, Args)]
+pub(crate) struct InitArgs {
+    /// Also enroll a passphrase (from --passphrase-fd, KEYWARD_PASSPHRASE or
+    /// a prompt)
+    #[arg(long)]
+    pub(crate) passphrase: bool,
+
+    /// Write the new recovery key to FILE (created with mode 0600; never
+    /// overwritten) instead of showing it on the terminal. Required when
+    /// there is no terminal.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) recovery_key_out: Option<PathBuf>,
+
+    /// Argon2 parameters of the passphrase (with --passphrase)
+    #[command(flatten)]
+    pub(crate) argon2: Argon2Args,
+}
+
+/// `keyward enroll ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum EnrollCommand {
+    /// Enroll a new recovery key (shown once)
+    Recovery {
+        /// Label shown in `keyward protectors list`
+        #[arg(long, default_value = "recovery")]
+        label: String,
+        /// Write the new recovery key to FILE (mode 0600, never overwritten)
+        /// instead of showing it. Required when there is no terminal.
+        #[arg(long, value_name = "FILE")]
+        recovery_key_out: Option<PathBuf>,
+    },
+    /// Enroll a passphrase (from --passphrase-fd, KEYWARD_PASSPHRASE or a
+    /// prompt); unlock with the recovery key
+    Passphrase {
+        /// Label shown in `keyward protectors list`
+        #[arg(long, default_value = "passphrase")]
+        label: String,
+        /// Argon2 parameters
+        #[command(flatten)]
+        argon2: Argon2Args,
+    },
+}
+
+/// Argon2id cost parameters of a passphrase protector. Advanced: the
+/// defaults are chosen for this kind of machine; lower values make a
+/// stolen keystore cheaper to attack.
+#[derive(Debug, Args, Clone, Copy, Default)]
+#[command(next_help_heading = "Advanced")]
+#[expect(
+    clippy::struct_field_names,
+    reason = "the field names are the flag names"
+)]
+pub(crate) struct Argon2Args {
+    /// Argon2id memory in KiB
+    #[arg(long, value_name = "KIB")]
+    pub(crate) argon2_m_kib: Option<u32>,
+    /// Argon2id passes
+    #[arg(long, value_name = "N")]
+    pub(crate) argon2_t: Option<u32>,
+    /// Argon2id lanes
+    #[arg(long, value_name = "N")]
+    pub(crate) argon2_p: Option<u32>,
+}
+
+impl Argon2Args {
+    /// The options as the passphrase backend takes them
+    /// (`EnrollRequest::options`).
+    pub(crate) fn options(self) -> Vec<(String, String)> {
+        [
+            ("argon2-m-kib", self.argon2_m_kib),
+            ("argon2-t", self.argon2_t),
+            ("argon2-p", self.argon2_p),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_string())))
+        .collect()
+    }
+}
+
+/// `keyward protectors ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ProtectorsCommand {
+    /// List enrolled protectors
+    List,
+    /// Remove a protector (never the last one); needs an unlock
+    Remove {
+        /// Protector id (see `keyward protectors list`)
+        id: u32,
+    },
+}
+
+/// Key purpose on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum PurposeArg {
+    /// AES-256-GCM encryption
+    Encrypt,
+    /// Ed25519 signatures
+    Sign,
+}
+
+impl From<PurposeArg> for KeyPurpose {
+    fn from(p: PurposeArg) -> Self {
+        match p {
+            PurposeArg::Encrypt => Self::Encrypt,
+            PurposeArg::Sign => Self::Sign,
+        }
+    }
+}
+
+/// Data class on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ClassArg {
+    /// Memory only (needs `keyward serve`)
+    Secret,
+    /// Health, financial: never leaves this device
+    Sensitive,
+    /// Schedules, contacts: local plus encrypted backup
+    Private,
+    /// No restriction beyond encryption
+    General,
+}
+
+impl From<ClassArg> for DataClass {
+    fn from(c: ClassArg) -> Self {
+        match c {
+            ClassArg::Secret => Self::Secret,
+            ClassArg::Sensitive => Self::Sensitive,
+            ClassArg::Private => Self::Private,
+            ClassArg::General => Self::General,
+        }
+    }
+}
+
+/// `keyward key ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeyCommand {
+    /// Create a named key (version 1)
+    Create {
+        /// Key name: 1-64 of a-z 0-9 . _ -, starting with a letter or digit
+        #[arg(value_parser = parse_key_name)]
+        name: KeyName,
+        /// What the key is for
+        #[arg(long, value_enum, default_value = "encrypt")]
+        purpose: PurposeArg,
+        /// Data class, bound into everything encrypted under the key
+        #[arg(long, value_enum, default_value = "private")]
+        class: ClassArg,
+        /// Rotate automatically after this long (e.g. 90d, 12h, 30m, 45s, 2w)
+        #[arg(long, value_name = "DUR", value_parser = crate::render::parse_duration)]
+        rotation_period: Option<u64>,
+        /// Rotate automatically after this many encryptions by one version
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        usage_limit: Option<u64>,
+    },
+    /// List named keys
+    List,
+    /// Show a key and its versions
+    Show {
+        /// Key name
+        #[arg(value_parser = parse_key_name)]
+        name: KeyName,
+    },
+    /// Add a new primary version (old versions keep decrypting)
+    Rotate {
+        /// Key name
+        #[arg(value_parser = parse_key_name)]
+        name: KeyName,
+    },
+    /// Refuse to decrypt with versions below a minimum
+    Retire {
+        /// Key name
+        #[arg(value_parser = parse_key_name)]
+        name: KeyName,
+        /// Versions below this no longer decrypt
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        min_version: u32,
+    },
+}
+
+/// `keyward encrypt`.
+#[derive(Debug, Args)]
+pub(crate) struct EncryptArgs {
+    /// Key to encrypt with (its primary version)
+    #[arg(long, value_parser = parse_key_name)]
+    pub(crate) key: KeyName,
+    /// Context bound to the ciphertext; decrypt needs the same one
+    #[arg(long, default_value = "", value_name = "STR")]
+    pub(crate) context: String,
+    /// Input file [default: stdin]
+    #[arg(short, long, value_name = "IN")]
+    pub(crate) input: Option<PathBuf>,
+    /// Output file, written atomically [default: stdout]
+    #[arg(short, long, value_name = "OUT")]
+    pub(crate) output: Option<PathBuf>,
+    /// Write binary output even when stdout is a terminal
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+/// `keyward decrypt`.
+#[derive(Debug, Args)]
+pub(crate) struct DecryptArgs {
+    /// Context given at encryption
+    #[arg(long, default_value = "", value_name = "STR")]
+    pub(crate) context: String,
+    /// Input file [default: stdin]
+    #[arg(short, long, value_name = "IN")]
+    pub(crate) input: Option<PathBuf>,
+    /// Output file, written atomically: it appears only if the whole input
+    /// decrypted [default: stdout]
+    #[arg(short, long, value_name = "OUT")]
+    pub(crate) output: Option<PathBuf>,
+    /// Print plaintext even when stdout is a terminal
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+/// `keyward sign`.
+#[derive(Debug, Args)]
+pub(crate) struct SignArgs {
+    /// Signing key (its primary version)
+    #[arg(long, value_parser = parse_key_name)]
+    pub(crate) key: KeyName,
+    /// Intended audience, checked by verify
+    #[arg(long, default_value = "", value_name = "A")]
+    pub(crate) audience: String,
+    /// Message file [default: stdin]
+    #[arg(short, long, value_name = "IN")]
+    pub(crate) input: Option<PathBuf>,
+    /// Signature file, written atomically [default: stdout]
+    #[arg(short, long, value_name = "SIG")]
+    pub(crate) output: Option<PathBuf>,
+    /// Write the binary signature even when stdout is a terminal
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+/// `keyward verify`.
+#[derive(Debug, Args)]
+pub(crate) struct VerifyArgs {
+    /// Signature file made by `keyward sign`
+    #[arg(long, value_name = "SIG")]
+    pub(crate) signature: PathBuf,
+    /// Audience the signature must be for
+    #[arg(long, default_value = "", value_name = "A")]
+    pub(crate) audience: String,
+    /// Message file [default: stdin]
+    #[arg(short, long, value_name = "IN")]
+    pub(crate) input: Option<PathBuf>,
+}
+
+/// `keyward export-public`.
+#[derive(Debug, Args)]
+pub(crate) struct ExportPublicArgs {
+    /// Signing key name
+    #[arg(value_parser = parse_key_name)]
+    pub(crate) name: KeyName,
+    /// Version [default: the primary version]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) version: Option<u32>,
+}
+
+/// `keyward master ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum MasterCommand {
+    /// Replace the master key and re-wrap everything under the new one
+    Rotate,
+}
+
+/// `keyward audit ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Print audit records, oldest first
+    Show {
+        /// Start at this sequence number
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        since: u64,
+    },
+    /// Verify the hash chain of the whole audit log
+    Verify,
+}
+
+/// clap value parser for key names, so a bad name is a usage error (exit 2)
+/// with the reason.
+fn parse_key_name(s: &str) -> Result<KeyName, String> {
+    KeyName::new(s).map_err(|e| match e {
+        keyward_kms::Error::InvalidKeyName { reason, .. } => reason.to_owned(),
+        other => other.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("keyward").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_after_subcommand() {
+        let cli = parse(&["key", "list", "--json", "--store", "/tmp/x.db", "-vv"]).expect("parse");
+        assert!(cli.json);
+        assert_eq!(cli.verbose, 2);
+        assert_eq!(
+            cli.store.as_deref(),
+            Some(std::path::Path::new("/tmp/x.db"))
+        );
+    }
+
+    #[test]
+    fn no_secret_flags_exist() {
+        for args in [
+            &["--passphrase", "hunter2", "status"][..],
+            &["status", "--passphrase=hunter2"],
+            &["decrypt", "--recovery-key", "ABCD"],
+            &["enroll", "passphrase", "--passphrase", "x"],
+            &["status", "--pin", "123456"],
+        ] {
+            let err = parse(args).expect_err("must be refused");
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::UnknownArgument,
+                "{args:?}"
+            );
+            assert_eq!(err.exit_code(), 2);
+        }
+    }
+
+    #[test]
+    fn key_names_are_validated_at_parse_time() {
+        let err = parse(&["key", "create", "Bad/Name"]).expect_err("bad name");
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(err.to_string().contains("only a-z, 0-9"), "{err}");
+        let cli = parse(&[
+            "key",
+            "create",
+            "notes",
+            "--purpose",
+            "sign",
+            "--class",
+            "general",
+        ])
+        .expect("parse");
+        match cli.command {
+            Command::Key(KeyCommand::Create {
+                name,
+                purpose,
+                class,
+                rotation_period,
+                usage_limit,
+            }) => {
+                assert_eq!(name.as_str(), "notes");
+                assert!(matches!(purpose, PurposeArg::Sign));
+                assert_eq!(class, ClassArg::General);
+                assert_eq!(rotation_period, None);
+                assert_eq!(usage_limit, None);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn argon2_options_are_passed_by_name() {
+        let cli = parse(&[
+            "enroll",
+            "passphrase",
+            "--argon2-m-kib",
+            "1024",
+            "--argon2-t",
+            "1",
+        ])
+        .expect("parse");
+        match cli.command {
+            Command::Enroll(EnrollCommand::Passphrase { label, argon2 }) => {
+                assert_eq!(label, "passphrase");
+                assert_eq!(
+                    argon2.options(),
+                    vec![
+                        ("argon2-m-kib".to_owned(), "1024".to_owned()),
+                        ("argon2-t".to_owned(), "1".to_owned())
+                    ]
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rotation_period_parses_units() {
+        let cli = parse(&["key", "create", "k", "--rotation-period", "90d"]).expect("parse");
+        match cli.command {
+            Command::Key(KeyCommand::Create {
+                rotation_period, ..
+            }) => assert_eq!(rotation_period, Some(90 * 86_400)),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(parse(&["key", "create", "k", "--rotation-period", "soon"]).is_err());
+    }
+
+    #[test]
+    fn zero_is_refused_where_meaningless() {
+        assert!(parse(&["key", "retire", "k", "--min-version", "0"]).is_err());
+        assert!(parse(&["key", "create", "k", "--usage-limit", "0"]).is_err());
+        assert!(parse(&["export-public", "k", "--version", "0"]).is_err());
+        assert!(parse(&["status", "--passphrase-fd", "-1"]).is_err());
+    }
+}

@@ -1,0 +1,667 @@
+//! Everything that can make a command fail, rendered as a diagnosis
+//! (`error: ...`), a remedy (`hint: ...`) and a documented exit code
+//! (docs/CLI.md; the same table is in `keyward --help`).
+
+use std::fmt::Write as _;
+
+use keyward_kms::Error;
+
+/// Process exit codes. Stable: scripts depend on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Exit {
+    /// A failure not covered below (I/O, cancelled prompt).
+    Failure = 1,
+    /// Bad arguments (clap uses 2 too).
+    Usage = 2,
+    /// Authentication failed or is needed.
+    Auth = 3,
+    /// Keystore, key, version or protector not found.
+    NotFound = 4,
+    /// Decryption failed, truncated data, bad signature, tampered audit log.
+    Integrity = 5,
+    /// Refused by policy or to protect data.
+    Refused = 6,
+    /// Device or hardware error.
+    Device = 7,
+    /// The keystore cannot be used (busy, damaged, too new, permissions).
+    Store = 8,
+    /// Standard output was closed by the reader (e.g. `| head`); silent.
+    BrokenPipe = 141,
+}
+
+/// A failed command: what happened, what to do, and the exit code.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    /// The diagnosis, one line.
+    pub(crate) message: String,
+    /// The remedy, if there is one to give.
+    pub(crate) hint: Option<String>,
+    /// Exit code.
+    pub(crate) code: Exit,
+}
+
+impl Failure {
+    /// A failure with a message and exit code.
+    pub(crate) fn new(code: Exit, message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            hint: None,
+            code,
+        }
+    }
+
+    /// Adds (or replaces) the hint.
+    #[must_use]
+    pub(crate) fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// Writing to stdout failed because the reader went away.
+    pub(crate) fn broken_pipe() -> Self {
+        Self::new(Exit::BrokenPipe, "")
+    }
+
+    /// An I/O failure with what we were doing.
+    pub(crate) fn io(context: impl std::fmt::Display, err: &std::io::Error) -> Self {
+        if err.kind() == std::io::ErrorKind::BrokenPipe {
+            return Self::broken_pipe();
+        }
+        Self::new(Exit::Failure, format!("{context}: {err}"))
+    }
+
+    /// Nothing should be printed (broken pipe).
+    pub(crate) fn is_silent(&self) -> bool {
+        self.code == Exit::BrokenPipe
+    }
+
+    /// The text printed to stderr.
+    pub(crate) fn render(&self) -> String {
+        let mut out = format!("error: {}\n", self.message);
+        if let Some(hint) = &self.hint {
+            let _ = writeln!(out, "hint: {hint}");
+        }
+        out
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(err: Error) -> Self {
+        from_kms(&err)
+    }
+}
+
+/// The message of `err` with its chain of sources (`Io` and `Database`
+/// carry the underlying cause there).
+fn message_of(err: &Error) -> String {
+    let mut message = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+/// Maps every keyward-kms error to an exit code and a remedy.
+#[expect(
+    clippy::match_same_arms,
+    reason = "one arm per variant reads as the documented table"
+)]
+pub(crate) fn from_kms(err: &Error) -> Failure {
+    // An I/O error that is a closed stdout stays silent, wherever it came
+    // from.
+    if let Error::Io { source, .. } = err {
+        if source.kind() == std::io::ErrorKind::BrokenPipe {
+            return Failure::broken_pipe();
+        }
+    }
+    let (code, hint): (Exit, Option<String>) = match err {
+        // ---- cryptography ------------------------------------------------
+        Error::DecryptionFailed => (
+            Exit::Integrity,
+            Some(
+                "check that --context is the one used to encrypt and that the data was \
+                 encrypted with a key of this keystore; otherwise the data was modified \
+                 or damaged"
+                    .into(),
+            ),
+        ),
+        Error::UnwrapFailed => (
+            Exit::Integrity,
+            Some(
+                "a wrapped key in the keystore was modified or copied from another \
+                 keystore; restore the keystore from a backup"
+                    .into(),
+            ),
+        ),
+        Error::InvalidSignature => (
+            Exit::Integrity,
+            Some(
+                "the message or the signature was modified, or they do not belong \
+                 together"
+                    .into(),
+            ),
+        ),
+        Error::Malformed { .. } => (
+            Exit::Integrity,
+            Some(
+                "the input is not keyward data or is damaged; check that you passed the \
+                 right file"
+                    .into(),
+            ),
+        ),
+        Error::UnsupportedFormat { .. } => (
+            Exit::Integrity,
+            Some("the data was written by another keyward version; upgrade keyward".into()),
+        ),
+        Error::Truncated => (
+            Exit::Integrity,
+            Some(
+                "the data was cut short (an interrupted copy or download?); decrypt a \
+                 complete copy"
+                    .into(),
+            ),
+        ),
+        Error::Random => (
+            Exit::Failure,
+            Some(
+                "the operating system refused random numbers; check that the getrandom \
+                 system call is allowed (container or seccomp policy)"
+                    .into(),
+            ),
+        ),
+        Error::InvalidPublicKey { .. } => (
+            Exit::Integrity,
+            Some("a stored public key is damaged; restore the keystore from a backup".into()),
+        ),
+
+        // ---- keystore ----------------------------------------------------
+        Error::StoreNotFound { .. } => (
+            Exit::NotFound,
+            Some(
+                "create one with `keyward init`, or point --store or KEYWARD_STORE at an \
+                 existing keystore"
+                    .into(),
+            ),
+        ),
+        Error::StoreExists { .. } => (
+            Exit::Refused,
+            Some(
+                "keyward never overwrites a keystore; choose another path with --store, or \
+                 move the existing one away first"
+                    .into(),
+            ),
+        ),
+        Error::NotAKeystore { .. } => (
+            Exit::Store,
+            Some("check the path given with --store or KEYWARD_STORE".into()),
+        ),
+        Error::StoreCorrupt { .. } => (
+            Exit::Store,
+            Some("restore the keystore from a backup".into()),
+        ),
+        Error::StoreTooNew { .. } => (
+            Exit::Store,
+            Some("this keystore was written by a newer keyward; upgrade keyward to use it".into()),
+        ),
+        Error::UnsafePermissions { .. } => (
+            Exit::Store,
+            Some(
+                "the keystore must be owned by you, mode 0600, in a directory of mode \
+                 0700 (chmod 600 FILE; chmod 700 DIR)"
+                    .into(),
+            ),
+        ),
+        Error::StoreBusy => (
+            Exit::Store,
+            Some("wait for the other keyward process to finish, then try again".into()),
+        ),
+        Error::Database(_) => (
+            Exit::Store,
+            Some(
+                "check free disk space and the keystore's permissions; if the file is \
+                 damaged, restore it from a backup"
+                    .into(),
+            ),
+        ),
+        Error::Io { .. } => (Exit::Failure, None),
+
+        // ---- keys --------------------------------------------------------
+        Error::KeyNotFound { name } => (
+            Exit::NotFound,
+            Some(format!(
+                "list keys with `keyward key list`, or create it with `keyward key create {name}`"
+            )),
+        ),
+        Error::KeyExists { name } => (
+            Exit::Refused,
+            Some(format!(
+                "choose another name, or add a version with `keyward key rotate {name}`"
+            )),
+        ),
+        Error::VersionNotFound { name, .. } => (
+            Exit::NotFound,
+            Some(format!("see its versions with `keyward key show {name}`")),
+        ),
+        Error::VersionRetired { name, version, .. } => (
+            Exit::Refused,
+            Some(format!(
+                "to read it, lower the minimum with `keyward key retire {name} \
+                 --min-version {version}`, then re-encrypt the data under the current \
+                 version"
+            )),
+        ),
+        Error::WrongPurpose { .. } => (
+            Exit::Refused,
+            Some(
+                "encrypt and decrypt need an encrypt key, sign and export-public a sign \
+                 key; `keyward key list` shows each key's purpose"
+                    .into(),
+            ),
+        ),
+        Error::InvalidKeyName { .. } => (
+            Exit::Usage,
+            Some(
+                "key names are 1 to 64 characters of a-z, 0-9, '.', '_' and '-', starting \
+                 with a letter or digit"
+                    .into(),
+            ),
+        ),
+        Error::UsageLimit { name, .. } => (
+            Exit::Refused,
+            Some(format!(
+                "add a new version with `keyward key rotate {name}`"
+            )),
+        ),
+        Error::ClassPolicy { .. } => (
+            Exit::Refused,
+            Some(
+                "the key's data class forbids this; `keyward key show NAME` shows the \
+                 class"
+                    .into(),
+            ),
+        ),
+
+        // ---- protectors and unlock -----------------------------------------
+        Error::Locked => (Exit::Auth, Some(UNLOCK_HINT.into())),
+        Error::NoSuchProtectorKind { .. } => (
+            Exit::NotFound,
+            Some(
+                "`keyward protectors list` shows what is enrolled; supply the secret of \
+                 one of those"
+                    .into(),
+            ),
+        ),
+        Error::ProtectorNotFound { .. } => (
+            Exit::NotFound,
+            Some("`keyward protectors list` shows the protector ids".into()),
+        ),
+        Error::LastProtector => (
+            Exit::Refused,
+            Some(
+                "enroll another protector first (`keyward enroll passphrase` or `keyward \
+                 enroll recovery`), then remove this one"
+                    .into(),
+            ),
+        ),
+        Error::WrongPassphrase => (
+            Exit::Auth,
+            Some(
+                "check the passphrase (--passphrase-fd or KEYWARD_PASSPHRASE), or unlock \
+                 with the recovery key (--recovery-key-file or KEYWARD_RECOVERY_KEY)"
+                    .into(),
+            ),
+        ),
+        Error::WrongRecoveryKey => (
+            Exit::Auth,
+            Some(
+                "check the recovery key (--recovery-key-file or KEYWARD_RECOVERY_KEY) \
+                 against the one written down when it was enrolled"
+                    .into(),
+            ),
+        ),
+        Error::RecoveryKeyFormat { .. } => (
+            Exit::Auth,
+            Some("give the recovery key exactly as it was shown when it was enrolled".into()),
+        ),
+        Error::WeakPassphrase { .. } => (
+            Exit::Refused,
+            Some(
+                "choose a longer passphrase (several random words work well) and type it \
+                 the same way twice"
+                    .into(),
+            ),
+        ),
+
+        // ---- hardware ----------------------------------------------------
+        Error::DeviceNotFound { .. } => (
+            Exit::Device,
+            Some(
+                "connect the device and check that its service is running (pcscd for \
+                 YubiKeys), or unlock with another protector"
+                    .into(),
+            ),
+        ),
+        Error::WrongDevice { .. } => (
+            Exit::Device,
+            Some(
+                "connect the enrolled device (`keyward protectors list` shows which), or \
+                 unlock with another protector"
+                    .into(),
+            ),
+        ),
+        Error::WrongPin { .. } => (
+            Exit::Auth,
+            Some("check the PIN; after too many wrong tries the device blocks it".into()),
+        ),
+        Error::PinBlocked => (
+            Exit::Auth,
+            Some(
+                "unblock the PIN with the device's own tool (PUK), or unlock with another \
+                 protector"
+                    .into(),
+            ),
+        ),
+        Error::Lockout { .. } => (
+            Exit::Auth,
+            Some("wait for the lockout to end, or unlock with another protector".into()),
+        ),
+        Error::TouchTimeout => (
+            Exit::Device,
+            Some("touch the device when it blinks, then try again".into()),
+        ),
+        Error::DeviceRemoved => (
+            Exit::Device,
+            Some("reconnect the device and try again; the keystore was not changed".into()),
+        ),
+        Error::Cancelled => (Exit::Failure, None),
+        Error::NotSupported { .. } => (Exit::Device, None),
+        Error::Device { .. } => (
+            Exit::Device,
+            Some("run with -v for details and check the device with its own tool".into()),
+        ),
+
+        // ---- audit and signed messages ---------------------------------------
+        Error::AuditWrite(_) => (
+            Exit::Store,
+            Some(
+                "the operation was not performed; check free disk space and the \
+                 keystore's permissions"
+                    .into(),
+            ),
+        ),
+        Error::AuditTampered { .. } => (
+            Exit::Integrity,
+            Some(
+                "the audit log was edited, reordered or cut short; keep this keystore \
+                 for investigation and compare it with a backup"
+                    .into(),
+            ),
+        ),
+        Error::Replay { .. } => (
+            Exit::Integrity,
+            Some("this signed message was already accepted once; ask for a fresh one".into()),
+        ),
+        Error::NotFresh { .. } => (
+            Exit::Integrity,
+            Some("check --audience and both machines' clocks, or ask for a fresh signature".into()),
+        ),
+
+        // ---- caller input --------------------------------------------------
+        Error::InvalidArgument { .. } => (Exit::Usage, None),
+
+        // Error is non_exhaustive: a variant added later still gets a
+        // message and the generic code until it is mapped here.
+        _ => (Exit::Failure, None),
+    };
+    Failure {
+        message: message_of(err),
+        hint,
+        code,
+    }
+}
+
+/// The remedy whenever the master key is needed and no secret was given.
+pub(crate) const UNLOCK_HINT: &str = "unlock with a passphrase (--passphrase-fd N or \
+     KEYWARD_PASSPHRASE) or the recovery key (--recovery-key-file FILE or \
+     KEYWARD_RECOVERY_KEY), or run keyward on a terminal to be asked";
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn all_variants() -> Vec<Error> {
+        vec![
+            Error::DecryptionFailed,
+            Error::UnwrapFailed,
+            Error::InvalidSignature,
+            Error::Malformed { what: "header" },
+            Error::UnsupportedFormat {
+                version: 9,
+                supported: 1,
+            },
+            Error::Truncated,
+            Error::Random,
+            Error::InvalidPublicKey {
+                what: "not on curve",
+            },
+            Error::StoreNotFound {
+                path: PathBuf::from("/x/keystore.db"),
+            },
+            Error::StoreExists {
+                path: PathBuf::from("/x/keystore.db"),
+            },
+            Error::NotAKeystore {
+                path: PathBuf::from("/x"),
+            },
+            Error::StoreCorrupt {
+                path: PathBuf::from("/x"),
+                detail: "bad".into(),
+            },
+            Error::StoreTooNew {
+                found: 9,
+                supported: 1,
+            },
+            Error::UnsafePermissions {
+                path: PathBuf::from("/x"),
+                detail: "mode 0644".into(),
+            },
+            Error::StoreBusy,
+            Error::Database(rusqlite_error()),
+            Error::io(
+                "reading /x",
+                std::io::Error::new(std::io::ErrorKind::NotFound, "gone"),
+            ),
+            Error::KeyNotFound { name: "k".into() },
+            Error::KeyExists { name: "k".into() },
+            Error::VersionNotFound {
+                name: "k".into(),
+                version: 3,
+            },
+            Error::VersionRetired {
+                name: "k".into(),
+                version: 1,
+                min_decryption_version: 2,
+            },
+            Error::WrongPurpose {
+                name: "k".into(),
+                actual: "sign",
+                wanted: "encrypt",
+            },
+            Error::InvalidKeyName {
+                name: "K".into(),
+                reason: "upper case",
+            },
+            Error::UsageLimit {
+                name: "k".into(),
+                version: 1,
+            },
+            Error::ClassPolicy { what: "no" },
+            Error::Locked,
+            Error::NoSuchProtectorKind { kind: "tpm".into() },
+            Error::ProtectorNotFound { id: 7 },
+            Error::LastProtector,
+            Error::WrongPassphrase,
+            Error::WrongRecoveryKey,
+            Error::RecoveryKeyFormat { reason: "length" },
+            Error::WeakPassphrase { reason: "short" },
+            Error::DeviceNotFound {
+                kind: "yubikey".into(),
+                hint: None,
+            },
+            Error::WrongDevice {
+                expected: "1".into(),
+                found: "2".into(),
+            },
+            Error::WrongPin {
+                retries_left: Some(2),
+            },
+            Error::PinBlocked,
+            Error::Lockout { seconds: Some(10) },
+            Error::TouchTimeout,
+            Error::DeviceRemoved,
+            Error::Cancelled,
+            Error::NotSupported {
+                kind: "tpm".into(),
+                what: "sign",
+            },
+            Error::Device {
+                kind: "tpm".into(),
+                code: "0x902".into(),
+                message: "out of memory".into(),
+            },
+            Error::AuditWrite(Box::new(Error::StoreBusy)),
+            Error::AuditTampered {
+                seq: 4,
+                detail: "hash".into(),
+            },
+            Error::Replay { counter: 3 },
+            Error::NotFresh { reason: "old" },
+            Error::InvalidArgument { what: "x".into() },
+        ]
+    }
+
+    fn rusqlite_error() -> rusqlite::Error {
+        rusqlite::Error::InvalidQuery
+    }
+
+    #[test]
+    fn every_variant_renders_error_line_and_nonzero_code() {
+        for err in all_variants() {
+            let f = from_kms(&err);
+            let text = f.render();
+            assert!(text.starts_with("error: "), "{text}");
+            assert!(!f.message.is_empty());
+            assert_ne!(f.code as u8, 0);
+            assert!(!f.is_silent(), "{err:?}");
+            if let Some(hint) = &f.hint {
+                assert!(text.contains(&format!("\nhint: {hint}\n")), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn codes_follow_the_documented_table() {
+        let code = |e: Error| from_kms(&e).code;
+        assert_eq!(code(Error::WrongPassphrase), Exit::Auth);
+        assert_eq!(code(Error::Locked), Exit::Auth);
+        assert_eq!(code(Error::WrongPin { retries_left: None }), Exit::Auth);
+        assert_eq!(
+            code(Error::StoreNotFound {
+                path: PathBuf::new()
+            }),
+            Exit::NotFound
+        );
+        assert_eq!(
+            code(Error::KeyNotFound { name: "k".into() }),
+            Exit::NotFound
+        );
+        assert_eq!(code(Error::DecryptionFailed), Exit::Integrity);
+        assert_eq!(code(Error::Truncated), Exit::Integrity);
+        assert_eq!(
+            code(Error::AuditTampered {
+                seq: 1,
+                detail: String::new()
+            }),
+            Exit::Integrity
+        );
+        assert_eq!(code(Error::LastProtector), Exit::Refused);
+        assert_eq!(code(Error::ClassPolicy { what: "x" }), Exit::Refused);
+        assert_eq!(code(Error::TouchTimeout), Exit::Device);
+        assert_eq!(code(Error::StoreBusy), Exit::Store);
+        assert_eq!(
+            code(Error::StoreTooNew {
+                found: 2,
+                supported: 1
+            }),
+            Exit::Store
+        );
+        assert_eq!(
+            code(Error::InvalidArgument { what: "x".into() }),
+            Exit::Usage
+        );
+    }
+
+    #[test]
+    fn hints_name_the_key_and_version() {
+        let f = from_kms(&Error::VersionRetired {
+            name: "notes".into(),
+            version: 1,
+            min_decryption_version: 2,
+        });
+        assert_eq!(
+            f.hint.as_deref(),
+            Some(
+                "to read it, lower the minimum with `keyward key retire notes --min-version 1`, \
+                 then re-encrypt the data under the current version"
+            )
+        );
+        let f = from_kms(&Error::KeyNotFound {
+            name: "nope".into(),
+        });
+        assert!(f.render().contains("`keyward key create nope`"));
+    }
+
+    #[test]
+    fn io_errors_keep_their_cause() {
+        let f = from_kms(&Error::io(
+            "reading input.bin",
+            std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory"),
+        ));
+        assert_eq!(f.message, "reading input.bin: No such file or directory");
+        assert_eq!(f.code, Exit::Failure);
+    }
+
+    #[test]
+    fn broken_pipe_is_silent() {
+        let f = from_kms(&Error::io(
+            "writing output",
+            std::io::Error::from(std::io::ErrorKind::BrokenPipe),
+        ));
+        assert!(f.is_silent());
+        assert_eq!(f.code as u8, 141);
+        let f = Failure::io(
+            "writing",
+            &std::io::Error::from(std::io::ErrorKind::BrokenPipe),
+        );
+        assert!(f.is_silent());
+    }
+
+    #[test]
+    fn messages_never_repeat_the_cause() {
+        let f = from_kms(&Error::AuditWrite(Box::new(Error::StoreBusy)));
+        assert_eq!(
+            f.message,
+            "the audit log could not be written, so the operation was not performed: \
+             the keystore is busy: another keyward process is changing it"
+        );
+    }
+}

@@ -1,0 +1,397 @@
+//! Data in and out: stdin or a file, stdout or an atomically written file,
+//! and progress on a terminal.
+//!
+//! An output file is written to a temporary file in the same directory,
+//! flushed, fsynced and renamed over the target only when the command
+//! succeeded: a failed decryption never leaves a partial plaintext file. On
+//! stdout that guarantee is impossible (bytes already written cannot be
+//! taken back), which docs/CLI.md says; stdout only ever receives
+//! authenticated plaintext chunks.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::failure::{Exit, Failure};
+
+/// `-` as a path means stdin/stdout, as in most Unix tools.
+fn is_dash(path: &Path) -> bool {
+    path.as_os_str() == "-"
+}
+
+/// Whether `path` exists and is not a regular file (following symlinks).
+fn is_special(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir())
+}
+
+/// Where data comes from.
+pub(crate) enum Input {
+    /// Standard input.
+    Stdin(io::Stdin),
+    /// A file.
+    File(File),
+}
+
+impl Input {
+    /// Opens `path`, or stdin for `None` or `-`.
+    ///
+    /// # Errors
+    /// The file cannot be opened.
+    pub(crate) fn open(path: Option<&Path>) -> Result<Self, Failure> {
+        match path {
+            None => Ok(Self::Stdin(io::stdin())),
+            Some(p) if is_dash(p) => Ok(Self::Stdin(io::stdin())),
+            Some(p) => File::open(p)
+                .map(Self::File)
+                .map_err(|e| Failure::io(format_args!("cannot open {}", p.display()), &e)),
+        }
+    }
+
+    /// The input's size when it is a regular file.
+    pub(crate) fn len(&self) -> Option<u64> {
+        match self {
+            Self::Stdin(_) => None,
+            Self::File(f) => f
+                .metadata()
+                .ok()
+                .filter(std::fs::Metadata::is_file)
+                .map(|m| m.len()),
+        }
+    }
+}
+
+impl Read for Input {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Stdin(s) => s.read(buf),
+            Self::File(f) => f.read(buf),
+        }
+    }
+}
+
+/// Where data goes.
+pub(crate) enum Output {
+    /// Standard output.
+    Stdout(BufWriter<io::Stdout>),
+    /// Something that is not a regular file (`/dev/null`, a FIFO, a
+    /// terminal device): written in place, as there is nothing to rename.
+    Device(BufWriter<File>),
+    /// A temporary file renamed to `path` on [`Output::commit`].
+    File {
+        /// The temporary file, deleted on drop unless committed.
+        writer: BufWriter<tempfile::NamedTempFile>,
+        /// Final path.
+        path: PathBuf,
+    },
+}
+
+/// What an output holds, for the terminal check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Content {
+    /// Binary ciphertext or signature: useless on a terminal and may upset it.
+    Binary,
+    /// Decrypted plaintext: would land in the scrollback and in view.
+    Plaintext,
+}
+
+impl Output {
+    /// Opens `path` for atomic writing, or stdout for `None` or `-`.
+    /// Refuses a terminal stdout unless `force`.
+    ///
+    /// # Errors
+    /// Stdout is a terminal (usage error), or the temporary file cannot be
+    /// created.
+    pub(crate) fn create(
+        path: Option<&Path>,
+        content: Content,
+        force: bool,
+    ) -> Result<Self, Failure> {
+        match path {
+            Some(p) if !is_dash(p) && is_special(p) => {
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(p)
+                    .map_err(|e| Failure::io(format_args!("cannot open {}", p.display()), &e))?;
+                Ok(Self::Device(BufWriter::with_capacity(1 << 16, file)))
+            }
+            Some(p) if !is_dash(p) => {
+                let dir = match p.parent() {
+                    Some(d) if !d.as_os_str().is_empty() => d,
+                    _ => Path::new("."),
+                };
+                // tempfile creates the file with mode 0600 and O_EXCL.
+                let tmp = tempfile::Builder::new()
+                    .prefix(".keyward-")
+                    .suffix(".tmp")
+                    .tempfile_in(dir)
+                    .map_err(|e| {
+                        Failure::io(
+                            format_args!("cannot create a file in {}", dir.display()),
+                            &e,
+                        )
+                    })?;
+                Ok(Self::File {
+                    writer: BufWriter::with_capacity(1 << 16, tmp),
+                    path: p.to_path_buf(),
+                })
+            }
+            _ => {
+                let stdout = io::stdout();
+                if !force && stdout.is_terminal() {
+                    let what = match content {
+                        Content::Binary => "binary output",
+                        Content::Plaintext => "decrypted plaintext",
+                    };
+                    return Err(Failure::new(
+                        Exit::Usage,
+                        format!("refusing to write {what} to the terminal"),
+                    )
+                    .hint("write to a file with -o FILE or redirect stdout, or pass --force"));
+                }
+                Ok(Self::Stdout(BufWriter::with_capacity(1 << 16, stdout)))
+            }
+        }
+    }
+
+    /// Makes the output final: flushes stdout, or flushes, fsyncs and
+    /// renames the temporary file over the target and fsyncs its directory.
+    ///
+    /// # Errors
+    /// Any write, sync or rename failure (the target is then untouched).
+    pub(crate) fn commit(self) -> Result<(), Failure> {
+        match self {
+            Self::Stdout(mut w) => w
+                .flush()
+                .map_err(|e| Failure::io("cannot write to standard output", &e)),
+            Self::Device(mut w) => w
+                .flush()
+                .map_err(|e| Failure::io("cannot write the output", &e)),
+            Self::File { writer, path } => {
+                let tmp = writer.into_inner().map_err(|e| {
+                    Failure::io(format_args!("cannot write {}", path.display()), e.error())
+                })?;
+                tmp.as_file()
+                    .sync_all()
+                    .map_err(|e| Failure::io(format_args!("cannot sync {}", path.display()), &e))?;
+                tmp.persist(&path).map_err(|e| {
+                    Failure::io(
+                        format_args!("cannot rename the output to {}", path.display()),
+                        &e.error,
+                    )
+                })?;
+                sync_parent(&path);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Write for Output {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Stdout(w) => w.write(buf),
+            Self::Device(w) => w.write(buf),
+            Self::File { writer, .. } => writer.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Stdout(w) => w.flush(),
+            Self::Device(w) => w.flush(),
+            Self::File { writer, .. } => writer.flush(),
+        }
+    }
+}
+
+/// Makes a rename durable. Best effort: some filesystems refuse to fsync a
+/// directory, and the data itself is already synced.
+pub(crate) fn sync_parent(path: &Path) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Writes `text` to stdout.
+///
+/// # Errors
+/// A write failure; a closed pipe becomes the silent exit 141.
+pub(crate) fn print(text: &str) -> Result<(), Failure> {
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::io("cannot write to standard output", &e))
+}
+
+/// Writes `value` as pretty JSON plus a newline to stdout.
+///
+/// # Errors
+/// As [`print`].
+pub(crate) fn print_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<(), Failure> {
+    let mut text = serde_json::to_string_pretty(value)
+        .map_err(|e| Failure::new(Exit::Failure, format!("cannot encode JSON: {e}")))?;
+    text.push('\n');
+    print(&text)
+}
+
+/// Inputs below this size show no progress.
+const PROGRESS_THRESHOLD: u64 = 64 << 20;
+/// How often the progress line is redrawn.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A progress line on stderr, shown only when stderr is a terminal and the
+/// input is large (or of unknown size and already large).
+pub(crate) struct Progress {
+    enabled: bool,
+    verb: &'static str,
+    total: Option<u64>,
+    start: Instant,
+    last: Option<Instant>,
+}
+
+impl Progress {
+    /// A progress reporter for `total` bytes (if known).
+    pub(crate) fn new(verb: &'static str, total: Option<u64>) -> Self {
+        let enabled = io::stderr().is_terminal() && total.is_none_or(|t| t >= PROGRESS_THRESHOLD);
+        Self {
+            enabled,
+            verb,
+            total,
+            start: Instant::now(),
+            last: None,
+        }
+    }
+
+    /// Called with the number of bytes done so far.
+    pub(crate) fn update(&mut self, done: u64) {
+        if !self.enabled || done < PROGRESS_THRESHOLD {
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < PROGRESS_INTERVAL)
+        {
+            return;
+        }
+        self.last = Some(now);
+        let secs = now.duration_since(self.start).as_secs_f64().max(1e-3);
+        #[expect(
+            clippy::cast_precision_loss,
+            clippy::cast_sign_loss,
+            reason = "display only"
+        )]
+        let rate = (done as f64 / secs) as u64;
+        let line = match self.total {
+            Some(total) if total > 0 => format!(
+                "{} {} of {} ({}%), {}/s",
+                self.verb,
+                crate::render::format_bytes(done),
+                crate::render::format_bytes(total),
+                done.saturating_mul(100) / total,
+                crate::render::format_bytes(rate)
+            ),
+            _ => format!(
+                "{} {}, {}/s",
+                self.verb,
+                crate::render::format_bytes(done),
+                crate::render::format_bytes(rate)
+            ),
+        };
+        eprint!("\r\x1b[K{line}");
+    }
+
+    /// Clears the progress line, if one was drawn.
+    pub(crate) fn finish(&mut self) {
+        if self.last.take().is_some() {
+            eprint!("\r\x1b[K");
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_file_appears_only_on_commit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("out.bin");
+        let mut out = Output::create(Some(&target), Content::Plaintext, false).expect("create");
+        out.write_all(b"partial").expect("write");
+        drop(out);
+        assert!(!target.exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).expect("list").count(),
+            0,
+            "temporary file left behind"
+        );
+
+        let mut out = Output::create(Some(&target), Content::Plaintext, false).expect("create");
+        out.write_all(b"whole").expect("write");
+        out.commit().expect("commit");
+        assert_eq!(std::fs::read(&target).expect("read"), b"whole");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&target).expect("meta").permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn commit_replaces_an_existing_file_atomically() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("same.bin");
+        std::fs::write(&target, b"old").expect("write");
+        // Reading and writing the same path works: the input stays intact
+        // until the rename.
+        let mut input = Input::open(Some(&target)).expect("open");
+        assert_eq!(input.len(), Some(3));
+        let mut out = Output::create(Some(&target), Content::Binary, false).expect("create");
+        io::copy(&mut input, &mut out).expect("copy");
+        out.write_all(b"+new").expect("write");
+        out.commit().expect("commit");
+        assert_eq!(std::fs::read(&target).expect("read"), b"old+new");
+    }
+
+    #[test]
+    fn devices_are_written_in_place() {
+        let mut out =
+            Output::create(Some(Path::new("/dev/null")), Content::Binary, false).expect("create");
+        assert!(matches!(out, Output::Device(_)));
+        out.write_all(b"discarded").expect("write");
+        out.commit().expect("commit");
+    }
+
+    #[test]
+    fn missing_input_and_directory_fail_cleanly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let Err(f) = Input::open(Some(&dir.path().join("absent"))) else {
+            panic!("opened a missing file");
+        };
+        assert_eq!(f.code, Exit::Failure);
+        assert!(f.message.starts_with("cannot open "), "{}", f.message);
+        let Err(f) = Output::create(
+            Some(&dir.path().join("no/such/dir/out")),
+            Content::Binary,
+            false,
+        ) else {
+            panic!("created in a missing directory");
+        };
+        assert!(
+            f.message.starts_with("cannot create a file in "),
+            "{}",
+            f.message
+        );
+    }
+}

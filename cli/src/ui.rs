@@ -1,0 +1,710 @@
+//! The CLI's [`Callbacks`]: where secrets come from and how the user is
+//! told things.
+//!
+//! Secrets come from, in this order of preference:
+//! - an explicit flag: `--passphrase-fd N` (the passphrase is read up to the
+//!   first newline) or `--recovery-key-file FILE`;
+//! - the environment, for automation: `KEYWARD_PASSPHRASE`,
+//!   `KEYWARD_RECOVERY_KEY`;
+//! - a prompt on the controlling terminal (`/dev/tty`, echo off), only when
+//!   stderr is a terminal, so that stdin and stdout stay free for data.
+//!
+//! Never from argv. Secrets are read into zeroizing buffers and handed on as
+//! [`SecretString`]; they are never logged or printed, except a newly
+//! generated recovery key, shown once by [`Callbacks::show_secret`].
+
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io::{self, IsTerminal, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use keyward_kms::backend::{Notice, SecretKind, SecretRequest};
+use keyward_kms::{BackendKind, Callbacks, Error, SecretString};
+use secrecy::ExposeSecret;
+use zeroize::Zeroizing;
+
+use crate::failure::{Exit, Failure};
+
+/// Environment variable holding the passphrase (automation only).
+pub(crate) const ENV_PASSPHRASE: &str = "KEYWARD_PASSPHRASE";
+/// Environment variable holding the recovery key (automation only).
+pub(crate) const ENV_RECOVERY_KEY: &str = "KEYWARD_RECOVERY_KEY";
+
+/// Longest secret accepted from any source. Bounds the allocation when a
+/// file descriptor or file delivers garbage.
+const MAX_SECRET_LEN: usize = 4096;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Where one secret comes from, read at most once and then cached.
+#[derive(Debug)]
+pub(crate) struct Source {
+    origin: Origin,
+    cache: Mutex<Option<SecretString>>,
+}
+
+#[derive(Debug, Clone)]
+enum Origin {
+    /// `--passphrase-fd N`.
+    Fd(i32),
+    /// A variable of the environment.
+    Env(&'static str),
+    /// `--recovery-key-file FILE`.
+    File(PathBuf),
+}
+
+impl Source {
+    fn new(origin: Origin) -> Self {
+        Self {
+            origin,
+            cache: Mutex::new(None),
+        }
+    }
+
+    /// Whether the user named this source on the command line.
+    fn explicit(&self) -> bool {
+        !matches!(self.origin, Origin::Env(_))
+    }
+
+    /// Where it comes from, for messages.
+    fn describe(&self) -> String {
+        match &self.origin {
+            Origin::Fd(fd) => format!("file descriptor {fd}"),
+            Origin::Env(name) => format!("${name}"),
+            Origin::File(path) => path.display().to_string(),
+        }
+    }
+
+    /// Reads the secret (once). Passphrases are taken as given up to the
+    /// first newline; recovery keys (`trim`) lose surrounding whitespace.
+    fn read(&self, what: &str, trim: bool) -> keyward_kms::Result<SecretString> {
+        let mut cache = lock(&self.cache);
+        if let Some(secret) = cache.as_ref() {
+            return Ok(secret.clone());
+        }
+        let io_err = |e: io::Error| {
+            Error::io(
+                format!("cannot read the {what} from {}", self.describe()),
+                e,
+            )
+        };
+        let raw: Zeroizing<Vec<u8>> = match &self.origin {
+            Origin::Fd(fd) => {
+                // Reopening /dev/fd/N needs no unsafe code and, for a pipe,
+                // reads the same pipe.
+                let mut file = File::open(format!("/dev/fd/{fd}")).map_err(io_err)?;
+                read_line(&mut file).map_err(io_err)?
+            }
+            Origin::Env(name) => {
+                let value = std::env::var_os(name).unwrap_or_default();
+                Zeroizing::new(value.into_encoded_bytes())
+            }
+            Origin::File(path) => {
+                let file = File::open(path).map_err(io_err)?;
+                let mut buf = Zeroizing::new(Vec::with_capacity(256));
+                file.take(MAX_SECRET_LEN as u64 + 1)
+                    .read_to_end(&mut buf)
+                    .map_err(io_err)?;
+                buf
+            }
+        };
+        if raw.len() > MAX_SECRET_LEN {
+            return Err(Error::InvalidArgument {
+                what: format!("the {what} from {} is too long", self.describe()),
+            });
+        }
+        let mut bytes: &[u8] = &raw;
+        if trim {
+            bytes = bytes.trim_ascii();
+        } else {
+            // A line from a file descriptor has lost its "\n" already; a
+            // CRLF file or variable still ends in "\r".
+            bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+            bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        }
+        if bytes.is_empty() {
+            return Err(Error::InvalidArgument {
+                what: format!("the {what} from {} is empty", self.describe()),
+            });
+        }
+        let secret = secret_from_bytes(bytes).ok_or_else(|| Error::InvalidArgument {
+            what: format!("the {what} from {} is not UTF-8 text", self.describe()),
+        })?;
+        *cache = Some(secret.clone());
+        Ok(secret)
+    }
+}
+
+/// Copies `bytes` into a [`SecretString`] of exactly their length, so that
+/// no reallocation leaves an unzeroized copy behind.
+fn secret_from_bytes(bytes: &[u8]) -> Option<SecretString> {
+    std::str::from_utf8(bytes).ok()?;
+    let mut exact = Vec::with_capacity(bytes.len());
+    exact.extend_from_slice(bytes);
+    match String::from_utf8(exact) {
+        Ok(s) => Some(SecretString::from(s)),
+        Err(e) => {
+            // Unreachable (validated above); still zeroize what we copied.
+            let _ = Zeroizing::new(e.into_bytes());
+            None
+        }
+    }
+}
+
+/// Reads up to the first newline, one byte at a time so that nothing past
+/// the line is consumed from a shared descriptor.
+fn read_line(reader: &mut dyn Read) -> io::Result<Zeroizing<Vec<u8>>> {
+    let mut line = Zeroizing::new(Vec::with_capacity(128));
+    let mut byte = [0u8; 1];
+    loop {
+        match reader.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) => {
+                if byte[0] == b'\n' {
+                    break;
+                }
+                line.push(byte[0]);
+                if line.len() > MAX_SECRET_LEN {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    zeroize::Zeroize::zeroize(&mut byte);
+    Ok(line)
+}
+
+/// The controlling terminal.
+#[derive(Debug)]
+struct Tty {
+    file: File,
+}
+
+/// Restores the terminal's echo setting when dropped, also on error paths.
+struct EchoGuard<'a> {
+    file: &'a File,
+    saved: rustix::termios::Termios,
+}
+
+impl Drop for EchoGuard<'_> {
+    fn drop(&mut self) {
+        let _ = rustix::termios::tcsetattr(
+            self.file,
+            rustix::termios::OptionalActions::Now,
+            &self.saved,
+        );
+    }
+}
+
+impl Tty {
+    /// Opens `/dev/tty` when stderr is a terminal (we are interactive).
+    fn open() -> Option<Self> {
+        if !io::stderr().is_terminal() {
+            return None;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/tty")
+            .ok()?;
+        Some(Self { file })
+    }
+
+    fn say(&mut self, text: &str) -> io::Result<()> {
+        self.file.write_all(text.as_bytes())?;
+        self.file.flush()
+    }
+
+    /// Prints `prompt` and reads one line, with echo off for secrets.
+    fn ask(&mut self, prompt: &str, secret: bool) -> io::Result<Zeroizing<Vec<u8>>> {
+        self.say(prompt)?;
+        let guard = if secret {
+            let saved = rustix::termios::tcgetattr(&self.file)?;
+            let mut quiet = saved.clone();
+            quiet.local_modes -= rustix::termios::LocalModes::ECHO;
+            rustix::termios::tcsetattr(&self.file, rustix::termios::OptionalActions::Now, &quiet)?;
+            Some(EchoGuard {
+                file: &self.file,
+                saved,
+            })
+        } else {
+            None
+        };
+        let line = read_line(&mut (&self.file));
+        drop(guard);
+        if secret {
+            // The user's Enter was not echoed.
+            self.say("\n")?;
+        }
+        let mut line = line?;
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        Ok(line)
+    }
+
+    fn ask_secret(&mut self, prompt: &str) -> keyward_kms::Result<SecretString> {
+        let line = self
+            .ask(prompt, true)
+            .map_err(|e| Error::io("cannot read from the terminal", e))?;
+        if line.is_empty() {
+            return Err(Error::Cancelled);
+        }
+        secret_from_bytes(&line).ok_or(Error::InvalidArgument {
+            what: "the text typed is not valid UTF-8".to_owned(),
+        })
+    }
+}
+
+/// The CLI's user interface: secret sources, the terminal, and where a new
+/// recovery key goes.
+#[derive(Debug)]
+pub(crate) struct Ui {
+    tty: Option<Mutex<Tty>>,
+    passphrase: Option<Source>,
+    recovery: Option<Source>,
+    recovery_out: Option<PathBuf>,
+    written: Mutex<Option<PathBuf>>,
+    missing: Mutex<Option<SecretKind>>,
+}
+
+impl Ui {
+    /// Builds the UI from the global flags and the environment.
+    pub(crate) fn new(passphrase_fd: Option<i32>, recovery_key_file: Option<&Path>) -> Self {
+        let passphrase = passphrase_fd
+            .map(|fd| Source::new(Origin::Fd(fd)))
+            .or_else(|| {
+                std::env::var_os(ENV_PASSPHRASE).map(|_| Source::new(Origin::Env(ENV_PASSPHRASE)))
+            });
+        let recovery = recovery_key_file
+            .map(|p| Source::new(Origin::File(p.to_path_buf())))
+            .or_else(|| {
+                std::env::var_os(ENV_RECOVERY_KEY)
+                    .map(|_| Source::new(Origin::Env(ENV_RECOVERY_KEY)))
+            });
+        Self {
+            tty: Tty::open().map(Mutex::new),
+            passphrase,
+            recovery,
+            recovery_out: None,
+            written: Mutex::new(None),
+            missing: Mutex::new(None),
+        }
+    }
+
+    /// Sends a newly generated recovery key to `path` instead of the terminal.
+    pub(crate) fn set_recovery_out(&mut self, path: Option<PathBuf>) {
+        self.recovery_out = path;
+    }
+
+    /// Whether we can prompt.
+    pub(crate) fn interactive(&self) -> bool {
+        self.tty.is_some()
+    }
+
+    /// Whether a passphrase comes from a flag or the environment.
+    pub(crate) fn has_passphrase_source(&self) -> bool {
+        self.passphrase.is_some()
+    }
+
+    /// Which protector kind to unlock with, judging by the secrets supplied:
+    /// an explicit flag beats the environment, and the recovery key beats a
+    /// passphrase at equal rank (it is cheap to check and is what `enroll
+    /// passphrase` needs). `allow_passphrase` is false when the passphrase
+    /// source is reserved for a new passphrase.
+    pub(crate) fn supplied_kind(&self, allow_passphrase: bool) -> Option<BackendKind> {
+        let recovery = self.recovery.as_ref().map(Source::explicit);
+        let passphrase = self
+            .passphrase
+            .as_ref()
+            .filter(|_| allow_passphrase)
+            .map(Source::explicit);
+        match (recovery, passphrase) {
+            (Some(true), _) | (Some(false), None | Some(false)) => Some(BackendKind::Recovery),
+            (_, Some(_)) => Some(BackendKind::Passphrase),
+            (None, None) => None,
+        }
+    }
+
+    /// Asks on the terminal which of `choices` (id, description) to use.
+    ///
+    /// # Errors
+    /// No terminal, or the user gave no valid answer.
+    pub(crate) fn choose(&self, question: &str, choices: &[(u32, String)]) -> Result<u32, Failure> {
+        let Some(tty) = &self.tty else {
+            return Err(
+                Failure::new(Exit::Auth, "no secret was supplied to unlock the keystore")
+                    .hint(crate::failure::UNLOCK_HINT),
+            );
+        };
+        let mut tty = lock(tty);
+        let mut text = format!("{question}\n");
+        for (n, (_, label)) in choices.iter().enumerate() {
+            let _ = writeln!(text, "  [{}] {label}", n + 1);
+        }
+        let cannot = |e: io::Error| Failure::io("cannot use the terminal", &e);
+        tty.say(&text).map_err(cannot)?;
+        for _ in 0..3 {
+            let answer = tty.ask("Choice: ", false).map_err(cannot)?;
+            let picked = std::str::from_utf8(&answer)
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .and_then(|n| n.checked_sub(1))
+                .and_then(|i| choices.get(i));
+            if let Some((id, _)) = picked {
+                return Ok(*id);
+            }
+            tty.say("Please type one of the numbers shown.\n")
+                .map_err(cannot)?;
+        }
+        Err(Failure::new(Exit::Failure, "cancelled"))
+    }
+
+    /// Turns a Service error into a failure, explaining a secret that could
+    /// not be asked for (the Callbacks can only return `Cancelled`).
+    pub(crate) fn explain(&self, err: Error) -> Failure {
+        if matches!(err, Error::Cancelled) {
+            if let Some(kind) = lock(&self.missing).take() {
+                return missing_secret(kind);
+            }
+        }
+        Failure::from(err)
+    }
+
+    /// Deletes the recovery-key file written by this run (when the command
+    /// it belonged to failed, the key in it unlocks nothing).
+    pub(crate) fn discard_written_recovery_key(&self) {
+        if let Some(path) = lock(&self.written).take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Forgets the written file: it now belongs to the user.
+    pub(crate) fn keep_written_recovery_key(&self) -> Option<PathBuf> {
+        lock(&self.written).take()
+    }
+
+    fn no_source(&self, kind: SecretKind) -> Error {
+        *lock(&self.missing) = Some(kind);
+        Error::Cancelled
+    }
+
+    fn write_recovery_file(
+        &self,
+        path: &Path,
+        title: &str,
+        secret: &SecretString,
+    ) -> io::Result<()> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?;
+        *lock(&self.written) = Some(path.to_path_buf());
+        let mut text = Zeroizing::new(String::with_capacity(secret.expose_secret().len() + 1));
+        text.push_str(secret.expose_secret());
+        text.push('\n');
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        crate::files::sync_parent(path);
+        eprintln!(
+            "keyward: {title} written to {} (mode 0600). Keep a copy offline: \
+             it unlocks the keystore.",
+            path.display()
+        );
+        Ok(())
+    }
+}
+
+/// The failure for a secret we had no way to get.
+pub(crate) fn missing_secret(kind: SecretKind) -> Failure {
+    let (what, hint) = match kind {
+        SecretKind::Passphrase | SecretKind::NewPassphrase => (
+            "a passphrase",
+            "pass it with --passphrase-fd N or KEYWARD_PASSPHRASE, or run keyward on a terminal",
+        ),
+        SecretKind::RecoveryKey => (
+            "a recovery key",
+            "pass it with --recovery-key-file FILE or KEYWARD_RECOVERY_KEY, or run keyward on \
+             a terminal",
+        ),
+        SecretKind::Pin | SecretKind::Puk => (
+            "a PIN",
+            "run keyward on a terminal to enter the PIN, or unlock with another protector",
+        ),
+    };
+    Failure::new(
+        Exit::Auth,
+        format!("{what} is needed and there is no terminal to ask for it"),
+    )
+    .hint(hint)
+}
+
+impl Callbacks for Ui {
+    fn request_secret(&self, request: &SecretRequest<'_>) -> keyward_kms::Result<SecretString> {
+        let tries = request
+            .retries_left
+            .map(|n| format!(" ({n} tries left)"))
+            .unwrap_or_default();
+        let description = request.description;
+        match request.kind {
+            SecretKind::Passphrase => {
+                if let Some(source) = &self.passphrase {
+                    return source.read("passphrase", false);
+                }
+                let Some(tty) = &self.tty else {
+                    return Err(self.no_source(request.kind));
+                };
+                lock(tty).ask_secret(&format!("Passphrase for {description}{tries}: "))
+            }
+            SecretKind::NewPassphrase => {
+                if let Some(source) = &self.passphrase {
+                    return source.read("passphrase", false);
+                }
+                let Some(tty) = &self.tty else {
+                    return Err(self.no_source(request.kind));
+                };
+                let mut tty = lock(tty);
+                let first = tty.ask_secret(&format!("New passphrase for {description}: "))?;
+                let second = tty.ask_secret("Repeat the new passphrase: ")?;
+                // Not secret-dependent timing worth protecting: the user
+                // typed both and learns the outcome anyway.
+                if first.expose_secret() != second.expose_secret() {
+                    return Err(Error::WeakPassphrase {
+                        reason: "the two entries differ",
+                    });
+                }
+                Ok(first)
+            }
+            SecretKind::RecoveryKey => {
+                if let Some(source) = &self.recovery {
+                    return source.read("recovery key", true);
+                }
+                let Some(tty) = &self.tty else {
+                    return Err(self.no_source(request.kind));
+                };
+                lock(tty).ask_secret(&format!("Recovery key for {description}: "))
+            }
+            SecretKind::Pin | SecretKind::Puk => {
+                let Some(tty) = &self.tty else {
+                    return Err(self.no_source(request.kind));
+                };
+                let what = if request.kind == SecretKind::Pin {
+                    "PIN"
+                } else {
+                    "PUK"
+                };
+                lock(tty).ask_secret(&format!("{what} for {description}{tries}: "))
+            }
+        }
+    }
+
+    fn notify(&self, notice: &Notice<'_>) {
+        match notice {
+            Notice::TouchRequired { device } => eprintln!("keyward: touch {device} now"),
+            Notice::InsertDevice { device } => eprintln!("keyward: insert {device}"),
+            Notice::Info(text) => eprintln!("keyward: {text}"),
+        }
+    }
+
+    fn show_secret(&self, title: &str, secret: &SecretString) -> keyward_kms::Result<()> {
+        if let Some(path) = &self.recovery_out {
+            return self.write_recovery_file(path, title, secret).map_err(|e| {
+                Error::io(format!("cannot write the {title} to {}", path.display()), e)
+            });
+        }
+        let Some(tty) = &self.tty else {
+            return Err(Error::io(
+                format!(
+                    "cannot show the {title}: there is no terminal (use --recovery-key-out FILE)"
+                ),
+                io::Error::from(io::ErrorKind::Unsupported),
+            ));
+        };
+        let mut tty = lock(tty);
+        let mut text = Zeroizing::new(String::new());
+        text.push_str("\n  ");
+        text.push_str(&title.to_uppercase());
+        text.push_str(" (shown only this once)\n\n      ");
+        text.push_str(secret.expose_secret());
+        text.push_str(
+            "\n\n  Write it down now and keep it somewhere safe, away from this computer.\n  \
+             Anyone who has it can unlock this keystore; without it, losing your other\n  \
+             protectors means losing every key.\n\n",
+        );
+        let cannot = |e| Error::io(format!("cannot show the {title} on the terminal"), e);
+        tty.say(&text).map_err(cannot)?;
+        tty.ask("Press Enter when you have written it down. ", false)
+            .map_err(cannot)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    fn request(kind: SecretKind) -> SecretRequest<'static> {
+        SecretRequest {
+            kind,
+            description: "test",
+            retries_left: None,
+        }
+    }
+
+    #[test]
+    fn fd_source_reads_one_line_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pass");
+        std::fs::write(&path, b"correct horse\r\nsecond line\n").expect("write");
+        let file = File::open(&path).expect("open");
+        let ui = Ui {
+            passphrase: Some(Source::new(Origin::Fd(file.as_raw_fd()))),
+            ..Ui::new(None, None)
+        };
+        let s = ui
+            .request_secret(&request(SecretKind::Passphrase))
+            .expect("secret");
+        assert_eq!(s.expose_secret(), "correct horse");
+        // Cached: a second request (unlock, then enroll) gets the same one.
+        let s = ui
+            .request_secret(&request(SecretKind::NewPassphrase))
+            .expect("secret");
+        assert_eq!(s.expose_secret(), "correct horse");
+    }
+
+    #[test]
+    fn fd_source_errors_are_typed() {
+        let ui = Ui {
+            passphrase: Some(Source::new(Origin::Fd(987_654))),
+            ..Ui::new(None, None)
+        };
+        let err = ui
+            .request_secret(&request(SecretKind::Passphrase))
+            .expect_err("closed fd");
+        assert!(matches!(err, Error::Io { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("cannot read the passphrase from file descriptor 987654"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn recovery_file_is_trimmed_and_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("rk");
+        std::fs::write(&path, b"  ABCD-EFGH-1234\n\n").expect("write");
+        let ui = Ui::new(None, Some(&path));
+        let s = ui
+            .request_secret(&request(SecretKind::RecoveryKey))
+            .expect("secret");
+        assert_eq!(s.expose_secret(), "ABCD-EFGH-1234");
+
+        std::fs::write(&path, vec![b'A'; MAX_SECRET_LEN + 10]).expect("write");
+        let ui = Ui::new(None, Some(&path));
+        let err = ui
+            .request_secret(&request(SecretKind::RecoveryKey))
+            .expect_err("too long");
+        assert!(err.to_string().ends_with("is too long"), "{err}");
+
+        std::fs::write(&path, b" \n").expect("write");
+        let ui = Ui::new(None, Some(&path));
+        let err = ui
+            .request_secret(&request(SecretKind::RecoveryKey))
+            .expect_err("empty");
+        assert!(err.to_string().ends_with("is empty"), "{err}");
+
+        std::fs::write(&path, b"\xff\xfe").expect("write");
+        let ui = Ui::new(None, Some(&path));
+        let err = ui
+            .request_secret(&request(SecretKind::RecoveryKey))
+            .expect_err("not utf-8");
+        assert!(err.to_string().ends_with("is not UTF-8 text"), "{err}");
+    }
+
+    #[test]
+    fn no_source_without_terminal_is_explained() {
+        let ui = Ui {
+            tty: None,
+            passphrase: None,
+            recovery: None,
+            ..Ui::new(None, None)
+        };
+        let err = ui
+            .request_secret(&request(SecretKind::RecoveryKey))
+            .expect_err("no source");
+        let f = ui.explain(err);
+        assert_eq!(f.code, Exit::Auth);
+        assert_eq!(
+            f.message,
+            "a recovery key is needed and there is no terminal to ask for it"
+        );
+        // A plain Cancelled (user pressed Enter on an empty prompt) stays one.
+        let f = ui.explain(Error::Cancelled);
+        assert_eq!(f.code, Exit::Failure);
+    }
+
+    #[test]
+    fn supplied_kind_ranks_sources() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rk = dir.path().join("rk");
+        let base = || Ui {
+            tty: None,
+            passphrase: None,
+            recovery: None,
+            ..Ui::new(None, None)
+        };
+        assert_eq!(base().supplied_kind(true), None);
+        let ui = Ui {
+            passphrase: Some(Source::new(Origin::Env(ENV_PASSPHRASE))),
+            ..base()
+        };
+        assert_eq!(ui.supplied_kind(true), Some(BackendKind::Passphrase));
+        assert_eq!(ui.supplied_kind(false), None);
+        let ui = Ui {
+            passphrase: Some(Source::new(Origin::Fd(3))),
+            recovery: Some(Source::new(Origin::Env(ENV_RECOVERY_KEY))),
+            ..base()
+        };
+        assert_eq!(ui.supplied_kind(true), Some(BackendKind::Passphrase));
+        assert_eq!(ui.supplied_kind(false), Some(BackendKind::Recovery));
+        let ui = Ui {
+            passphrase: Some(Source::new(Origin::Env(ENV_PASSPHRASE))),
+            recovery: Some(Source::new(Origin::File(rk))),
+            ..base()
+        };
+        assert_eq!(ui.supplied_kind(true), Some(BackendKind::Recovery));
+    }
+
+    #[test]
+    fn recovery_key_file_is_private_and_never_overwritten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("recovery.txt");
+        let mut ui = Ui::new(None, None);
+        ui.set_recovery_out(Some(out.clone()));
+        let secret = SecretString::from("ABCD-EFGH");
+        ui.show_secret("recovery key", &secret).expect("written");
+        assert_eq!(std::fs::read_to_string(&out).expect("read"), "ABCD-EFGH\n");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&out).expect("meta").permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        let err = ui
+            .show_secret("recovery key", &SecretString::from("OTHER"))
+            .expect_err("exists");
+        assert!(matches!(err, Error::Io { .. }));
+        assert_eq!(std::fs::read_to_string(&out).expect("read"), "ABCD-EFGH\n");
+        // A failed command deletes the key it wrote.
+        ui.discard_written_recovery_key();
+        assert!(!out.exists());
+    }
+}

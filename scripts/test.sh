@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The whole keyward test suite, as CI runs it (`bash .ci/run` calls this).
+#
+# 1. Installs the Debian 12 packages the build and the tests need (apt is
+#    skipped when they are all installed). Needs root, or sudo, for that.
+# 2. cargo fmt --check, clippy with -D warnings, the doctests, then every
+#    test (nextest when installed, else cargo test).
+#
+# Idempotent; reads nothing from stdin; stops at the first failure.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "system packages"
+bash scripts/install-deps.sh test
+
+if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "error: cargo not found; install a Rust toolchain >= 1.85 (rustup)" >&2
+  exit 1
+fi
+cargo --version
+
+step "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+# nextest does not run doctests.
+step "cargo test --doc --workspace"
+cargo test --doc --workspace
+
+# The end-to-end tests run target/debug/keyward, which `cargo test` does
+# not rebuild for another package's tests: build it first.
+step "cargo build --workspace --bins"
+cargo build --workspace --bins
+
+if cargo nextest --version >/dev/null 2>&1; then
+  step "cargo nextest run --workspace"
+  cargo nextest run --workspace --no-fail-fast
+else
+  step "cargo test --workspace (cargo-nextest is not installed)"
+  cargo test --workspace --no-fail-fast
+fi
