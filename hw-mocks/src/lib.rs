@@ -1,1 +1,2 @@
 //! hw-mocks
+pub mod softhsm;
