@@ -180,21 +180,15 @@ impl Token {
     }
 
     fn is_logged_in(&self) -> bool {
-        let anchor = lock(&self.anchor);
-        anchor.as_ref().is_some_and(|s| {
-            s.get_session_info().is_ok_and(|i| {
-                matches!(
-                    i.session_state(),
-                    SessionState::RoUser | SessionState::RwUser
-                )
-            })
-        })
+        logged_in(lock(&self.anchor).as_ref())
     }
 
     /// Logs in unless already logged in, asking for the PIN through `ui` (or
-    /// reading it from `pin_source`).
+    /// reading it from `pin_source`). The anchor lock is held throughout, so
+    /// threads that need the login at the same time ask for the PIN once.
     fn login(&self, ui: &dyn Callbacks, pin_source: Option<&Path>) -> Res<()> {
-        if self.is_logged_in() {
+        let mut anchor = lock(&self.anchor);
+        if logged_in(anchor.as_ref()) {
             return Ok(());
         }
         let info = self.lib.get_token_info(self.slot).ck("C_GetTokenInfo")?;
@@ -219,7 +213,7 @@ impl Token {
             };
             login_result(session.login(UserType::User, Some(&pin)))?;
         }
-        *lock(&self.anchor) = Some(session);
+        *anchor = Some(session);
         Ok(())
     }
 
@@ -254,6 +248,17 @@ impl Token {
         }
         lock(&self.pool).clear();
     }
+}
+
+fn logged_in(anchor: Option<&Session>) -> bool {
+    anchor.is_some_and(|s| {
+        s.get_session_info().is_ok_and(|i| {
+            matches!(
+                i.session_state(),
+                SessionState::RoUser | SessionState::RwUser
+            )
+        })
+    })
 }
 
 fn login_result(r: std::result::Result<(), CkError>) -> Res<()> {
@@ -1466,7 +1471,9 @@ impl keyward_kms::Backend for Backend {
         })?;
         Ok(Signature {
             algorithm: SignAlgorithm::EcdsaP256Sha256,
-            bytes: sig.to_der().as_bytes().to_vec(),
+            // Low-S form: the same signature verifies everywhere, including
+            // verifiers that reject high S (BIP 62 style).
+            bytes: sig.normalize_s().to_der().as_bytes().to_vec(),
         })
     }
 

@@ -731,6 +731,132 @@ fn service_aes_gcm() {
     softhsm::isolated("service_aes_gcm", |_| service_flow("aes-gcm"));
 }
 
+/// The vectors of docs/PKCS11.md ("Vectors"), computed independently with
+/// Python `cryptography`: the keys are imported into the token and both
+/// blobs are unwrapped through the backend.
+#[test]
+fn documented_vectors_unwrap_on_the_token() {
+    softhsm::isolated("documented_vectors_unwrap_on_the_token", |_| {
+        use p256::elliptic_curve::sec1::ToSec1Point as _;
+
+        let token = SoftHsmToken::new("vectors").expect("token");
+        let lib = pkcs11::library::load(std::path::Path::new(MODULE)).expect("module");
+        let slot = lib
+            .get_slots_with_token()
+            .expect("slots")
+            .into_iter()
+            .find(|s| {
+                lib.get_token_info(*s)
+                    .is_ok_and(|i| i.label() == token.label())
+            })
+            .expect("slot");
+        let session = lib.open_rw_session(slot).expect("session");
+        session
+            .login(
+                cryptoki::session::UserType::User,
+                Some(&SecretString::from(token.pin().to_owned())),
+            )
+            .expect("login");
+        let aes_key: Vec<u8> = (0x40..0x60).collect();
+        session
+            .create_object(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::Value(aes_key),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Encrypt(true),
+                Attribute::Decrypt(true),
+                Attribute::Id(vec![0x0a]),
+                Attribute::Label(b"vector-aes".to_vec()),
+            ])
+            .expect("import AES key");
+        let p256_params = hex::decode("06082a8648ce3d030107").expect("hex");
+        let d: Vec<u8> = (0x01..=0x20).collect();
+        let public =
+            hex::decode("02515c3d6eb9e396b904d3feca7f54fdcd0cc1e997bf375dca515ad0a6c3b4035f")
+                .expect("hex");
+        let point = p256::PublicKey::from_sec1_bytes(&public).expect("point");
+        let mut ec_point = vec![0x04, 0x41];
+        ec_point.extend_from_slice(point.to_sec1_point(false).as_bytes());
+        session
+            .create_object(&[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::KeyType(KeyType::EC),
+                Attribute::EcParams(p256_params.clone()),
+                Attribute::Value(d),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Derive(true),
+                Attribute::Sign(true),
+                Attribute::Id(vec![0x0b]),
+                Attribute::Label(b"vector-ec".to_vec()),
+            ])
+            .expect("import EC private key");
+        session
+            .create_object(&[
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+                Attribute::KeyType(KeyType::EC),
+                Attribute::EcParams(p256_params),
+                Attribute::EcPoint(ec_point),
+                Attribute::Token(true),
+                Attribute::Private(false),
+                Attribute::Id(vec![0x0b]),
+                Attribute::Label(b"vector-ec".to_vec()),
+            ])
+            .expect("import EC public key");
+
+        let b = backend();
+        let ui = Ui::new(token.pin());
+        let enroll = |id: &str, mode: &str| {
+            b.enroll(
+                &EnrollRequest {
+                    label: "vector".into(),
+                    device: Some(format!("pkcs11:token=vectors;id={id}?module-path={MODULE}")),
+                    options: vec![("mode".into(), mode.into())],
+                },
+                &ui,
+            )
+            .expect("enroll the imported key")
+        };
+        // Our own session is logged in already: the backend's login meets
+        // CKR_USER_ALREADY_LOGGED_IN and carries on.
+        let aes = enroll("%0a", "aes-gcm");
+        let ecdh = enroll("%0b", "ecdh");
+        drop(session);
+        assert_eq!(ecdh.public_key, public);
+
+        let aad = hex::decode(
+            "6b6579776172642f76312f6d6b2d7772617011111111111111111111111111111111000000010000000105",
+        )
+        .expect("hex");
+        let expected: Vec<u8> = (0x00..0x20).collect();
+        let aes_blob = hex::decode(
+            "02a0a1a2a3a4a5a6a7a8a9aaabd78e043ce6ee9a2a71664bf585b13ef9ff06e7d4f87a933afac5\
+             f481f5df60e786718ce08586084e266b3d4648d97bb2",
+        )
+        .expect("hex");
+        let ecdh_blob = hex::decode(
+            "01031f140146bfb1b251f84f4ddbe0d4cdcfd77afd984a9520e35794021f8312bb9ec1a3bc91d4\
+             7ae0de075f1806e8b53128433b750c828b20c366b2db48f0b6a456826598da9f77410fb1828a90\
+             5a43a4c0",
+        )
+        .expect("hex");
+        let out = b
+            .unwrap(&aes, &Wrapped(aes_blob), &aad, &ui)
+            .expect("aes vector");
+        assert_eq!(out.expose().as_slice(), expected.as_slice());
+        let out = b
+            .unwrap(&ecdh, &Wrapped(ecdh_blob), &aad, &ui)
+            .expect("ecdh vector");
+        assert_eq!(out.expose().as_slice(), expected.as_slice());
+    });
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
