@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use cryptoki::context::Pkcs11;
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
@@ -51,13 +52,15 @@ use p256::elliptic_curve::sec1::ToSec1Point;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroize;
 
-pub use descriptor::{Descriptor, Mode};
+pub use descriptor::{Descriptor, Mode, SignKey};
 pub use uri::Uri;
 
 use errors::{KIND, device, unsupported};
 
 /// DER of the P-256 curve OID 1.2.840.10045.3.1.7 (CKA_EC_PARAMS).
 const P256_PARAMS: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+/// DER of the Ed25519 OID 1.3.101.112 (RFC 8410), as CKA_EC_PARAMS.
+const ED25519_PARAMS: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
 /// Length of the random CKA_ID we give new keys.
 const KEY_ID_LEN: usize = 16;
 
@@ -99,10 +102,68 @@ struct Token {
 }
 
 struct CachedKey {
-    mode: Mode,
+    class: ObjectClass,
     id: Vec<u8>,
     public_key: Vec<u8>,
     handle: ObjectHandle,
+}
+
+/// How a key's public half is stored in the enrollment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PublicForm {
+    /// No public half (AES): nothing to check before login.
+    None,
+    /// 33-byte compressed P-256 point.
+    P256,
+    /// 32-byte Ed25519 key.
+    Ed25519,
+}
+
+/// One key of an enrollment: where it is and what its public half must be.
+struct KeyRef<'a> {
+    /// Class of the key used (private or secret key).
+    class: ObjectClass,
+    id: &'a [u8],
+    label: &'a str,
+    public: &'a [u8],
+    form: PublicForm,
+    what: &'static str,
+}
+
+impl<'a> KeyRef<'a> {
+    /// The wrapping key of `d` (`public`: the enrollment's public key).
+    fn wrap(d: &'a Descriptor, public: &'a [u8]) -> Self {
+        match d.mode {
+            Mode::Ecdh => Self {
+                class: ObjectClass::PRIVATE_KEY,
+                id: &d.key_id,
+                label: &d.key_label,
+                public,
+                form: PublicForm::P256,
+                what: "P-256 private key",
+            },
+            Mode::AesGcm => Self {
+                class: ObjectClass::SECRET_KEY,
+                id: &d.key_id,
+                label: &d.key_label,
+                public: &[],
+                form: PublicForm::None,
+                what: "AES key",
+            },
+        }
+    }
+
+    /// The Ed25519 signing key of `d`, if one was enrolled.
+    fn ed25519(d: &'a Descriptor) -> Option<Self> {
+        d.sign.as_ref().map(|k| Self {
+            class: ObjectClass::PRIVATE_KEY,
+            id: &k.id,
+            label: &k.label,
+            public: &k.public,
+            form: PublicForm::Ed25519,
+            what: "Ed25519 private key",
+        })
+    }
 }
 
 impl std::fmt::Debug for Token {
@@ -217,26 +278,26 @@ impl Token {
         Ok(())
     }
 
-    /// The private (ecdh) or secret (aes-gcm) key of `d`, from the cache or
-    /// found on the token. Needs the token logged in.
-    fn key(&self, d: &Descriptor, public_key: &[u8]) -> Res<ObjectHandle> {
-        if let Some(h) = self.cached_key(d, public_key) {
+    /// The handle of `key`, from the cache or found on the token. Needs the
+    /// token logged in (the key is a private object).
+    fn key(&self, key: &KeyRef<'_>) -> Res<ObjectHandle> {
+        if let Some(h) = self.cached_key(key) {
             return Ok(h);
         }
-        let handle = self.with_session(|s| find_private(s, d))?;
+        let handle = self.with_session(|s| find_one(s, key.class, key.id, key.what))?;
         lock(&self.keys).push(CachedKey {
-            mode: d.mode,
-            id: d.key_id.clone(),
-            public_key: public_key.to_vec(),
+            class: key.class,
+            id: key.id.to_vec(),
+            public_key: key.public.to_vec(),
             handle,
         });
         Ok(handle)
     }
 
-    fn cached_key(&self, d: &Descriptor, public_key: &[u8]) -> Option<ObjectHandle> {
+    fn cached_key(&self, key: &KeyRef<'_>) -> Option<ObjectHandle> {
         lock(&self.keys)
             .iter()
-            .find(|k| k.mode == d.mode && k.id == d.key_id && k.public_key == public_key)
+            .find(|k| k.class == key.class && k.id == key.id && k.public_key == key.public)
             .map(|k| k.handle)
     }
 
@@ -382,17 +443,17 @@ impl Backend {
     fn ready_key(
         token: &Token,
         d: &Descriptor,
-        enrollment: &Enrollment,
+        key: &KeyRef<'_>,
         ui: &dyn Callbacks,
     ) -> Res<ObjectHandle> {
         if token.is_logged_in() {
-            if let Some(h) = token.cached_key(d, &enrollment.public_key) {
+            if let Some(h) = token.cached_key(key) {
                 return Ok(h);
             }
         }
-        Self::check_key(token, d, enrollment)?;
+        Self::check_key(token, d, key)?;
         token.login(ui, None)?;
-        token.key(d, &enrollment.public_key)
+        token.key(key)
     }
 
     fn forget(&self, token: &Arc<Token>) {
@@ -446,12 +507,24 @@ impl Backend {
 
     fn enroll_inner(&self, req: &EnrollRequest, ui: &dyn Callbacks) -> Result<Enrollment> {
         for (key, _) in &req.options {
-            if key != "mode" {
+            if key != "mode" && key != "sign" {
                 return Err(Error::InvalidArgument {
-                    what: format!("unknown pkcs11 option {key:?} (known: mode=ecdh|aes-gcm)"),
+                    what: format!(
+                        "unknown pkcs11 option {key:?} (known: mode=ecdh|aes-gcm, \
+                         sign=ecdsa|ed25519)"
+                    ),
                 });
             }
         }
+        let ed25519 = match req.option("sign") {
+            None | Some("ecdsa") => false,
+            Some("ed25519") => true,
+            Some(other) => {
+                return Err(Error::InvalidArgument {
+                    what: format!("pkcs11 sign={other:?}: use ecdsa or ed25519"),
+                });
+            }
+        };
         let uri = match req.device.as_deref() {
             Some(s) => Uri::parse(s)?,
             None => Uri::default(),
@@ -510,6 +583,19 @@ impl Backend {
             }
             _ => {}
         }
+        if ed25519 && !(has(MechanismType::ECC_EDWARDS_KEY_PAIR_GEN) && has(MechanismType::EDDSA)) {
+            return Err(unsupported(
+                "CKM_EC_EDWARDS_KEY_PAIR_GEN + CKM_EDDSA (sign=ed25519); enroll without \
+                 sign=ed25519 to sign with ECDSA P-256",
+            ));
+        }
+        if mode == Mode::AesGcm && req.option("sign") == Some("ecdsa") {
+            return Err(Error::InvalidArgument {
+                what: "sign=ecdsa needs mode=ecdh (its P-256 key signs); use sign=ed25519 \
+                       with aes-gcm"
+                    .into(),
+            });
+        }
         match (mode, uri.object_type) {
             (
                 Mode::Ecdh,
@@ -532,14 +618,27 @@ impl Backend {
         }
 
         let token = self.token(&lib, &module, slot, &label, &serial);
-        let (descriptor, public_key) = (|| -> Res<(Descriptor, Vec<u8>)> {
+        // Objects this enrollment created, destroyed again if it fails.
+        let mut created: Vec<ObjectHandle> = Vec::new();
+        let result = (|| -> Res<(Descriptor, Vec<u8>)> {
             token.login(ui, uri.pin_source.as_deref())?;
             let session = lib.open_rw_session(slot).ck("C_OpenSession")?;
-            let (key, created) = match mode {
+            let (key, fresh) = match mode {
                 Mode::Ecdh => ec_key(&session, &uri, &req.label)?,
                 Mode::AesGcm => aes_key(&session, &uri, &req.label, ui)?,
             };
+            if fresh {
+                created.extend(&key.handles);
+            }
+            let sign = if ed25519 {
+                let (sign, handles) = ed25519_key(&session, &req.label)?;
+                created.extend(handles);
+                Some(sign)
+            } else {
+                None
+            };
             let descriptor = Descriptor {
+                sign,
                 mode,
                 token_label: label.clone(),
                 token_serial: serial.clone(),
@@ -552,18 +651,22 @@ impl Backend {
             // Self-test before anything is stored: a token that lists a
             // mechanism but cannot do it with this key (or with the null
             // KDF) must fail now, not at the next unlock.
-            let test = Self::self_test(&token, &descriptor, &key.public);
-            if let Err(e) = test {
-                if created {
-                    for h in key.handles {
-                        let _ = session.destroy_object(h);
+            Self::self_test(&token, &descriptor, &key.public)?;
+            Ok((descriptor, key.public))
+        })();
+        let (descriptor, public_key) = match result {
+            Ok(v) => v,
+            Err(f) => {
+                if !created.is_empty() {
+                    if let Ok(session) = lib.open_rw_session(slot) {
+                        for h in created {
+                            let _ = session.destroy_object(h);
+                        }
                     }
                 }
-                return Err(e);
+                return Err(f.into_error());
             }
-            Ok((descriptor, key.public))
-        })()
-        .map_err(Fail::into_error)?;
+        };
         tracing::info!(token = %descriptor.device_id(), mode = mode.as_str(), "pkcs11 enrolled");
         Ok(Enrollment {
             kind: BackendKind::Pkcs11,
@@ -576,7 +679,7 @@ impl Backend {
     fn self_test(token: &Token, d: &Descriptor, public: &[u8]) -> Res<()> {
         let secret = Secret32::random()?;
         let aad = b"keyward/v1/pkcs11-self-test";
-        let key = token.key(d, public)?;
+        let key = token.key(&KeyRef::wrap(d, public))?;
         let back = match d.mode {
             Mode::Ecdh => {
                 let blob = ecies::seal(public, &secret, aad)?;
@@ -599,44 +702,67 @@ impl Backend {
             )
             .into());
         }
+        if let Some(sign_key) = KeyRef::ed25519(d) {
+            let handle = token.key(&sign_key)?;
+            let msg = b"keyward/v1/pkcs11-self-test ed25519";
+            let sig = token.with_session(|s| ed25519_sign(s, handle, msg))?;
+            let public: [u8; 32] = sign_key.public.try_into().map_err(|_| {
+                Fail::Kw(Error::InvalidPublicKey {
+                    what: "an Ed25519 public key is 32 bytes",
+                })
+            })?;
+            let ok = ed25519_dalek::VerifyingKey::from_bytes(&public).is_ok_and(|vk| {
+                vk.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&sig))
+                    .is_ok()
+            });
+            if !ok {
+                return Err(device(
+                    "self-test",
+                    format!(
+                        "the Ed25519 signature of {} does not verify with its public key",
+                        token.identity()
+                    ),
+                )
+                .into());
+            }
+        }
         Ok(())
     }
 
-    /// Checks, without a PIN, that the enrolled key is on the token and (ecdh)
-    /// that its public point is the enrolled one.
-    fn check_key(token: &Token, d: &Descriptor, enrollment: &Enrollment) -> Res<()> {
-        if d.mode != Mode::Ecdh {
-            // The AES key is a private object: we cannot see it before login.
+    /// Checks, without a PIN, that the key's public half is on the token and
+    /// is the enrolled one (keys without a public half are checked after
+    /// login, by being found).
+    fn check_key(token: &Token, d: &Descriptor, key: &KeyRef<'_>) -> Res<()> {
+        if key.form == PublicForm::None {
             return Ok(());
         }
         let found = token.with_session(|s| {
-            let handles = find(s, ObjectClass::PUBLIC_KEY, &d.key_id)?;
+            let handles = find(s, ObjectClass::PUBLIC_KEY, key.id)?;
             match handles.as_slice() {
                 [] => Ok(None),
-                [h] => read_ec_point(s, *h).map(Some),
-                _ => Err(ambiguous(&d.key_id)),
+                [h] => read_public(s, *h, key.form).map(Some),
+                _ => Err(ambiguous(key.id)),
             }
         })?;
-        let Some(point) = found else {
+        let Some(public) = found else {
             return Err(Error::WrongDevice {
-                expected: format!("{} with key \"{}\"", d.device_id(), d.key_label),
+                expected: format!("{} with key \"{}\"", d.device_id(), key.label),
                 found: format!(
                     "{} without a public key of CKA_ID {}",
                     token.identity(),
-                    hex::encode(&d.key_id)
+                    hex::encode(key.id)
                 ),
             }
             .into());
         };
-        let compressed = ecies::compress(&point);
-        if compressed.as_slice() != enrollment.public_key.as_slice() {
+        if public != key.public {
             return Err(Error::WrongDevice {
                 expected: format!(
                     "{} with public key {}",
                     d.device_id(),
-                    hex::encode(&enrollment.public_key)
+                    hex::encode(key.public)
                 ),
-                found: format!("public key {}", hex::encode(compressed)),
+                found: format!("public key {}", hex::encode(public)),
             }
             .into());
         }
@@ -1102,6 +1228,77 @@ fn existing_aes_key(session: &Session, key: ObjectHandle, ui: &dyn Callbacks) ->
     })
 }
 
+/// A new Ed25519 key pair for signing, with its own random CKA_ID.
+fn ed25519_key(session: &Session, label: &str) -> Res<(SignKey, Vec<ObjectHandle>)> {
+    let mut id = vec![0u8; KEY_ID_LEN];
+    random_bytes(&mut id)?;
+    let label = if label.is_empty() {
+        "keyward ed25519".to_owned()
+    } else {
+        format!("keyward {label} ed25519")
+    };
+    let public_template = [
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::Verify(true),
+        Attribute::EcParams(ED25519_PARAMS.to_vec()),
+        Attribute::Id(id.clone()),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ];
+    let private_template = [
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Sign(true),
+        Attribute::Id(id.clone()),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ];
+    let (public, private) = session
+        .generate_key_pair(
+            &Mechanism::EccEdwardsKeyPairGen,
+            &public_template,
+            &private_template,
+        )
+        .map_err(|e| {
+            if errors::is_mechanism_refused(&e) {
+                Fail::Kw(unsupported(
+                    "Ed25519 key generation (CKM_EC_EDWARDS_KEY_PAIR_GEN); enroll without \
+                     sign=ed25519",
+                ))
+            } else {
+                Fail::Ck(e, "C_GenerateKeyPair")
+            }
+        })?;
+    let point = read_public(session, public, PublicForm::Ed25519)?;
+    Ok((
+        SignKey {
+            id,
+            label,
+            public: point,
+        },
+        vec![public, private],
+    ))
+}
+
+/// Pure Ed25519 (RFC 8032) on the token.
+fn ed25519_sign(session: &Session, private: ObjectHandle, msg: &[u8]) -> Res<[u8; 64]> {
+    let mechanism = Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure));
+    let sig = session.sign(&mechanism, private, msg).map_err(|e| {
+        if errors::is_mechanism_refused(&e) {
+            Fail::Kw(unsupported("CKM_EDDSA with this key"))
+        } else {
+            Fail::Ck(e, "C_Sign")
+        }
+    })?;
+    sig.as_slice().try_into().map_err(|_| {
+        Fail::Kw(device(
+            "CKM_EDDSA",
+            format!("the token returned a {}-byte Ed25519 signature", sig.len()),
+        ))
+    })
+}
+
 fn find(session: &Session, class: ObjectClass, id: &[u8]) -> Res<Vec<ObjectHandle>> {
     session
         .find_objects(&[Attribute::Class(class), Attribute::Id(id.to_vec())])
@@ -1130,14 +1327,14 @@ fn find_one(session: &Session, class: ObjectClass, id: &[u8], what: &str) -> Res
     }
 }
 
-/// Reads CKA_EC_POINT and parses it. PKCS#11 says it is a DER OCTET STRING
-/// around the SEC1 point (SoftHSM: 67 bytes); some modules return the bare
-/// point, so we accept both.
-fn read_ec_point(session: &Session, public: ObjectHandle) -> Res<p256::PublicKey> {
+/// Reads CKA_EC_POINT. PKCS#11 says it is a DER OCTET STRING around the
+/// point (SoftHSM: 67 bytes for P-256, 34 for Ed25519); some modules return
+/// the bare point, so we accept both.
+fn read_ec_point_raw(session: &Session, public: ObjectHandle) -> Res<Vec<u8>> {
     let attrs = session
         .get_attributes(public, &[AttributeType::EcPoint])
         .ck("C_GetAttributeValue")?;
-    let raw = attrs
+    attrs
         .into_iter()
         .find_map(|a| match a {
             Attribute::EcPoint(v) => Some(v),
@@ -1148,36 +1345,63 @@ fn read_ec_point(session: &Session, public: ObjectHandle) -> Res<p256::PublicKey
                 "no CKA_EC_POINT",
                 "the public key object has no EC point".into(),
             ))
-        })?;
-    parse_ec_point(&raw).map_err(Fail::Kw)
+        })
 }
 
-/// Parses a CKA_EC_POINT value (DER OCTET STRING or bare SEC1).
+fn read_ec_point(session: &Session, public: ObjectHandle) -> Res<p256::PublicKey> {
+    parse_ec_point(&read_ec_point_raw(session, public)?).map_err(Fail::Kw)
+}
+
+/// The public key in the form the enrollment stores it.
+fn read_public(session: &Session, public: ObjectHandle, form: PublicForm) -> Res<Vec<u8>> {
+    let raw = read_ec_point_raw(session, public)?;
+    match form {
+        PublicForm::None => Ok(Vec::new()),
+        PublicForm::P256 => Ok(ecies::compress(&parse_ec_point(&raw)?).to_vec()),
+        PublicForm::Ed25519 => Ok(parse_ed25519_point(&raw)?.to_vec()),
+    }
+}
+
+/// The content of a DER OCTET STRING of one of `lens`, or `raw` itself.
+fn strip_octet_string<'r>(raw: &'r [u8], lens: &[usize]) -> &'r [u8] {
+    match raw {
+        [0x04, len, rest @ ..] if usize::from(*len) == rest.len() && lens.contains(&rest.len()) => {
+            rest
+        }
+        _ => raw,
+    }
+}
+
+/// Parses a P-256 CKA_EC_POINT value (DER OCTET STRING or bare SEC1).
 ///
 /// # Errors
 /// [`Error::InvalidPublicKey`].
 pub fn parse_ec_point(raw: &[u8]) -> Result<p256::PublicKey> {
-    let inner = match raw {
-        [0x04, len, rest @ ..]
-            if usize::from(*len) == rest.len() && (rest.len() == 65 || rest.len() == 33) =>
-        {
-            rest
-        }
-        _ => raw,
-    };
-    ecies::parse_public_key(inner)
+    ecies::parse_public_key(strip_octet_string(raw, &[65, 33]))
 }
 
-fn find_private(session: &Session, d: &Descriptor) -> Res<ObjectHandle> {
-    let class = match d.mode {
-        Mode::Ecdh => ObjectClass::PRIVATE_KEY,
-        Mode::AesGcm => ObjectClass::SECRET_KEY,
-    };
-    let what = match d.mode {
-        Mode::Ecdh => "private key",
-        Mode::AesGcm => "AES key",
-    };
-    find_one(session, class, &d.key_id, what)
+/// Parses an Ed25519 CKA_EC_POINT value (DER OCTET STRING or the bare 32
+/// bytes) and checks it is a valid, not small-order, point.
+///
+/// # Errors
+/// [`Error::InvalidPublicKey`].
+pub fn parse_ed25519_point(raw: &[u8]) -> Result<[u8; 32]> {
+    let bytes: [u8; 32] =
+        strip_octet_string(raw, &[32])
+            .try_into()
+            .map_err(|_| Error::InvalidPublicKey {
+                what: "an Ed25519 public key is 32 bytes",
+            })?;
+    let key =
+        ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| Error::InvalidPublicKey {
+            what: "not a valid Ed25519 point",
+        })?;
+    if key.is_weak() {
+        return Err(Error::InvalidPublicKey {
+            what: "a small-order Ed25519 point",
+        });
+    }
+    Ok(bytes)
 }
 
 /// ECDH on the token: the x-coordinate of d·epk via CKM_ECDH1_DERIVE with
@@ -1331,15 +1555,17 @@ impl keyward_kms::Backend for Backend {
     }
 
     fn capabilities(&self) -> Capabilities {
+        // Ed25519 needs sign=ed25519 at enrollment (and CKM_EDDSA on the
+        // token); ECDSA P-256 comes with every ecdh enrollment.
         let (wrap_modes, sign) = match self.options.mode {
             Some(Mode::Ecdh) => (
                 vec![WrapMode::EciesP256],
-                vec![SignAlgorithm::EcdsaP256Sha256],
+                vec![SignAlgorithm::EcdsaP256Sha256, SignAlgorithm::Ed25519],
             ),
-            Some(Mode::AesGcm) => (vec![WrapMode::DeviceAesGcm], vec![]),
+            Some(Mode::AesGcm) => (vec![WrapMode::DeviceAesGcm], vec![SignAlgorithm::Ed25519]),
             None => (
                 vec![WrapMode::EciesP256, WrapMode::DeviceAesGcm],
-                vec![SignAlgorithm::EcdsaP256Sha256],
+                vec![SignAlgorithm::EcdsaP256Sha256, SignAlgorithm::Ed25519],
             ),
         };
         Capabilities {
@@ -1404,7 +1630,7 @@ impl keyward_kms::Backend for Backend {
                         )
                         .into());
                     }
-                    let key = token.key(&d, &enrollment.public_key)?;
+                    let key = token.key(&KeyRef::wrap(&d, &enrollment.public_key))?;
                     aes_wrap(token, key, secret, aad)
                 })
                 .map(Wrapped),
@@ -1429,7 +1655,7 @@ impl keyward_kms::Backend for Backend {
             }
         }
         self.with_token(&d, |token| {
-            let key = Self::ready_key(token, &d, enrollment, ui)?;
+            let key = Self::ready_key(token, &d, &KeyRef::wrap(&d, &enrollment.public_key), ui)?;
             match d.mode {
                 Mode::Ecdh => ecdh_unwrap(token, key, &enrollment.public_key, &wrapped.0, aad),
                 Mode::AesGcm => aes_unwrap(token, key, &wrapped.0, aad),
@@ -1439,14 +1665,25 @@ impl keyward_kms::Backend for Backend {
 
     fn sign(&self, enrollment: &Enrollment, msg: &[u8], ui: &dyn Callbacks) -> Result<Signature> {
         let d = Descriptor::from_enrollment(enrollment)?;
+        if let Some(key) = KeyRef::ed25519(&d) {
+            let sig = self.with_token(&d, |token| {
+                let private = Self::ready_key(token, &d, &key, ui)?;
+                token.with_session(|s| ed25519_sign(s, private, msg))
+            })?;
+            return Ok(Signature {
+                algorithm: SignAlgorithm::Ed25519,
+                bytes: sig.to_vec(),
+            });
+        }
         if d.mode != Mode::Ecdh {
             return Err(unsupported(
-                "signing with an aes-gcm enrollment (enroll in ecdh mode to sign)",
+                "signing with an aes-gcm enrollment (enroll with mode=ecdh or sign=ed25519)",
             ));
         }
         let digest = Sha256::digest(msg);
+        let key = KeyRef::wrap(&d, &enrollment.public_key);
         let raw = self.with_token(&d, |token| {
-            let private = Self::ready_key(token, &d, enrollment, ui)?;
+            let private = Self::ready_key(token, &d, &key, ui)?;
             token.with_session(|s| {
                 s.sign(&Mechanism::Ecdsa, private, digest.as_slice())
                     .map_err(|e| {
@@ -1508,7 +1745,13 @@ impl keyward_kms::Backend for Backend {
         let info = lib
             .get_token_info(slot)
             .map_err(|e| errors::map(e, "reading token info"))?;
-        let key = Self::check_key(&token, &d, enrollment);
+        let key =
+            Self::check_key(&token, &d, &KeyRef::wrap(&d, &enrollment.public_key)).and_then(|()| {
+                match KeyRef::ed25519(&d) {
+                    Some(k) => Self::check_key(&token, &d, &k),
+                    None => Ok(()),
+                }
+            });
         let (matches, mut detail) = match key {
             Ok(()) if d.mode == Mode::Ecdh => {
                 (true, format!("{} present, key matches", d.device_id()))
@@ -1579,12 +1822,12 @@ mod tests {
             mode: Some(Mode::AesGcm),
             ..Options::default()
         });
-        assert!(aes.capabilities().sign.is_empty());
+        assert_eq!(aes.capabilities().sign, vec![SignAlgorithm::Ed25519]);
         assert_eq!(aes.capabilities().wrap_modes, vec![WrapMode::DeviceAesGcm]);
         let any = Backend::new(Options::default());
         assert_eq!(
             any.capabilities().sign,
-            vec![SignAlgorithm::EcdsaP256Sha256]
+            vec![SignAlgorithm::EcdsaP256Sha256, SignAlgorithm::Ed25519]
         );
         assert!(any.capabilities().pin);
     }

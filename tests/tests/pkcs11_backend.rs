@@ -466,6 +466,92 @@ fn ecdsa_signature_verifies_with_p256_and_openssl() {
     });
 }
 
+fn openssl_verify_ed25519(public: &[u8], msg: &[u8], sig: &[u8]) -> bool {
+    // SubjectPublicKeyInfo for Ed25519 (RFC 8410 §4): fixed prefix + key.
+    let mut der = hex::decode("302a300506032b6570032100").expect("hex");
+    der.extend_from_slice(public);
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("pub.der"), der).expect("write");
+    std::fs::write(dir.path().join("sig"), sig).expect("write");
+    std::fs::write(dir.path().join("msg"), msg).expect("write");
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir.path())
+        .args([
+            "pkeyutl", "-verify", "-pubin", "-keyform", "DER", "-inkey", "pub.der",
+        ])
+        .args(["-rawin", "-in", "msg", "-sigfile", "sig"])
+        .output()
+        .expect("openssl");
+    out.status.success()
+        && String::from_utf8_lossy(&out.stdout).contains("Signature Verified Successfully")
+}
+
+#[test]
+fn ed25519_signing_key() {
+    softhsm::isolated("ed25519_signing_key", |_| {
+        let token = SoftHsmToken::new("ed25519").expect("token");
+        let b = backend();
+        let ui = Ui::new(token.pin());
+        for mode in ["ecdh", "aes-gcm"] {
+            let mut req = request(&token, mode, Some(mode));
+            req.options.push(("sign".into(), "ed25519".into()));
+            let e = b.enroll(&req, &ui).expect("enroll with an Ed25519 key");
+            let d = Descriptor::from_enrollment(&e).expect("d");
+            let key = d.sign.clone().expect("sign key recorded");
+            assert_eq!(key.public.len(), 32);
+            assert_ne!(key.id, d.key_id);
+            let msg = b"signed by the token";
+            let sig = b.sign(&e, msg, &ui).expect("sign");
+            assert_eq!(sig.algorithm, SignAlgorithm::Ed25519);
+            assert_eq!(sig.bytes.len(), 64);
+            let vk = ed25519_dalek::VerifyingKey::from_bytes(
+                &key.public.clone().try_into().expect("32"),
+            )
+            .expect("key");
+            let s = ed25519_dalek::Signature::from_slice(&sig.bytes).expect("64");
+            vk.verify_strict(msg, &s).expect("dalek verifies");
+            assert!(openssl_verify_ed25519(&key.public, msg, &sig.bytes));
+            assert!(!openssl_verify_ed25519(&key.public, b"other", &sig.bytes));
+            // Wrapping still works alongside.
+            let secret = secret();
+            let w = b.wrap(&e, &secret, b"aad").expect("wrap");
+            assert_eq!(
+                b.unwrap(&e, &w, b"aad", &ui).expect("unwrap").expose(),
+                secret.expose()
+            );
+
+            // Another Ed25519 public key in the descriptor: refused before the PIN.
+            b.logout();
+            let before = ui.requests();
+            let mut forged = d.clone();
+            forged.sign = Some(pkcs11::SignKey {
+                public: ed25519_dalek::SigningKey::from_bytes(&[9u8; 32])
+                    .verifying_key()
+                    .to_bytes()
+                    .to_vec(),
+                ..key
+            });
+            let forged = Enrollment {
+                params: forged.to_json(),
+                ..e.clone()
+            };
+            let r = b.sign(&forged, msg, &ui);
+            assert!(matches!(r, Err(Error::WrongDevice { .. })), "{r:?}");
+            assert_eq!(ui.requests(), before);
+        }
+        // ECDSA signing needs the ecdh key.
+        let mut req = request(&token, "x", Some("aes-gcm"));
+        req.options.push(("sign".into(), "ecdsa".into()));
+        assert!(matches!(
+            b.enroll(&req, &ui),
+            Err(Error::InvalidArgument { .. })
+        ));
+        let out = token.pkcs11_tool(&["--list-objects"]).expect("pkcs11-tool");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("keyward ecdh ed25519"), "{text}");
+    });
+}
+
 #[test]
 fn existing_objects_named_by_uri() {
     softhsm::isolated("existing_objects_named_by_uri", |_| {
@@ -874,6 +960,9 @@ fn timings() {
         let aes = b
             .enroll(&request(&token, "a", Some("aes-gcm")), &ui)
             .expect("enroll");
+        let mut req = request(&token, "ed", Some("ecdh"));
+        req.options.push(("sign".into(), "ed25519".into()));
+        let ed = b.enroll(&req, &ui).expect("enroll");
         let s = secret();
         let we = b.wrap(&ecdh, &s, b"aad").expect("wrap");
         let wa = b.wrap(&aes, &s, b"aad").expect("wrap");
@@ -882,7 +971,11 @@ fn timings() {
         let mut unwrap_aes = Vec::new();
         let mut sign = Vec::new();
         let mut wrap_aes = Vec::new();
+        let mut sign_ed = Vec::new();
         for _ in 0..n {
+            let t = Instant::now();
+            b.sign(&ed, b"message", &ui).expect("sign");
+            sign_ed.push(t.elapsed());
             let t = Instant::now();
             b.unwrap(&ecdh, &we, b"aad", &ui).expect("unwrap");
             unwrap_ecdh.push(t.elapsed());
@@ -959,11 +1052,12 @@ fn timings() {
         let cold = t.elapsed();
         println!(
             "pkcs11 timings (SoftHSM, median of {n}): unwrap ecdh {:?}, unwrap aes-gcm {:?}, \
-             sign ecdsa {:?}, wrap aes-gcm {:?}; unwrap after logout (login+unwrap) {cold:?}; \
+             sign ecdsa {:?}, sign ed25519 {:?}, wrap aes-gcm {:?}; unwrap after logout (login+unwrap) {cold:?}; \
              raw cryptoki on one session: C_Sign {:?}, C_DeriveKey+read+destroy {:?}",
             median(unwrap_ecdh),
             median(unwrap_aes),
             median(sign),
+            median(sign_ed),
             median(wrap_aes),
             median(raw_sign),
             median(raw_derive),

@@ -51,6 +51,18 @@ impl Mode {
     }
 }
 
+/// An Ed25519 signing key pair enrolled beside the wrapping key
+/// (`sign=ed25519`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignKey {
+    /// CKA_ID of the key pair (distinct from the wrapping key's).
+    pub id: Vec<u8>,
+    /// CKA_LABEL.
+    pub label: String,
+    /// The 32-byte Ed25519 public key.
+    pub public: Vec<u8>,
+}
+
 /// Everything stored to find the enrolled key again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Descriptor {
@@ -71,12 +83,15 @@ pub struct Descriptor {
     /// Module path used at enrollment (a hint; `--module` and
     /// `KEYWARD_PKCS11_MODULE` take precedence).
     pub module: Option<PathBuf>,
+    /// The Ed25519 signing key, if enrolled; without it the ecdh key signs
+    /// with ECDSA.
+    pub sign: Option<SignKey>,
 }
 
 impl Descriptor {
     /// The `params` JSON.
     pub fn to_json(&self) -> Value {
-        json!({
+        let mut v = json!({
             "v": DESCRIPTOR_VERSION,
             "mode": self.mode.as_str(),
             "token": {
@@ -90,7 +105,19 @@ impl Descriptor {
                 "label": self.key_label,
             },
             "module": self.module.as_ref().map(|m| m.to_string_lossy().into_owned()),
-        })
+        });
+        if let (Some(k), Some(map)) = (&self.sign, v.as_object_mut()) {
+            map.insert(
+                "sign".into(),
+                json!({
+                    "alg": "ed25519",
+                    "id": hex::encode(&k.id),
+                    "label": k.label,
+                    "public": hex::encode(&k.public),
+                }),
+            );
+        }
+        v
     }
 
     /// Reads the `params` of `enrollment`.
@@ -136,7 +163,28 @@ impl Descriptor {
         if key_id.is_empty() {
             return Err(malformed("pkcs11 descriptor: empty key id"));
         }
+        let sign = match params.get("sign") {
+            None | Some(Value::Null) => None,
+            Some(k) => {
+                if k.get("alg").and_then(Value::as_str) != Some("ed25519") {
+                    return Err(malformed("pkcs11 descriptor: unknown signing algorithm"));
+                }
+                let id = hex::decode(text(k.get("id"), "pkcs11 descriptor: sign id")?)
+                    .map_err(|_| malformed("pkcs11 descriptor: sign id is not hex"))?;
+                let public = hex::decode(text(k.get("public"), "pkcs11 descriptor: sign key")?)
+                    .map_err(|_| malformed("pkcs11 descriptor: sign key is not hex"))?;
+                if id.is_empty() || public.len() != 32 {
+                    return Err(malformed("pkcs11 descriptor: bad Ed25519 key reference"));
+                }
+                Some(SignKey {
+                    id,
+                    label: text(k.get("label"), "pkcs11 descriptor: sign label")?,
+                    public,
+                })
+            }
+        };
         Ok(Self {
+            sign,
             mode,
             token_label: text(token.get("label"), "pkcs11 descriptor: token label")?,
             token_serial: text(token.get("serial"), "pkcs11 descriptor: token serial")?,
@@ -226,6 +274,7 @@ mod tests {
             key_id: vec![0x01, 0x02, 0xff],
             key_label: "keyward laptop".into(),
             module: Some(PathBuf::from("/usr/lib/softhsm/libsofthsm2.so")),
+            sign: None,
         }
     }
 
@@ -253,6 +302,35 @@ mod tests {
             params: d.to_json(),
         };
         assert_eq!(Descriptor::from_enrollment(&e).expect("parses"), d);
+    }
+
+    #[test]
+    fn sign_key_vector() {
+        let mut d = sample();
+        d.sign = Some(SignKey {
+            id: vec![0xaa, 0xbb],
+            label: "keyward laptop ed25519".into(),
+            public: vec![0x11; 32],
+        });
+        let text = d.to_json().to_string();
+        assert!(
+            text.contains(&format!(
+                r#""sign":{{"alg":"ed25519","id":"aabb","label":"keyward laptop ed25519","public":"{}"}}"#,
+                "11".repeat(32)
+            )),
+            "{text}"
+        );
+        let back = Descriptor::from_json(&serde_json::from_str(&text).expect("json")).expect("ok");
+        assert_eq!(back, d);
+        for (path, value) in [
+            ("/sign/alg", json!("rsa")),
+            ("/sign/public", json!("11")),
+            ("/sign/id", json!("")),
+        ] {
+            let mut v = d.to_json();
+            *v.pointer_mut(path).expect("path") = value;
+            assert!(Descriptor::from_json(&v).is_err(), "{v}");
+        }
     }
 
     #[test]
