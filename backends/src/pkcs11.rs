@@ -475,34 +475,31 @@ impl Backend {
         d: &Descriptor,
         mut op: impl FnMut(&Arc<Token>) -> Res<T>,
     ) -> Result<T> {
-        for attempt in 0..2 {
-            // Fast path: a token we are logged in to needs no lookup; if it
-            // went away, the operation fails as stale and we look it up.
-            let cached = if attempt == 0 {
-                self.logged_in_token(d)
-            } else {
-                None
-            };
-            let token = match cached {
-                Some(t) => t,
-                None => self.find_token(d)?,
-            };
-            match op(&token) {
-                Ok(v) => return Ok(v),
-                Err(f) if f.is_stale() && attempt == 0 => {
-                    tracing::debug!(token = %token.identity(), "stale PKCS#11 session, retrying");
-                    token.logout();
-                    self.forget(&token);
-                }
-                Err(f) => {
-                    if f.is_stale() {
-                        self.forget(&token);
-                    }
-                    return Err(f.into_error());
-                }
-            }
+        // Fast path: a token we are logged in to needs no lookup; if it went
+        // away, the operation fails as stale and we look it up once more.
+        let token = match self.logged_in_token(d) {
+            Some(t) => t,
+            None => self.find_token(d)?,
+        };
+        match op(&token) {
+            Ok(v) => return Ok(v),
+            Err(f) if !f.is_stale() => return Err(f.into_error()),
+            Err(_) => {}
         }
-        unreachable!("the loop returns on its second attempt")
+        tracing::debug!(
+            token = %token.identity(),
+            "stale PKCS#11 session, looking the token up again"
+        );
+        token.logout();
+        self.forget(&token);
+        let token = self.find_token(d)?;
+        op(&token).map_err(|f| {
+            if f.is_stale() {
+                token.logout();
+                self.forget(&token);
+            }
+            f.into_error()
+        })
     }
 
     fn enroll_inner(&self, req: &EnrollRequest, ui: &dyn Callbacks) -> Result<Enrollment> {
