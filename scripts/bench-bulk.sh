@@ -17,7 +17,8 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-cargo build --release -q -p keyward -p keyward-kms --example gcm_baseline
+cargo build --release -q -p keyward
+cargo build --release -q -p keyward-kms --example gcm_baseline
 bin=$PWD/target/release/keyward
 dir=${BENCH_DIR:-$(mktemp -d)}
 trap '[[ -z ${BENCH_DIR:-} ]] && rm -rf "$dir"' EXIT

@@ -1,1 +1,24 @@
-//! backends
+//! keyward-backends: the hardware protectors of keyward, one module per
+//! hardware family, each behind a cargo feature (all on by default).
+//!
+//! Each module's `Backend` implements [`keyward_kms::Backend`]; the CLI
+//! registers the ones compiled in. This crate holds no key hierarchy or
+//! formats of its own beyond each device's wrap blob: those live in
+//! keyward-kms.
+//!
+//! - `pkcs11` (feature `pkcs11`): PKCS#11 tokens and HSMs through
+//!   `cryptoki` (SoftHSM2, YubiHSM 2, Nitrokey HSM via OpenSC, cloud HSMs).
+//!
+//! ```no_run
+//! # #[cfg(feature = "pkcs11")] {
+//! use keyward_backends::pkcs11;
+//! let backend = pkcs11::Backend::new(pkcs11::Options {
+//!     module: Some("/usr/lib/softhsm/libsofthsm2.so".into()),
+//!     ..pkcs11::Options::default()
+//! });
+//! # let _ = backend; }
+//! ```
+#![forbid(unsafe_code)]
+
+#[cfg(feature = "pkcs11")]
+pub mod pkcs11;

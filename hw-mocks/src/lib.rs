@@ -7,6 +7,8 @@
 //!   operations, touch timeout. Used for fault-injection tests and as the
 //!   fastest instance of the conformance suite (keyward-tests).
 //!
+//! - [`softhsm`]: isolated SoftHSM2 tokens for the PKCS#11 backend's tests.
+//!
 //! It is not a substitute for the real software devices (SoftHSM2, swtpm, a
 //! PIV simulator): [`mock`] lists what it does not enforce.
 //!
@@ -24,3 +26,4 @@
 #![forbid(unsafe_code)]
 
 pub mod mock;
+pub mod softhsm;
