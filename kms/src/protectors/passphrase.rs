@@ -567,7 +567,7 @@ mod tests {
         ));
     }
 
-    /// docs/FORMAT.md (docs/FORMAT-protectors.md until merged), "Passphrase", test vector.
+    /// docs/FORMAT.md, "Passphrase", test vector.
     #[test]
     fn format_vector() {
         let salt: [u8; SALT_LEN] = std::array::from_fn(|i| i as u8);

@@ -553,7 +553,7 @@ mod tests {
         assert_eq!(format!("{:?}", sample()), "RecoveryKey([REDACTED])");
     }
 
-    /// docs/FORMAT.md (docs/FORMAT-protectors.md until merged), "Recovery key", test vector.
+    /// docs/FORMAT.md, "Recovery key", test vector.
     #[test]
     fn format_vector() {
         let mut bytes: [u8; ENTROPY_BYTES] = std::array::from_fn(|i| i as u8);
