@@ -281,7 +281,8 @@ impl Progress {
         }
         self.last = Some(now);
         let secs = now.duration_since(self.start).as_secs_f64().max(1e-3);
-        #[expect(
+        // `allow`: the workspace may allow cast_precision_loss globally.
+        #[allow(
             clippy::cast_precision_loss,
             clippy::cast_sign_loss,
             reason = "display only"

@@ -395,12 +395,7 @@ impl Ui {
         Error::Cancelled
     }
 
-    fn write_recovery_file(
-        &self,
-        path: &Path,
-        title: &str,
-        secret: &SecretString,
-    ) -> io::Result<()> {
+    fn write_recovery_file(&self, path: &Path, secret: &SecretString) -> io::Result<()> {
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -414,12 +409,20 @@ impl Ui {
         file.sync_all()?;
         crate::files::sync_parent(path);
         eprintln!(
-            "keyward: {title} written to {} (mode 0600). Keep a copy offline: \
-             it unlocks the keystore.",
+            "keyward: the new recovery key was written to {} (mode 0600); keep a copy \
+             offline, away from this computer: it unlocks the keystore",
             path.display()
         );
         Ok(())
     }
+}
+
+/// `text` with its first letter in upper case, for a prompt.
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    chars.next().map_or_else(String::new, |first| {
+        first.to_uppercase().chain(chars).collect()
+    })
 }
 
 /// The failure for a secret we had no way to get.
@@ -461,7 +464,7 @@ impl Callbacks for Ui {
                 let Some(tty) = &self.tty else {
                     return Err(self.no_source(request.kind));
                 };
-                lock(tty).ask_secret(&format!("Passphrase for {description}{tries}: "))
+                lock(tty).ask_secret(&format!("{}{tries}: ", capitalized(description)))
             }
             SecretKind::NewPassphrase => {
                 if let Some(source) = &self.passphrase {
@@ -471,16 +474,20 @@ impl Callbacks for Ui {
                     return Err(self.no_source(request.kind));
                 };
                 let mut tty = lock(tty);
-                let first = tty.ask_secret(&format!("New passphrase for {description}: "))?;
-                let second = tty.ask_secret("Repeat the new passphrase: ")?;
-                // Not secret-dependent timing worth protecting: the user
-                // typed both and learns the outcome anyway.
-                if first.expose_secret() != second.expose_secret() {
-                    return Err(Error::WeakPassphrase {
-                        reason: "the two entries differ",
-                    });
+                for _ in 0..3 {
+                    let first = tty.ask_secret(&format!("{}: ", capitalized(description)))?;
+                    let second = tty.ask_secret("Type it again: ")?;
+                    // No timing to protect here: the user typed both and
+                    // learns the outcome anyway.
+                    if first.expose_secret() == second.expose_secret() {
+                        return Ok(first);
+                    }
+                    tty.say("The two entries differ; please try again.\n")
+                        .map_err(|e| Error::io("cannot write to the terminal", e))?;
                 }
-                Ok(first)
+                Err(Error::WeakPassphrase {
+                    reason: "the two entries differed three times",
+                })
             }
             SecretKind::RecoveryKey => {
                 if let Some(source) = &self.recovery {
@@ -489,7 +496,7 @@ impl Callbacks for Ui {
                 let Some(tty) = &self.tty else {
                     return Err(self.no_source(request.kind));
                 };
-                lock(tty).ask_secret(&format!("Recovery key for {description}: "))
+                lock(tty).ask_secret(&format!("{}: ", capitalized(description)))
             }
             SecretKind::Pin | SecretKind::Puk => {
                 let Some(tty) = &self.tty else {
@@ -515,7 +522,7 @@ impl Callbacks for Ui {
 
     fn show_secret(&self, title: &str, secret: &SecretString) -> keyward_kms::Result<()> {
         if let Some(path) = &self.recovery_out {
-            return self.write_recovery_file(path, title, secret).map_err(|e| {
+            return self.write_recovery_file(path, secret).map_err(|e| {
                 Error::io(format!("cannot write the {title} to {}", path.display()), e)
             });
         }
@@ -530,13 +537,12 @@ impl Callbacks for Ui {
         let mut tty = lock(tty);
         let mut text = Zeroizing::new(String::new());
         text.push_str("\n  ");
-        text.push_str(&title.to_uppercase());
-        text.push_str(" (shown only this once)\n\n      ");
+        text.push_str(title);
+        text.push_str("\n\n      ");
         text.push_str(secret.expose_secret());
         text.push_str(
-            "\n\n  Write it down now and keep it somewhere safe, away from this computer.\n  \
-             Anyone who has it can unlock this keystore; without it, losing your other\n  \
-             protectors means losing every key.\n\n",
+            "\n\n  Anyone who has it can unlock this keystore; without it, losing your\n  \
+             other protectors means losing every key. Keep it away from this computer.\n\n",
         );
         let cannot = |e| Error::io(format!("cannot show the {title} on the terminal"), e);
         tty.say(&text).map_err(cannot)?;
@@ -683,6 +689,16 @@ mod tests {
             ..base()
         };
         assert_eq!(ui.supplied_kind(true), Some(BackendKind::Recovery));
+    }
+
+    #[test]
+    fn prompts_start_with_a_capital() {
+        assert_eq!(capitalized("recovery key"), "Recovery key");
+        assert_eq!(
+            capitalized("new passphrase for \"x\""),
+            "New passphrase for \"x\""
+        );
+        assert_eq!(capitalized(""), "");
     }
 
     #[test]
