@@ -26,6 +26,7 @@ use secrecy::ExposeSecret;
 use zeroize::Zeroizing;
 
 use crate::failure::{Exit, Failure};
+use crate::files::to_stderr;
 
 /// Environment variable holding the passphrase (automation only).
 pub(crate) const ENV_PASSPHRASE: &str = "KEYWARD_PASSPHRASE";
@@ -408,11 +409,11 @@ impl Ui {
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
         crate::files::sync_parent(path);
-        eprintln!(
+        to_stderr(format_args!(
             "keyward: the new recovery key was written to {} (mode 0600); keep a copy \
-             offline, away from this computer: it unlocks the keystore",
+             offline, away from this computer: it unlocks the keystore\n",
             path.display()
-        );
+        ));
         Ok(())
     }
 }
@@ -514,9 +515,13 @@ impl Callbacks for Ui {
 
     fn notify(&self, notice: &Notice<'_>) {
         match notice {
-            Notice::TouchRequired { device } => eprintln!("keyward: touch {device} now"),
-            Notice::InsertDevice { device } => eprintln!("keyward: insert {device}"),
-            Notice::Info(text) => eprintln!("keyward: {text}"),
+            Notice::TouchRequired { device } => {
+                to_stderr(format_args!("keyward: touch {device} now\n"));
+            }
+            Notice::InsertDevice { device } => {
+                to_stderr(format_args!("keyward: insert {device}\n"));
+            }
+            Notice::Info(text) => to_stderr(format_args!("keyward: {text}\n")),
         }
     }
 
