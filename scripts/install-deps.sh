@@ -8,10 +8,10 @@ set -euo pipefail
 
 # Build deps (HARDWARE.md), and openssl to check exported public keys.
 BUILD=(build-essential pkg-config libtss2-dev libpcsclite-dev openssl)
-# Run/test deps (HARDWARE.md): software HSM, TPM and smart-card stack, and
-# `age` as the benchmarks' baseline.
+# Run/test deps (HARDWARE.md): software HSM, TPM and smart-card stack;
+# `age` (the benchmarks' baseline) and GNU `time` (memory checks in tests).
 TEST=(softhsm2 opensc swtpm swtpm-tools tpm2-tools pcscd vsmartcard-vpcd
-      yubico-piv-tool yubikey-manager age)
+      yubico-piv-tool yubikey-manager age time)
 
 case "${1:-}" in
   build) packages=("${BUILD[@]}") ;;

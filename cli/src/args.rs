@@ -154,7 +154,8 @@ pub(crate) enum EnrollCommand {
 /// stolen keystore cheaper to attack.
 #[derive(Debug, Args, Clone, Copy, Default)]
 #[command(next_help_heading = "Advanced")]
-#[expect(
+// `allow`, not `expect`: the workspace may allow this lint globally.
+#[allow(
     clippy::struct_field_names,
     reason = "the field names are the flag names"
 )]

@@ -217,6 +217,14 @@ pub(crate) fn sync_parent(path: &Path) {
     }
 }
 
+/// Writes to stderr, ignoring failure: `eprint!` would panic when stderr
+/// is closed, and a message nobody can read must not fail the command.
+pub(crate) fn to_stderr(args: std::fmt::Arguments<'_>) {
+    let mut err = io::stderr().lock();
+    let _ = err.write_fmt(args);
+    let _ = err.flush();
+}
+
 /// Writes `text` to stdout.
 ///
 /// # Errors
@@ -281,7 +289,8 @@ impl Progress {
         }
         self.last = Some(now);
         let secs = now.duration_since(self.start).as_secs_f64().max(1e-3);
-        #[expect(
+        // `allow`: the workspace may allow cast_precision_loss globally.
+        #[allow(
             clippy::cast_precision_loss,
             clippy::cast_sign_loss,
             reason = "display only"
@@ -303,13 +312,13 @@ impl Progress {
                 crate::render::format_bytes(rate)
             ),
         };
-        eprint!("\r\x1b[K{line}");
+        to_stderr(format_args!("\r\x1b[K{line}"));
     }
 
     /// Clears the progress line, if one was drawn.
     pub(crate) fn finish(&mut self) {
         if self.last.take().is_some() {
-            eprint!("\r\x1b[K");
+            to_stderr(format_args!("\r\x1b[K"));
         }
     }
 }

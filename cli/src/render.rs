@@ -63,7 +63,8 @@ pub(crate) fn format_time(unix: i64) -> String {
 /// Formats a byte count with a binary unit (`1.5 GiB`).
 pub(crate) fn format_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    #[expect(
+    // `allow`: the workspace may allow this lint globally.
+    #[allow(
         clippy::cast_precision_loss,
         reason = "display only; two decimals are shown"
     )]

@@ -26,6 +26,7 @@ use secrecy::ExposeSecret;
 use zeroize::Zeroizing;
 
 use crate::failure::{Exit, Failure};
+use crate::files::to_stderr;
 
 /// Environment variable holding the passphrase (automation only).
 pub(crate) const ENV_PASSPHRASE: &str = "KEYWARD_PASSPHRASE";
@@ -395,12 +396,7 @@ impl Ui {
         Error::Cancelled
     }
 
-    fn write_recovery_file(
-        &self,
-        path: &Path,
-        title: &str,
-        secret: &SecretString,
-    ) -> io::Result<()> {
+    fn write_recovery_file(&self, path: &Path, secret: &SecretString) -> io::Result<()> {
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -413,13 +409,21 @@ impl Ui {
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
         crate::files::sync_parent(path);
-        eprintln!(
-            "keyward: {title} written to {} (mode 0600). Keep a copy offline: \
-             it unlocks the keystore.",
+        to_stderr(format_args!(
+            "keyward: the new recovery key was written to {} (mode 0600); keep a copy \
+             offline, away from this computer: it unlocks the keystore\n",
             path.display()
-        );
+        ));
         Ok(())
     }
+}
+
+/// `text` with its first letter in upper case, for a prompt.
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    chars.next().map_or_else(String::new, |first| {
+        first.to_uppercase().chain(chars).collect()
+    })
 }
 
 /// The failure for a secret we had no way to get.
@@ -461,7 +465,7 @@ impl Callbacks for Ui {
                 let Some(tty) = &self.tty else {
                     return Err(self.no_source(request.kind));
                 };
-                lock(tty).ask_secret(&format!("Passphrase for {description}{tries}: "))
+                lock(tty).ask_secret(&format!("{}{tries}: ", capitalized(description)))
             }
             SecretKind::NewPassphrase => {
                 if let Some(source) = &self.passphrase {
@@ -471,16 +475,20 @@ impl Callbacks for Ui {
                     return Err(self.no_source(request.kind));
                 };
                 let mut tty = lock(tty);
-                let first = tty.ask_secret(&format!("New passphrase for {description}: "))?;
-                let second = tty.ask_secret("Repeat the new passphrase: ")?;
-                // Not secret-dependent timing worth protecting: the user
-                // typed both and learns the outcome anyway.
-                if first.expose_secret() != second.expose_secret() {
-                    return Err(Error::WeakPassphrase {
-                        reason: "the two entries differ",
-                    });
+                for _ in 0..3 {
+                    let first = tty.ask_secret(&format!("{}: ", capitalized(description)))?;
+                    let second = tty.ask_secret("Type it again: ")?;
+                    // No timing to protect here: the user typed both and
+                    // learns the outcome anyway.
+                    if first.expose_secret() == second.expose_secret() {
+                        return Ok(first);
+                    }
+                    tty.say("The two entries differ; please try again.\n")
+                        .map_err(|e| Error::io("cannot write to the terminal", e))?;
                 }
-                Ok(first)
+                Err(Error::WeakPassphrase {
+                    reason: "the two entries differed three times",
+                })
             }
             SecretKind::RecoveryKey => {
                 if let Some(source) = &self.recovery {
@@ -489,7 +497,7 @@ impl Callbacks for Ui {
                 let Some(tty) = &self.tty else {
                     return Err(self.no_source(request.kind));
                 };
-                lock(tty).ask_secret(&format!("Recovery key for {description}: "))
+                lock(tty).ask_secret(&format!("{}: ", capitalized(description)))
             }
             SecretKind::Pin | SecretKind::Puk => {
                 let Some(tty) = &self.tty else {
@@ -507,15 +515,19 @@ impl Callbacks for Ui {
 
     fn notify(&self, notice: &Notice<'_>) {
         match notice {
-            Notice::TouchRequired { device } => eprintln!("keyward: touch {device} now"),
-            Notice::InsertDevice { device } => eprintln!("keyward: insert {device}"),
-            Notice::Info(text) => eprintln!("keyward: {text}"),
+            Notice::TouchRequired { device } => {
+                to_stderr(format_args!("keyward: touch {device} now\n"));
+            }
+            Notice::InsertDevice { device } => {
+                to_stderr(format_args!("keyward: insert {device}\n"));
+            }
+            Notice::Info(text) => to_stderr(format_args!("keyward: {text}\n")),
         }
     }
 
     fn show_secret(&self, title: &str, secret: &SecretString) -> keyward_kms::Result<()> {
         if let Some(path) = &self.recovery_out {
-            return self.write_recovery_file(path, title, secret).map_err(|e| {
+            return self.write_recovery_file(path, secret).map_err(|e| {
                 Error::io(format!("cannot write the {title} to {}", path.display()), e)
             });
         }
@@ -530,13 +542,12 @@ impl Callbacks for Ui {
         let mut tty = lock(tty);
         let mut text = Zeroizing::new(String::new());
         text.push_str("\n  ");
-        text.push_str(&title.to_uppercase());
-        text.push_str(" (shown only this once)\n\n      ");
+        text.push_str(title);
+        text.push_str("\n\n      ");
         text.push_str(secret.expose_secret());
         text.push_str(
-            "\n\n  Write it down now and keep it somewhere safe, away from this computer.\n  \
-             Anyone who has it can unlock this keystore; without it, losing your other\n  \
-             protectors means losing every key.\n\n",
+            "\n\n  Anyone who has it can unlock this keystore; without it, losing your\n  \
+             other protectors means losing every key. Keep it away from this computer.\n\n",
         );
         let cannot = |e| Error::io(format!("cannot show the {title} on the terminal"), e);
         tty.say(&text).map_err(cannot)?;
@@ -683,6 +694,16 @@ mod tests {
             ..base()
         };
         assert_eq!(ui.supplied_kind(true), Some(BackendKind::Recovery));
+    }
+
+    #[test]
+    fn prompts_start_with_a_capital() {
+        assert_eq!(capitalized("recovery key"), "Recovery key");
+        assert_eq!(
+            capitalized("new passphrase for \"x\""),
+            "New passphrase for \"x\""
+        );
+        assert_eq!(capitalized(""), "");
     }
 
     #[test]

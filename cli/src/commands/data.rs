@@ -19,7 +19,7 @@ fn report_summary(ctx: &Ctx<'_>, summary: &StreamSummary) -> Result<(), Failure>
     if ctx.json() {
         let text = serde_json::to_string(summary)
             .map_err(|e| Failure::new(Exit::Failure, format!("cannot encode JSON: {e}")))?;
-        eprintln!("{text}");
+        crate::files::to_stderr(format_args!("{text}\n"));
     }
     tracing::info!(key = %summary.key, version = summary.version, bytes = summary.bytes, "done");
     Ok(())

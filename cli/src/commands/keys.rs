@@ -66,6 +66,9 @@ pub(super) fn run(ctx: &Ctx<'_>, cmd: &KeyCommand) -> Result<(), Failure> {
             "key {}: version {} is now primary; older versions still decrypt\n",
             info.name, info.primary_version
         ),
+        KeyCommand::Retire { .. } if info.min_decryption_version <= 1 => {
+            format!("key {}: every version decrypts\n", info.name)
+        }
         KeyCommand::Retire { .. } => format!(
             "key {}: versions below {} no longer decrypt\n",
             info.name, info.min_decryption_version

@@ -19,7 +19,7 @@ pub(crate) const PASSPHRASE: &str = "correct horse battery staple";
 /// use such values for a real keystore.
 pub(crate) const FAST_ARGON2: [&str; 6] = [
     "--argon2-m-kib",
-    "1024",
+    "8192",
     "--argon2-t",
     "1",
     "--argon2-p",
@@ -209,7 +209,10 @@ impl Env {
         env.run(
             &args,
             b"",
-            &[("KEYWARD_RECOVERY_KEY", &env.recovery_key_text())],
+            &[
+                ("KEYWARD_RECOVERY_KEY", &env.recovery_key_text()),
+                ("KEYWARD_PASSPHRASE", PASSPHRASE),
+            ],
         )
         .ok();
         env
