@@ -789,7 +789,7 @@ impl Service {
     /// `Locked`, `KeyNotFound`, `WrongPurpose`.
     pub fn encrypt(&mut self, name: &KeyName, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
         let (key, version, dek) =
-            self.reserve_encryption(name, "encrypt", plaintext.len() as u64)?;
+            self.reserve_encryption(name, "encrypt", Some(plaintext.len() as u64))?;
         envelope::seal(&dek, name, version, key.class, context, plaintext)
     }
 
@@ -811,7 +811,7 @@ impl Service {
             &header.key,
             header.version,
             key.class,
-            ciphertext.len() as u64,
+            Some(ciphertext.len() as u64),
             result.is_ok(),
         )?;
         Ok(Decrypted {
@@ -835,14 +835,15 @@ impl Service {
     ) -> Result<StreamSummary> {
         // A stream uses its own key derived from a fresh salt, so it counts
         // as one use of the data-key version.
-        let (key, version, dek) = self.reserve_encryption(name, "encrypt.stream", 0)?;
-        let bytes = stream::encrypt(
+        let (key, version, dek) = self.reserve_encryption(name, "encrypt.stream", None)?;
+        let result = stream::encrypt(
             &dek, name, version, key.class, context, reader, writer, progress,
-        )?;
+        );
+        self.audit_stream_end("encrypt.stream.end", name, version, &result);
         Ok(StreamSummary {
             key: name.clone(),
             version,
-            bytes,
+            bytes: result?,
         })
     }
 
@@ -874,7 +875,7 @@ impl Service {
                     &header.key,
                     header.version,
                     key.class,
-                    ciphertext.len() as u64,
+                    Some(ciphertext.len() as u64),
                     result.is_ok(),
                 )?;
                 let plain = result?;
@@ -894,18 +895,12 @@ impl Service {
                     &header.key,
                     header.version,
                     key.class,
-                    0,
+                    None,
                     true,
                 )?;
                 let result =
                     stream::decrypt(&dek, key.class, context, &raw, reader, writer, progress);
-                if let Err(e) = &result {
-                    let fields = json!({ "key": header.key, "version": header.version,
-                                         "error": e.to_string(), "actor": self.actor_json() });
-                    let _ = self
-                        .store
-                        .write(|db| audit::append(db, "decrypt.stream", false, &fields, None));
-                }
+                self.audit_stream_end("decrypt.stream.end", &header.key, header.version, &result);
                 Ok(StreamSummary {
                     key: header.key,
                     version: header.version,
@@ -1165,7 +1160,7 @@ impl Service {
         &mut self,
         name: &KeyName,
         action: &str,
-        size: u64,
+        size: Option<u64>,
     ) -> Result<(KeyRow, u32, Secret32)> {
         let master = self.master.as_ref().ok_or(Error::Locked)?;
         let store_id = *self.store.store_id();
@@ -1304,13 +1299,38 @@ impl Service {
         signing::verify(&public, signature, message)
     }
 
+    /// Records how a stream ended. The stream was audited before its first
+    /// byte; this closing record is best effort (the work is done), and a
+    /// failure to write it is logged.
+    fn audit_stream_end(
+        &mut self,
+        action: &str,
+        name: &KeyName,
+        version: u32,
+        result: &Result<u64>,
+    ) {
+        let fields = match result {
+            Ok(bytes) => json!({ "key": name, "version": version, "size": bytes,
+                                 "actor": self.actor_json() }),
+            Err(e) => json!({ "key": name, "version": version, "error": e.to_string(),
+                              "actor": self.actor_json() }),
+        };
+        let mac = self.mac().ok();
+        if let Err(e) = self
+            .store
+            .write(|db| audit::append(db, action, result.is_ok(), &fields, mac.as_ref()))
+        {
+            tracing::warn!(error = %e, action, "could not record the end of a stream");
+        }
+    }
+
     fn audit_use(
         &mut self,
         action: &str,
         name: &KeyName,
         version: u32,
         class: DataClass,
-        size: u64,
+        size: Option<u64>,
         ok: bool,
     ) -> Result<()> {
         let mac = self.mac()?;

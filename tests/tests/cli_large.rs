@@ -2,22 +2,15 @@
 //! trip is exact and each process stays in constant memory (peak RSS under
 //! 64 MiB, measured by GNU time).
 
+mod common;
+
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 const TOTAL: u64 = 1 << 30;
 const BLOCK: usize = 1 << 20;
 const RSS_LIMIT_KIB: u64 = 64 * 1024;
-
-fn keyward_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    dir.join("keyward")
-}
 
 /// Deterministic, incompressible-looking data: block `i` is a fixed
 /// pseudo-random MiB with `i` written into its first 8 bytes, so a
@@ -54,7 +47,7 @@ fn gib_round_trip_over_pipes_in_constant_memory() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = dir.path().join("keystore.db");
     let rk = dir.path().join("recovery.txt");
-    let keyward = keyward_bin();
+    let keyward = common::keyward_bin();
     let ok = Command::new(&keyward)
         .args([
             "--store".as_ref(),

@@ -4,26 +4,11 @@
 //! store opens, every ciphertext written before decrypts, and the audit log
 //! verifies (RELIABILITY.md §4 row 1).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// The `keyward` binary next to this test's own executable
-/// (`target/<profile>/deps/<test>` -> `target/<profile>/keyward`).
-fn keyward_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let bin = dir.join("keyward");
-    assert!(
-        bin.exists(),
-        "{} not built (cargo build --workspace)",
-        bin.display()
-    );
-    bin
-}
 
 struct Env {
     _dir: tempfile::TempDir,
@@ -34,7 +19,7 @@ struct Env {
 
 impl Env {
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(keyward_bin());
+        let mut c = Command::new(common::keyward_bin());
         c.arg("--store")
             .arg(&self.store)
             .args(args)
@@ -75,7 +60,7 @@ fn setup() -> Env {
     let recovery_file = dir.path().join("recovery.txt");
     let work = dir.path().join("work");
     std::fs::create_dir(&work).expect("mkdir");
-    let out = Command::new(keyward_bin())
+    let out = Command::new(common::keyward_bin())
         .arg("--store")
         .arg(&store)
         .arg("init")

@@ -302,6 +302,10 @@ fn check_plaintext_len(len: usize) -> Result<()> {
     Ok(())
 }
 
+/// Largest one-shot ciphertext accepted from a reader (64 MiB); larger data
+/// belongs in the stream format.
+pub const MAX_CIPHERTEXT_LEN: u64 = 64 << 20;
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -494,7 +498,3 @@ mod tests {
         }
     }
 }
-
-/// Largest one-shot ciphertext accepted from a reader (64 MiB); larger data
-/// belongs in the stream format.
-pub const MAX_CIPHERTEXT_LEN: u64 = 64 << 20;

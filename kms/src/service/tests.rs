@@ -380,7 +380,9 @@ fn usage_counter_is_reserved_before_use_and_rotates_at_the_limit() {
     .expect("create");
     let mut versions = Vec::new();
     for _ in 0..7 {
-        let (_, version, _) = svc.reserve_encryption(&k, "encrypt", 0).expect("reserve");
+        let (_, version, _) = svc
+            .reserve_encryption(&k, "encrypt", None)
+            .expect("reserve");
         versions.push(version);
     }
     assert_eq!(versions, [1, 1, 1, 2, 2, 2, 3]);
@@ -390,13 +392,13 @@ fn usage_counter_is_reserved_before_use_and_rotates_at_the_limit() {
         [3, 3, 1]
     );
     assert!(matches!(
-        svc.reserve_encryption(&name("nope"), "encrypt", 0),
+        svc.reserve_encryption(&name("nope"), "encrypt", None),
         Err(Error::KeyNotFound { .. })
     ));
     svc.create_key(&name("signer"), &spec(KeyPurpose::Sign))
         .expect("create");
     assert!(matches!(
-        svc.reserve_encryption(&name("signer"), "encrypt", 0),
+        svc.reserve_encryption(&name("signer"), "encrypt", None),
         Err(Error::WrongPurpose { .. })
     ));
 }
@@ -421,7 +423,7 @@ fn failing_audit_write_stops_the_operation() {
         "rotation rolled back"
     );
     assert!(matches!(
-        svc.reserve_encryption(&k, "encrypt", 0),
+        svc.reserve_encryption(&k, "encrypt", None),
         Err(Error::AuditWrite(_))
     ));
     assert_eq!(svc.key(&k).expect("key").versions[0].uses, 0);
