@@ -1,1 +1,4 @@
 //! backends
+
+#[cfg(feature = "tpm")]
+pub mod tpm;
