@@ -279,6 +279,22 @@ mod tests {
     }
 
     #[test]
+    fn pcr7_policy_vectors() {
+        // docs/TPM.md, "Policy": PCR 7 at its reset value (swtpm), without
+        // and with the PIN. The second is what a real swtpm enrollment with
+        // pcrs=7 stored.
+        let zero = [[0u8; 32]];
+        assert_eq!(
+            hex::encode(policy_digest(false, &[7], &zero).expect("policy")),
+            "8b5682d81b29435d08d79278150611dc7e5923b2fefcce684a09577b40130a8b"
+        );
+        assert_eq!(
+            hex::encode(policy_digest(true, &[7], &zero).expect("policy")),
+            "b8db92fae7c1e0c588e7352d2fc10f27c7b384e32f706a520cb10bf7ffee8970"
+        );
+    }
+
+    #[test]
     fn pcr_selection_encoding() {
         assert_eq!(
             hex::encode(pcr_selection_bytes(&[7, 11])),

@@ -129,12 +129,6 @@ impl<'a> Scope<'a> {
     /// hierarchy with the TCG SRK template, docs/TPM.md) and returns its
     /// handle and public key. The same TPM always gives the same key.
     pub(crate) fn srk(&mut self) -> R<(KeyHandle, PublicKey)> {
-        let t = std::time::Instant::now();
-        let r = self.srk_inner();
-        eprintln!("TIMING srk {:?}", t.elapsed());
-        r
-    }
-    fn srk_inner(&mut self) -> R<(KeyHandle, PublicKey)> {
         let template = srk_template().op("SRK template")?;
         let created = self
             .ctx
@@ -238,7 +232,7 @@ impl<'a> Scope<'a> {
     }
 
     /// Loads a stored key under the SRK (TPM2_Load; the SRK's auth is
-    /// empty) and returns its handle and its public part.
+    /// empty) and returns its handle.
     pub(crate) fn load(&mut self, srk: KeyHandle, blob: &Blob) -> R<KeyHandle> {
         let handle = self
             .ctx
@@ -437,8 +431,8 @@ impl Blob {
 /// userWithAuth with an empty auth value, empty authPolicy, and a unique
 /// field of two 32-byte zero coordinates. CreatePrimary with the same
 /// template under the same owner seed always gives the same key, so
-/// nothing has to be persisted in the TPM; `tpm2_createprimary -C o -G
-/// ecc256:aes128cfb` with these attributes re-derives it.
+/// nothing has to be persisted in the TPM. The marshalled bytes are a test
+/// vector in docs/TPM.md.
 fn srk_template() -> tss_esapi::Result<Public> {
     let attributes = ObjectAttributesBuilder::new()
         .with_fixed_tpm(true)
@@ -559,4 +553,48 @@ fn pcr_selection(pcrs: &[u8]) -> tss_esapi::Result<tss_esapi::structures::PcrSel
         .with_size_of_select(PcrSelectSize::ThreeOctets)
         .with_selection(HashingAlgorithm::Sha256, &slots)
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The marshalled `TPMT_PUBLIC` of a template, hex.
+    fn marshalled(public: &Public) -> String {
+        hex::encode(public.marshall().expect("marshal"))
+    }
+
+    #[test]
+    fn srk_template_vector() {
+        // docs/TPM.md, "Storage root key".
+        let zeros = "00".repeat(32);
+        let expected = format!(
+            "0023000b000304720000000600800043001000030010\
+             0020{zeros}0020{zeros}"
+        );
+        assert_eq!(marshalled(&srk_template().expect("template")), expected);
+    }
+
+    #[test]
+    fn key_template_vectors() {
+        // docs/TPM.md, "Keys": PIN-only policy.
+        let policy = descriptor::policy_digest(true, &[], &[]).expect("policy");
+        let policy_hex = hex::encode(policy);
+        let ecdh = key_template(KeyRole::Ecdh, Some(&policy), true).expect("template");
+        assert_eq!(
+            marshalled(&ecdh),
+            format!("0023000b000200320020{policy_hex}00100019000b0003001000000000")
+        );
+        let sign = key_template(KeyRole::Sign, Some(&policy), true).expect("template");
+        assert_eq!(
+            marshalled(&sign),
+            format!("0023000b000400320020{policy_hex}00100018000b0003001000000000")
+        );
+        // No PIN, no PCRs: userWithAuth and noDA, empty authPolicy.
+        let bare = key_template(KeyRole::Ecdh, None, false).expect("template");
+        assert_eq!(
+            marshalled(&bare),
+            "0023000b00020472000000100019000b0003001000000000"
+        );
+    }
 }
