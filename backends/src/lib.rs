@@ -8,6 +8,8 @@
 //!
 //! - `pkcs11` (feature `pkcs11`): PKCS#11 tokens and HSMs through
 //!   `cryptoki` (SoftHSM2, YubiHSM 2, Nitrokey HSM via OpenSC, cloud HSMs).
+//! - `tpm` (feature `tpm`): TPM 2.0 through `tss-esapi` (swtpm, or the
+//!   kernel resource manager `/dev/tpmrm0`).
 //!
 //! ```no_run
 //! # #[cfg(feature = "pkcs11")] {
@@ -22,3 +24,5 @@
 
 #[cfg(feature = "pkcs11")]
 pub mod pkcs11;
+#[cfg(feature = "tpm")]
+pub mod tpm;

@@ -8,6 +8,8 @@
 //!   fastest instance of the conformance suite (keyward-tests).
 //!
 //! - [`softhsm`]: isolated SoftHSM2 tokens for the PKCS#11 backend's tests.
+//! - [`swtpm`]: one swtpm (TPM 2.0 simulator) per test, with DA-lockout and
+//!   PCR helpers.
 //!
 //! It is not a substitute for the real software devices (SoftHSM2, swtpm, a
 //! PIV simulator): [`mock`] lists what it does not enforce.
@@ -27,3 +29,4 @@
 
 pub mod mock;
 pub mod softhsm;
+pub mod swtpm;
