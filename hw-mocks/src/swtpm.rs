@@ -198,7 +198,7 @@ impl Swtpm {
     /// # Errors
     /// The program is missing or exited non-zero (its stderr is in the error).
     pub fn run_tool(&self, program: &str, args: &[String]) -> io::Result<Vec<u8>> {
-        let out = Command::new(program)
+        let out = clean_command(program)
             .args(args)
             .arg("-T")
             .arg(self.tcti())
@@ -229,6 +229,24 @@ impl Drop for Swtpm {
     }
 }
 
+/// Closes every inherited descriptor above 2, then execs `$0 "$@"`.
+const CLOSE_FDS_AND_EXEC: &str = r#"for f in /proc/$$/fd/*; do n=${f##*/}; if [ "$n" -gt 2 ]; then eval "exec $n>&-"; fi; done; exec "$0" "$@""#;
+
+/// A `Command` for `program` that inherits no file descriptor but
+/// stdin, stdout and stderr. Add arguments as usual.
+///
+/// Needed because tpm2-tss opens its TCTI sockets without `SOCK_CLOEXEC`:
+/// a child spawned while another thread of the test process talks to a
+/// swtpm inherits that connection, and swtpm (one client at a time) then
+/// waits on it for as long as the child lives. A long-lived child (another
+/// swtpm) or a child that talks to the same swtpm (a tpm2-tools program)
+/// deadlocks the tests. Rust's own descriptors are close-on-exec already.
+pub fn clean_command(program: &str) -> Command {
+    let mut command = Command::new("bash");
+    command.arg("-c").arg(CLOSE_FDS_AND_EXEC).arg(program);
+    command
+}
+
 /// SIGTERM, wait up to 2 s, then SIGKILL.
 fn terminate(child: &mut Child) -> io::Result<()> {
     let pid = rustix::process::Pid::from_child(child);
@@ -246,21 +264,38 @@ fn terminate(child: &mut Child) -> io::Result<()> {
     child.wait().map(drop)
 }
 
+/// Lowest port we pick from.
+const PORT_MIN: u16 = 10_000;
+
 /// A port `P` such that `P` and `P + 1` were both free a moment ago.
+///
+/// We pick at random below the kernel's ephemeral range instead of binding
+/// port 0: tpm2-tss opens one TCP connection per TPM command, so a test run
+/// leaves tens of thousands of sockets in TIME_WAIT on ephemeral ports, and
+/// those block a listener's bind.
 fn free_port_pair() -> io::Result<u16> {
-    for _ in 0..100 {
-        let first = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-        let port = first.local_addr()?.port();
-        let Some(next) = port.checked_add(1) else {
-            continue;
-        };
-        if TcpListener::bind((Ipv4Addr::LOCALHOST, next)).is_ok() {
+    let ceiling = ephemeral_floor().saturating_sub(2).max(PORT_MIN + 2);
+    for _ in 0..200 {
+        let mut r = [0u8; 2];
+        getrandom::fill(&mut r).map_err(|e| io::Error::other(e.to_string()))?;
+        let port = PORT_MIN + u16::from_le_bytes(r) % (ceiling - PORT_MIN);
+        let first = TcpListener::bind((Ipv4Addr::LOCALHOST, port));
+        let second = TcpListener::bind((Ipv4Addr::LOCALHOST, port + 1));
+        if first.is_ok() && second.is_ok() {
             return Ok(port);
         }
     }
     Err(io::Error::other(
         "no free pair of adjacent ports on 127.0.0.1",
     ))
+}
+
+/// The first port of the kernel's ephemeral range (32768 if unknown).
+fn ephemeral_floor() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// Starts swtpm on `port`/`port + 1` with state in `dir` and waits until
@@ -271,7 +306,7 @@ fn spawn(port: u16, dir: &Path) -> io::Result<Child> {
         .checked_add(1)
         .ok_or_else(|| io::Error::other("port out of range"))?;
     let log: PathBuf = dir.join("swtpm.log");
-    let mut child = Command::new("swtpm")
+    let mut child = clean_command("swtpm")
         .arg("socket")
         .arg("--tpm2")
         .arg("--server")

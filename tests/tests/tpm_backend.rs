@@ -5,7 +5,6 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -503,6 +502,68 @@ fn swtpm_killed_mid_unlock_then_restarted() {
 }
 
 #[test]
+fn tpm_clear_is_reported_as_another_tpm() {
+    let (tpm, backend) = start();
+    let ui = Ui::pin("pïn-✓ 2");
+    let e = backend
+        .enroll(&request(&[]), &ui)
+        .expect("enroll, non-ASCII PIN");
+    let s = secret();
+    let w = backend.wrap(&e, &s, AAD).expect("wrap");
+    assert_eq!(
+        backend.unwrap(&e, &w, AAD, &ui).expect("unwrap").expose(),
+        s.expose()
+    );
+    // TPM2_Clear (lockout hierarchy, empty auth) replaces the owner seed:
+    // every key under the old SRK is gone for good.
+    tpm.run_tool("tpm2_clear", &["-c".to_owned(), "l".to_owned()])
+        .expect("tpm2_clear");
+    let before = ui.count();
+    let err = backend.unwrap(&e, &w, AAD, &ui).expect_err("cleared");
+    assert!(matches!(err, Error::WrongDevice { .. }), "{err:?}");
+    assert!(err.to_string().contains("after a clear"), "{err}");
+    assert_eq!(ui.count(), before, "no PIN asked");
+}
+
+#[test]
+fn one_backend_serves_concurrent_threads() {
+    // swtpm has three object slots and no resource manager: interleaved
+    // commands from several threads would fail with 0x902 or use each
+    // other's handles. The backend's context lock serialises them.
+    let (_tpm, backend) = start();
+    let backend = Arc::new(backend);
+    let ui = Arc::new(Ui::pin(PIN));
+    let with_pin = backend.enroll(&request(&[]), ui.as_ref()).expect("enroll");
+    let no_pin = backend
+        .enroll(&request(&[("pin", "false")]), ui.as_ref())
+        .expect("enroll");
+    let threads: Vec<_> = (0..4)
+        .map(|i| {
+            let backend = Arc::clone(&backend);
+            let ui = Arc::clone(&ui);
+            let e = if i % 2 == 0 {
+                with_pin.clone()
+            } else {
+                no_pin.clone()
+            };
+            std::thread::spawn(move || {
+                for _ in 0..5 {
+                    let s = secret();
+                    let w = backend.wrap(&e, &s, AAD).expect("wrap");
+                    let out = backend.unwrap(&e, &w, AAD, ui.as_ref()).expect("unwrap");
+                    assert_eq!(out.expose(), s.expose());
+                    let sig = backend.sign(&e, b"concurrent", ui.as_ref()).expect("sign");
+                    verify_on_host(&e, b"concurrent", &sig);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("thread");
+    }
+}
+
+#[test]
 fn absent_tpm_is_device_not_found() {
     // A port nobody listens on.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -590,7 +651,7 @@ fn tpm_wrong_pin_sign(backend: &Tpm, e: &Enrollment) {
 }
 
 fn openssl_verify(dir: &Path, msg: &str) -> (bool, String) {
-    let out = Command::new("openssl")
+    let out = keyward_hw_mocks::swtpm::clean_command("openssl")
         .current_dir(dir)
         .args([
             "dgst",
