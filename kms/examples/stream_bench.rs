@@ -87,9 +87,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let [mode, input, output] = &args[..] {
         let mut reader = File::open(input)?;
         let mut writer = File::create(output)?;
+        // `KW_LOCAL_WRITER=1` keeps all writes on the calling thread (the
+        // non-`Send` API); by default the second thread writes.
+        let local = std::env::var_os("KW_LOCAL_WRITER").is_some();
         let start = Instant::now();
-        let n = if mode == "encrypt" {
-            stream::encrypt(
+        let n = match (mode.as_str(), local) {
+            ("encrypt", false) => stream::encrypt_send(
                 &key,
                 &name,
                 1,
@@ -98,22 +101,46 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 &mut reader,
                 &mut writer,
                 &mut |_| {},
-            )?
-        } else {
-            let (_, raw) = stream::read_header(&mut reader)?;
-            stream::decrypt(
+            )?,
+            ("encrypt", true) => stream::encrypt(
                 &key,
+                &name,
+                1,
                 DataClass::General,
                 b"",
-                &raw,
                 &mut reader,
                 &mut writer,
                 &mut |_| {},
-            )?
+            )?,
+            (_, false) => {
+                let (_, raw) = stream::read_header(&mut reader)?;
+                stream::decrypt_send(
+                    &key,
+                    DataClass::General,
+                    b"",
+                    &raw,
+                    &mut reader,
+                    &mut writer,
+                    &mut |_| {},
+                )?
+            }
+            (_, true) => {
+                let (_, raw) = stream::read_header(&mut reader)?;
+                stream::decrypt(
+                    &key,
+                    DataClass::General,
+                    b"",
+                    &raw,
+                    &mut reader,
+                    &mut writer,
+                    &mut |_| {},
+                )?
+            }
         };
         let secs = start.elapsed().as_secs_f64();
         println!(
-            "{mode} {n} bytes file->file: {secs:.3} s, {:.2} GB/s, peak RSS {:.1} MiB",
+            "{mode} {n} bytes file->file ({} writer): {secs:.3} s, {:.2} GB/s, peak RSS {:.1} MiB",
+            if local { "local" } else { "Send" },
             gbps(usize::try_from(n)?, secs),
             peak_rss_mib()
         );

@@ -20,11 +20,13 @@
 //!
 //! Speed: input is processed in batches of about 4 MiB. While a second
 //! thread seals (or opens) the chunks of the current batch, the calling
-//! thread writes out the previous batch and reads the next one, in large
+//! thread reads the next batch and writes out the previous one, in large
 //! vectored reads and writes; then both threads share what is left of the
-//! current batch. All I/O stays on the calling thread (the reader and
-//! writer need not be `Send`). Memory is two batch buffers, whatever the
-//! input size. Decryption writes a batch only after every chunk in it has
+//! current batch. With [`encrypt`]/[`decrypt`] all I/O stays on the calling
+//! thread; [`encrypt_send`]/[`decrypt_send`] take a `Send` writer and let
+//! the second thread do the writing, so reads and writes overlap too.
+//! Memory is three batch buffers (about 12 MiB), whatever the input size.
+//! Decryption writes a batch only after every chunk in it has
 //! authenticated.
 
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
@@ -112,20 +114,70 @@ pub fn encrypt(
     writer: &mut dyn Write,
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64> {
-    let mut salt = [0u8; SALT_LEN];
-    random_bytes(&mut salt)?;
-    encrypt_with_params(
+    encrypt_default(
         key,
         name,
         version,
         class,
         context,
-        DEFAULT_CHUNK_EXPONENT,
-        salt,
         reader,
-        writer,
+        Output::Local(writer),
         progress,
     )
+}
+
+/// [`encrypt`] with a `Send` writer (a `File`, `Stdout`, a `Vec`): the
+/// second thread then does the writing, overlapping it with the reads,
+/// which makes file-to-file encryption markedly faster. Same output.
+///
+/// # Errors
+/// As [`encrypt`].
+#[expect(clippy::too_many_arguments, reason = "twin of `encrypt`")]
+pub fn encrypt_send(
+    key: &Secret32,
+    name: &KeyName,
+    version: u32,
+    class: DataClass,
+    context: &[u8],
+    reader: &mut dyn Read,
+    writer: &mut (dyn Write + Send),
+    progress: &mut dyn FnMut(u64),
+) -> Result<u64> {
+    encrypt_default(
+        key,
+        name,
+        version,
+        class,
+        context,
+        reader,
+        Output::Shared(writer),
+        progress,
+    )
+}
+
+#[expect(clippy::too_many_arguments, reason = "internal twin of `encrypt`")]
+fn encrypt_default(
+    key: &Secret32,
+    name: &KeyName,
+    version: u32,
+    class: DataClass,
+    context: &[u8],
+    reader: &mut dyn Read,
+    output: Output<'_>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<u64> {
+    let mut salt = [0u8; SALT_LEN];
+    random_bytes(&mut salt)?;
+    let params = Params {
+        name,
+        version,
+        class,
+        context,
+        chunk_exponent: DEFAULT_CHUNK_EXPONENT,
+        salt,
+        batch: None,
+    };
+    encrypt_impl(key, &params, reader, output, progress)
 }
 
 /// [`encrypt`] with a caller-chosen chunk size and salt. Test hook for the
@@ -161,7 +213,7 @@ pub fn encrypt_with_params(
             batch: None,
         },
         reader,
-        writer,
+        Output::Local(writer),
         progress,
     )
 }
@@ -182,7 +234,7 @@ fn encrypt_impl(
     key: &Secret32,
     params: &Params<'_>,
     reader: &mut dyn Read,
-    writer: &mut dyn Write,
+    mut output: Output<'_>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64> {
     let &Params {
@@ -213,10 +265,8 @@ fn encrypt_impl(
     header.push(chunk_exponent);
     header.extend_from_slice(&salt);
     let engine = Engine::new(key, &header, class, context, chunk_exponent, batch);
-    writer
-        .write_all(&header)
-        .map_err(|e| Error::io("writing the ciphertext", e))?;
-    engine.encrypt(reader, writer, progress)
+    write_all(output.writer(), &header)?;
+    engine.encrypt(reader, output, progress)
 }
 
 /// Decrypts the body that follows `raw_header` (already read from
@@ -234,7 +284,40 @@ pub fn decrypt(
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64> {
     decrypt_impl(
-        key, class, context, raw_header, None, reader, writer, progress,
+        key,
+        class,
+        context,
+        raw_header,
+        None,
+        reader,
+        Output::Local(writer),
+        progress,
+    )
+}
+
+/// [`decrypt`] with a `Send` writer: the second thread then does the
+/// writing, overlapping it with the reads. Same output.
+///
+/// # Errors
+/// As [`decrypt`].
+pub fn decrypt_send(
+    key: &Secret32,
+    class: DataClass,
+    context: &[u8],
+    raw_header: &[u8],
+    reader: &mut dyn Read,
+    writer: &mut (dyn Write + Send),
+    progress: &mut dyn FnMut(u64),
+) -> Result<u64> {
+    decrypt_impl(
+        key,
+        class,
+        context,
+        raw_header,
+        None,
+        reader,
+        Output::Shared(writer),
+        progress,
     )
 }
 
@@ -246,7 +329,7 @@ fn decrypt_impl(
     raw_header: &[u8],
     batch: Option<usize>,
     reader: &mut dyn Read,
-    writer: &mut dyn Write,
+    output: Output<'_>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64> {
     let (header, len) = envelope::parse_header(raw_header)?;
@@ -274,7 +357,7 @@ fn decrypt_impl(
     stream_header.extend_from_slice(raw_header);
     stream_header.extend_from_slice(&params);
     let engine = Engine::new(key, &stream_header, class, context, chunk_exponent, batch);
-    engine.decrypt(reader, writer, progress)
+    engine.decrypt(reader, output, progress)
 }
 
 /// The per-stream key: `HKDF-SHA256(ikm = data key, salt = the header's
@@ -377,15 +460,17 @@ impl Engine {
     fn encrypt(
         &self,
         reader: &mut dyn Read,
-        writer: &mut dyn Write,
+        mut output: Output<'_>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<u64> {
         let (chunk, slot, n) = (self.chunk, self.slot, self.batch);
-        // Plaintext passes through these buffers: zeroize them when done.
-        let mut cur = Zeroizing::new(vec![0u8; n * slot]);
-        let mut next = Zeroizing::new(vec![0u8; n * slot]);
+        // Three rotating buffers: `cur` is being sealed while `prev` (sealed
+        // last round) is written out and `next` is filled. Plaintext passes
+        // through them, so they are zeroized when dropped.
+        let new_buffer = || Zeroizing::new(vec![0u8; n * slot]);
+        let (mut prev, mut cur, mut next) = (new_buffer(), new_buffer(), new_buffer());
         let (mut cur_len, mut eof) = fill_plain(reader, &mut cur, chunk, slot, 0)?;
-        // Sealed bytes at the start of `next` still to be written, and the
+        // Sealed bytes at the start of `prev` still to be written, and the
         // plaintext they hold.
         let mut pending = 0usize;
         let mut pending_plain = 0u64;
@@ -398,27 +483,26 @@ impl Engine {
                 let count = cur_len.div_ceil(chunk).max(1);
                 let last_len = cur_len - (count - 1) * chunk;
                 let region_len = (count - 1) * slot + last_len + TAG_LEN;
-                let mut io_done = done;
+                let prev_bytes = &prev[..pending];
+                let (local, shared) = output.split();
                 in_parallel(
                     &mut cur[..region_len],
                     slot,
-                    || {
-                        write_pending(writer, &next[..pending])?;
-                        if pending > 0 {
-                            io_done += pending_plain;
-                            progress(io_done);
-                        }
-                        Ok(())
-                    },
+                    || local.map_or(Ok(()), |w| write_all(w, prev_bytes)),
+                    move || shared.map_or(Ok(()), |w| write_all(w, prev_bytes)),
                     &|i, s| self.seal_slot(base, count, true, i, s),
                 )?;
-                done = io_done;
-                write_pending(writer, &cur[..region_len])?;
-                done += cur_len as u64;
-                progress(done);
+                if pending > 0 {
+                    done += pending_plain;
+                    progress(done);
+                }
+                let writer = output.writer();
+                write_all(writer, &cur[..region_len])?;
                 writer
                     .flush()
                     .map_err(|e| Error::io("writing the ciphertext", e))?;
+                done += cur_len as u64;
+                progress(done);
                 return Ok(done);
             }
             // `cur` is full and more may follow. Its last chunk is final
@@ -426,26 +510,32 @@ impl Engine {
             // yet: hold it back and seal it with the next batch.
             let (seal_part, held) = cur.split_at_mut((n - 1) * slot);
             let (mut next_len, mut next_eof) = (0, false);
-            let mut io_done = done;
+            let prev_bytes = &prev[..pending];
+            let next_buffer = &mut next[..];
+            let (local, shared) = output.split();
             in_parallel(
                 seal_part,
                 slot,
                 || {
-                    write_pending(writer, &next[..pending])?;
-                    if pending > 0 {
-                        io_done += pending_plain;
-                        progress(io_done);
+                    if let Some(w) = local {
+                        write_all(w, prev_bytes)?;
                     }
-                    next[..chunk].copy_from_slice(&held[..chunk]);
-                    (next_len, next_eof) = fill_plain(reader, &mut next, chunk, slot, chunk)?;
+                    next_buffer[..chunk].copy_from_slice(&held[..chunk]);
+                    (next_len, next_eof) = fill_plain(reader, next_buffer, chunk, slot, chunk)?;
                     Ok(())
                 },
+                move || shared.map_or(Ok(()), |w| write_all(w, prev_bytes)),
                 &|i, s| self.seal_slot(base, n - 1, false, i, s),
             )?;
-            done = io_done;
+            if pending > 0 {
+                done += pending_plain;
+                progress(done);
+            }
             base = index(base, n - 1)?;
             pending = (n - 1) * slot;
             pending_plain = ((n - 1) * chunk) as u64;
+            // prev <- cur (sealed), cur <- next (filled), next <- prev (free).
+            std::mem::swap(&mut prev, &mut cur);
             std::mem::swap(&mut cur, &mut next);
             (cur_len, eof) = (next_len, next_eof);
         }
@@ -454,16 +544,17 @@ impl Engine {
     fn decrypt(
         &self,
         reader: &mut dyn Read,
-        writer: &mut dyn Write,
+        mut output: Output<'_>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<u64> {
         let (slot, n) = (self.slot, self.batch);
-        // Plaintext passes through these buffers: zeroize them when done.
-        let mut cur = Zeroizing::new(vec![0u8; n * slot]);
-        let mut next = Zeroizing::new(vec![0u8; n * slot]);
+        // As in `encrypt`: `cur` is being opened while `prev` (opened last
+        // round) is written out and `next` is filled.
+        let new_buffer = || Zeroizing::new(vec![0u8; n * slot]);
+        let (mut prev, mut cur, mut next) = (new_buffer(), new_buffer(), new_buffer());
         let (mut cur_len, mut eof) = fill_cipher(reader, &mut cur, 0)?;
-        // Authenticated plaintext at the start of `next` still to be
-        // written: the length of the region holding it (slots with tags).
+        // Length of the region at the start of `prev` holding authenticated
+        // plaintext still to be written (chunks with their tags).
         let mut pending = 0usize;
         let mut base = 0u64;
         let mut done = 0u64;
@@ -490,21 +581,15 @@ impl Engine {
                 // non-final means the stream was cut at a chunk boundary.
                 let last_start = (count - 1) * slot;
                 let held = (rest == 0).then(|| Zeroizing::new(cur[last_start..cur_len].to_vec()));
-                let mut io_done = done;
+                let prev_region = &prev[..pending];
+                let (local, shared) = output.split();
                 let result = in_parallel(
                     &mut cur[..cur_len],
                     slot,
-                    || {
-                        write_plain(writer, &next[..pending], slot)?;
-                        io_done += plain_len(pending, slot);
-                        if pending > 0 {
-                            progress(io_done);
-                        }
-                        Ok(())
-                    },
+                    || local.map_or(Ok(()), |w| write_plain(w, prev_region, slot)),
+                    move || shared.map_or(Ok(()), |w| write_plain(w, prev_region, slot)),
                     &|i, s| self.open_slot(base, count, true, i, s),
                 );
-                done = io_done;
                 match result {
                     Ok(()) => {}
                     Err(Error::DecryptionFailed) => {
@@ -520,39 +605,76 @@ impl Engine {
                     }
                     Err(e) => return Err(e),
                 }
+                if pending > 0 {
+                    done += plain_len(pending, slot);
+                    progress(done);
+                }
+                let writer = output.writer();
                 write_plain(writer, &cur[..cur_len], slot)?;
-                done += plain_len(cur_len, slot);
-                progress(done);
                 writer
                     .flush()
                     .map_err(|e| Error::io("writing the plaintext", e))?;
+                done += plain_len(cur_len, slot);
+                progress(done);
                 return Ok(done);
             }
             // `cur` is full; its last chunk may be the final one, so hold it
             // back for the next batch (as in `encrypt`).
             let (open_part, held) = cur.split_at_mut((n - 1) * slot);
             let (mut next_len, mut next_eof) = (0, false);
-            let mut io_done = done;
+            let prev_region = &prev[..pending];
+            let next_buffer = &mut next[..];
+            let (local, shared) = output.split();
             in_parallel(
                 open_part,
                 slot,
                 || {
-                    write_plain(writer, &next[..pending], slot)?;
-                    io_done += plain_len(pending, slot);
-                    if pending > 0 {
-                        progress(io_done);
+                    if let Some(w) = local {
+                        write_plain(w, prev_region, slot)?;
                     }
-                    next[..slot].copy_from_slice(held);
-                    (next_len, next_eof) = fill_cipher(reader, &mut next, slot)?;
+                    next_buffer[..slot].copy_from_slice(held);
+                    (next_len, next_eof) = fill_cipher(reader, next_buffer, slot)?;
                     Ok(())
                 },
+                move || shared.map_or(Ok(()), |w| write_plain(w, prev_region, slot)),
                 &|i, s| self.open_slot(base, n - 1, false, i, s),
             )?;
-            done = io_done;
+            if pending > 0 {
+                done += plain_len(pending, slot);
+                progress(done);
+            }
             base = index(base, n - 1)?;
             pending = (n - 1) * slot;
+            std::mem::swap(&mut prev, &mut cur);
             std::mem::swap(&mut cur, &mut next);
             (cur_len, eof) = (next_len, next_eof);
+        }
+    }
+}
+
+/// Where a stream's output goes.
+enum Output<'w> {
+    /// A writer only the calling thread may use.
+    Local(&'w mut dyn Write),
+    /// A `Send` writer: the second thread writes each batch while the
+    /// calling thread reads the next, so reads and writes overlap.
+    Shared(&'w mut (dyn Write + Send)),
+}
+
+impl Output<'_> {
+    /// The writer for the calling thread's part (`Local`) or for the second
+    /// thread's part (`Shared`) of a batch; exactly one is `Some`.
+    fn split(&mut self) -> (Option<&mut dyn Write>, Option<&mut (dyn Write + Send)>) {
+        match self {
+            Self::Local(w) => (Some(&mut **w), None),
+            Self::Shared(w) => (None, Some(&mut **w)),
+        }
+    }
+
+    fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            Self::Local(w) => &mut **w,
+            Self::Shared(w) => &mut **w,
         }
     }
 }
@@ -569,18 +691,21 @@ fn plain_len(len: usize, slot: usize) -> u64 {
     (len - len.div_ceil(slot) * TAG_LEN) as u64
 }
 
-/// Runs `io` on this thread while a second thread applies `work` to the
-/// `slot`-sized pieces of `region`; once `io` is done this thread takes
-/// pieces too. Stops handing out pieces after the first error.
+/// Applies `work` to the `slot`-sized pieces of `region` on two threads:
+/// this thread first runs `main_io`, the second thread first runs
+/// `worker_io`, then both take pieces until none are left. Stops handing
+/// out pieces after the first error.
 fn in_parallel(
     region: &mut [u8],
     slot: usize,
-    io: impl FnOnce() -> Result<()>,
+    main_io: impl FnOnce() -> Result<()>,
+    worker_io: impl FnOnce() -> Result<()> + Send,
     work: &(dyn Fn(usize, &mut [u8]) -> Result<()> + Sync),
 ) -> Result<()> {
     if region.len() <= slot {
         // One piece: not worth a thread.
-        io()?;
+        main_io()?;
+        worker_io()?;
         return region
             .chunks_mut(slot)
             .enumerate()
@@ -601,13 +726,17 @@ fn in_parallel(
     };
     std::thread::scope(|scope| {
         // `drain` only borrows, so it is `Copy`: both threads run it.
-        let worker = scope.spawn(drain);
-        let io_result = io();
+        let worker = scope.spawn(move || {
+            let io = worker_io();
+            let mine = drain();
+            io.and(mine)
+        });
+        let io = main_io();
         let mine = drain();
         let theirs = worker
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        io_result.and(mine).and(theirs)
+        io.and(mine).and(theirs)
     })
 }
 
@@ -683,7 +812,7 @@ fn bad_reader(what: &str) -> Error {
     )
 }
 
-fn write_pending(writer: &mut dyn Write, bytes: &[u8]) -> Result<()> {
+fn write_all(writer: &mut dyn Write, bytes: &[u8]) -> Result<()> {
     writer
         .write_all(bytes)
         .map_err(|e| Error::io("writing the ciphertext", e))
@@ -777,7 +906,7 @@ mod tests {
             &raw,
             Some(2),
             &mut r,
-            &mut out,
+            Output::Shared(&mut out),
             &mut |_| {},
         )?;
         Ok(out)
@@ -836,6 +965,40 @@ mod tests {
         assert!(out == pt);
         assert_eq!(seen.last(), Some(&(len as u64)));
         assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+
+        // The `Send`-writer variants read and write the same format.
+        let mut ct2 = Vec::new();
+        let mut seen = Vec::new();
+        encrypt_send(
+            &key(3),
+            &name(),
+            1,
+            DataClass::General,
+            b"",
+            &mut &pt[..],
+            &mut ct2,
+            &mut |n| seen.push(n),
+        )
+        .expect("encrypt_send");
+        assert_eq!(ct2.len(), ct.len());
+        assert_eq!(seen.last(), Some(&(len as u64)));
+        for ciphertext in [&ct, &ct2] {
+            let mut r = &ciphertext[..];
+            let (_, raw) = read_header(&mut r).expect("header");
+            let mut out = Vec::new();
+            let n = decrypt_send(
+                &key(3),
+                DataClass::General,
+                b"",
+                &raw,
+                &mut r,
+                &mut out,
+                &mut |_| {},
+            )
+            .expect("decrypt_send");
+            assert_eq!(n, len as u64);
+            assert!(out == pt);
+        }
     }
 
     #[test]
@@ -1059,6 +1222,7 @@ mod tests {
             step in 1usize..500,
             exp in MIN_CHUNK_EXPONENT..=8,
             batch in prop_oneof![Just(None), (2usize..6).prop_map(Some)],
+            shared in any::<bool>(),
         ) {
             let chunk = 1usize << exp;
             // From two below to two above a multiple of the chunk size.
@@ -1070,7 +1234,8 @@ mod tests {
                 chunk_exponent: exp, salt: [4; SALT_LEN], batch,
             };
             let mut seen = 0;
-            encrypt_impl(&key(9), &params, &mut Trickle(&pt, step), &mut sip, &mut |n| seen = n)
+            let output = if shared { Output::Shared(&mut sip) } else { Output::Local(&mut sip) };
+            encrypt_impl(&key(9), &params, &mut Trickle(&pt, step), output, &mut |n| seen = n)
                 .expect("encrypt");
             prop_assert_eq!(seen, len as u64);
             let ct = sip.0;
@@ -1079,7 +1244,8 @@ mod tests {
             let (_, raw) = read_header(&mut r).expect("header");
             let mut out = Sip(Vec::new(), step + 3);
             let mut seen = 0;
-            decrypt_impl(&key(9), DataClass::Sensitive, b"p", &raw, batch, &mut r, &mut out, &mut |n| seen = n)
+            let output = if shared { Output::Local(&mut out) } else { Output::Shared(&mut out) };
+            decrypt_impl(&key(9), DataClass::Sensitive, b"p", &raw, batch, &mut r, output, &mut |n| seen = n)
                 .expect("decrypt");
             prop_assert!(out.0 == pt);
             prop_assert_eq!(seen, len as u64);
@@ -1095,7 +1261,8 @@ mod tests {
             for cut in (BODY..ct.len()).step_by(slot) {
                 let mut r = &ct[..cut];
                 let (_, raw) = read_header(&mut r).expect("header");
-                let res = decrypt_impl(&key(9), DataClass::Sensitive, b"p", &raw, batch, &mut r, &mut Vec::new(), &mut |_| {});
+                let mut sink = Vec::new();
+                let res = decrypt_impl(&key(9), DataClass::Sensitive, b"p", &raw, batch, &mut r, Output::Local(&mut sink), &mut |_| {});
                 prop_assert!(matches!(res, Err(Error::Truncated)), "cut {} of {}: {:?}", cut, ct.len(), res);
             }
         }
