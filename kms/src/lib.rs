@@ -9,6 +9,27 @@
 //!
 //! It is not a general-purpose crypto library: nonces, key sizes and
 //! algorithms are fixed, and callers never choose them.
+//!
+//! The ciphertext format binds the key name, version, data class and the
+//! caller's context; changing any of them makes decryption fail:
+//!
+//! ```
+//! use keyward_kms::crypto::envelope;
+//! use keyward_kms::{DataClass, KeyName, Secret32};
+//!
+//! # fn main() -> keyward_kms::Result<()> {
+//! let key = Secret32::random()?;
+//! let name = KeyName::new("notes")?;
+//! let sealed = envelope::seal(&key, &name, 1, DataClass::Private, b"calendar", b"dentist")?;
+//! let (header, _) = envelope::parse_header(&sealed)?;
+//! assert_eq!((header.key.as_str(), header.version), ("notes", 1));
+//! let plain = envelope::open(&key, DataClass::Private, b"calendar", &sealed)?;
+//! assert_eq!(plain.expose(), b"dentist");
+//! assert!(envelope::open(&key, DataClass::General, b"calendar", &sealed).is_err());
+//! assert!(envelope::open(&key, DataClass::Private, b"mail", &sealed).is_err());
+//! # Ok(())
+//! # }
+//! ```
 #![forbid(unsafe_code)]
 
 pub mod audit;
