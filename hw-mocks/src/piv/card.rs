@@ -431,14 +431,12 @@ impl Card {
         } else {
             return Err(SW_NOT_FOUND);
         };
-        if applet != self.session.applet {
-            let chain = self.session.chain.take();
-            self.session = Session {
-                applet,
-                chain,
-                ..Session::default()
-            };
-        }
+        // SELECT resets the security status (SP 800-73-4; the `yubikey`
+        // crate re-selects to log the PIN out).
+        self.session = Session {
+            applet,
+            ..Session::default()
+        };
         let [ma, mi, pa] = self.cfg.version;
         Ok(match applet {
             Applet::Piv => {
