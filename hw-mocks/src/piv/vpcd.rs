@@ -42,6 +42,7 @@ struct Shared {
     stop: AtomicBool,
     pulled: AtomicBool,
     connected: AtomicBool,
+    quickack: AtomicBool,
     apdus: AtomicU64,
     stream: Mutex<Option<TcpStream>>,
 }
@@ -84,6 +85,7 @@ impl VirtualCard {
             stop: AtomicBool::new(false),
             pulled: AtomicBool::new(false),
             connected: AtomicBool::new(false),
+            quickack: AtomicBool::new(true),
             apdus: AtomicU64::new(0),
             stream: Mutex::new(None),
         });
@@ -157,6 +159,12 @@ impl VirtualCard {
         self.shared.pulled.store(false, Ordering::SeqCst);
     }
 
+    /// Turns the per-read `TCP_QUICKACK` off or on (default on). Only for
+    /// measuring the delayed-ACK stall it avoids (docs/BENCHMARKS-piv.md).
+    pub fn set_quickack(&self, enabled: bool) {
+        self.shared.quickack.store(enabled, Ordering::SeqCst);
+    }
+
     /// Waits until the card is connected to vpcd or `timeout` passes.
     pub fn wait_connected(&self, timeout: Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
@@ -215,12 +223,16 @@ fn run(shared: &Shared, port: u16) {
     }
 }
 
-fn read_frame(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
-    rustix::net::sockopt::set_tcp_quickack(&*stream, true)?;
+fn read_frame(stream: &mut TcpStream, quickack: bool) -> io::Result<Vec<u8>> {
+    if quickack {
+        rustix::net::sockopt::set_tcp_quickack(&*stream, true)?;
+    }
     let mut len = [0u8; 2];
     stream.read_exact(&mut len)?;
     let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
-    rustix::net::sockopt::set_tcp_quickack(&*stream, true)?;
+    if quickack {
+        rustix::net::sockopt::set_tcp_quickack(&*stream, true)?;
+    }
     stream.read_exact(&mut buf)?;
     Ok(buf)
 }
@@ -239,7 +251,7 @@ fn serve(shared: &Shared, mut stream: TcpStream) -> io::Result<()> {
         if shared.stop.load(Ordering::SeqCst) || shared.pulled.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let msg = read_frame(&mut stream)?;
+        let msg = read_frame(&mut stream, shared.quickack.load(Ordering::SeqCst))?;
         match msg.as_slice() {
             // Power off, power on, reset: volatile state is lost.
             [0..=2] => lock(&shared.card).reset_session(),
