@@ -1148,6 +1148,27 @@ mod tests {
         assert_eq!(sw(&c.process(&sign)), SW_WRONG_P1P2);
     }
 
+    #[test]
+    fn touch_policy_approve_deny() {
+        let mut c = piv_card();
+        mgmt_login(&mut c);
+        // P-256 in 9E, PIN never, touch always.
+        let g = [
+            0, 0x47, 0, 0x9E, 11, 0xAC, 9, 0x80, 1, 0x11, 0xAA, 1, 1, 0xAB, 1, 2,
+        ];
+        assert_eq!(sw(&c.process(&g)), SW_OK);
+        let mut sign = vec![0, 0x87, 0x11, 0x9E, 38, 0x7C, 36, 0x82, 0, 0x81, 32];
+        sign.extend_from_slice(&[7u8; 32]);
+        assert_eq!(sw(&c.process(&sign)), SW_OK);
+        c.set_touch(Touch::Deny);
+        assert_eq!(sw(&c.process(&sign)), SW_SECURITY);
+        c.set_touch(Touch::Delay(Duration::from_millis(30)));
+        let t = std::time::Instant::now();
+        assert_eq!(sw(&c.process(&sign)), SW_OK);
+        assert!(t.elapsed() >= Duration::from_millis(30));
+        assert_eq!(c.touches(), 3);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 

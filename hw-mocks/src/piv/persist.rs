@@ -199,3 +199,44 @@ pub fn load(path: &Path) -> io::Result<Card> {
     let v: Value = serde_json::from_str(&text).map_err(|e| bad(&e.to_string()))?;
     from_json(&v)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_through_a_file() {
+        let mut card = Card::new(CardConfig {
+            serial: 777,
+            version: [5, 7, 1],
+            attestation_seed: [3; 32],
+        });
+        let mut s = card.piv_state().clone();
+        s.slots.insert(
+            0x9A,
+            KeySlot {
+                key: SlotKey::generate(0x14).expect("p384"),
+                pin_policy: 3,
+                touch_policy: 2,
+                origin: 1,
+            },
+        );
+        s.objects.insert(vec![0x5F, 0xC1, 0x02], vec![1, 2, 3]);
+        s.pin.left = 1;
+        card.set_piv_state(s);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("card.json");
+        save(&card, &path).expect("save");
+        let back = load(&path).expect("load");
+        assert_eq!(to_json(&back), to_json(&card));
+        assert_eq!(back.config().serial, 777);
+        let k = &back.piv_state().slots[&0x9A];
+        assert_eq!(
+            k.key.public_point(),
+            card.piv_state().slots[&0x9A].key.public_point()
+        );
+        assert!(load(&dir.path().join("missing")).is_err());
+        std::fs::write(&path, b"{\"serial\": 1}").expect("write");
+        assert!(load(&path).is_err());
+    }
+}
