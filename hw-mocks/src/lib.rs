@@ -10,6 +10,8 @@
 //! - [`softhsm`]: isolated SoftHSM2 tokens for the PKCS#11 backend's tests.
 //! - [`swtpm`]: one swtpm (TPM 2.0 simulator) per test, with DA-lockout and
 //!   PCR helpers.
+//! - [`piv`]: a software YubiKey 5 (PIV applet) on the real pcscd + vpcd
+//!   stack, with a private pcscd fixture and fault injection.
 //!
 //! It is not a substitute for the real software devices (SoftHSM2, swtpm, a
 //! PIV simulator): [`mock`] lists what it does not enforce.
@@ -28,5 +30,6 @@
 #![forbid(unsafe_code)]
 
 pub mod mock;
+pub mod piv;
 pub mod softhsm;
 pub mod swtpm;
