@@ -296,19 +296,19 @@ pub(crate) fn verify(db: &Db<'_>, mac: Option<&Secret32>) -> Result<AuditSummary
         ));
     }
     let mut checkpoint = None;
-    if let Some(key) = mac
-        && let Some(mac_seq) = mac_seq
-    {
-        let (seq, hash) =
-            mac_target.ok_or_else(|| tampered(mac_seq, "checkpointed record is missing"))?;
-        let stored = db
-            .meta_blob("audit_mac")?
-            .ok_or_else(|| tampered(seq, "checkpoint MAC is missing"))?;
-        let expect = checkpoint_mac(key, seq, &hash);
-        if !bool::from(expect.ct_eq(&stored[..])) {
-            return Err(tampered(seq, "checkpoint does not authenticate"));
+    if let Some(key) = mac {
+        if let Some(mac_seq) = mac_seq {
+            let (seq, hash) =
+                mac_target.ok_or_else(|| tampered(mac_seq, "checkpointed record is missing"))?;
+            let stored = db
+                .meta_blob("audit_mac")?
+                .ok_or_else(|| tampered(seq, "checkpoint MAC is missing"))?;
+            let expect = checkpoint_mac(key, seq, &hash);
+            if !bool::from(expect.ct_eq(&stored[..])) {
+                return Err(tampered(seq, "checkpoint does not authenticate"));
+            }
+            checkpoint = Some(seq);
         }
-        checkpoint = Some(seq);
     }
     Ok(AuditSummary {
         records,

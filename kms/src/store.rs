@@ -792,7 +792,7 @@ fn check_file_shape(path: &Path, len: u64) -> Result<()> {
         1 => 65_536,
         n => u64::from(n),
     };
-    if page_size < 512 || !page_size.is_power_of_two() || !len.is_multiple_of(page_size) {
+    if page_size < 512 || !page_size.is_power_of_two() || len % page_size != 0 {
         return Err(Error::StoreCorrupt {
             path: path.to_owned(),
             detail: format!(
