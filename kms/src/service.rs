@@ -830,13 +830,15 @@ impl Service {
         name: &KeyName,
         context: &[u8],
         reader: &mut dyn Read,
-        writer: &mut dyn Write,
+        writer: &mut (dyn Write + Send),
         progress: &mut dyn FnMut(u64),
     ) -> Result<StreamSummary> {
         // A stream uses its own key derived from a fresh salt, so it counts
         // as one use of the data-key version.
         let (key, version, dek) = self.reserve_encryption(name, "encrypt.stream", None)?;
-        let result = stream::encrypt(
+        // The writer is `Send` so that writes run on the stream's second
+        // thread, overlapping the kernel's copy with encryption.
+        let result = stream::encrypt_send(
             &dek, name, version, key.class, context, reader, writer, progress,
         );
         self.audit_stream_end("encrypt.stream.end", name, version, &result);
@@ -857,7 +859,7 @@ impl Service {
         &mut self,
         context: &[u8],
         reader: &mut dyn Read,
-        writer: &mut dyn Write,
+        writer: &mut (dyn Write + Send),
         progress: &mut dyn FnMut(u64),
     ) -> Result<StreamSummary> {
         let (header, raw) = stream::read_header(reader)?;
@@ -899,7 +901,7 @@ impl Service {
                     true,
                 )?;
                 let result =
-                    stream::decrypt(&dek, key.class, context, &raw, reader, writer, progress);
+                    stream::decrypt_send(&dek, key.class, context, &raw, reader, writer, progress);
                 self.audit_stream_end("decrypt.stream.end", &header.key, header.version, &result);
                 Ok(StreamSummary {
                     key: header.key,
