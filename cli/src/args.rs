@@ -687,6 +687,70 @@ mod tests {
     }
 
     #[test]
+    fn hardware_enroll_options_are_the_backends_keys() {
+        let cli =
+            parse(&["enroll", "tpm", "--pcrs", "7,11", "--no-pin", "--replace"]).expect("parse");
+        match cli.command {
+            Command::Enroll(EnrollCommand::Tpm(args)) => {
+                assert!(args.replace && !args.with_pin());
+                assert_eq!(
+                    args.options(),
+                    vec![
+                        ("pin".to_owned(), "false".to_owned()),
+                        ("pcrs".to_owned(), "7,11".to_owned())
+                    ]
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let cli = parse(&["enroll", "tpm"]).expect("parse");
+        match cli.command {
+            Command::Enroll(EnrollCommand::Tpm(args)) => {
+                assert_eq!(args.label, "tpm");
+                assert_eq!(args.options(), vec![("pin".to_owned(), "true".to_owned())]);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let cli = parse(&[
+            "enroll",
+            "pkcs11",
+            "--uri",
+            "pkcs11:token=t",
+            "--mode",
+            "aes-gcm",
+            "--sign",
+            "ed25519",
+        ])
+        .expect("parse");
+        match cli.command {
+            Command::Enroll(EnrollCommand::Pkcs11(args)) => {
+                assert_eq!(args.uri, "pkcs11:token=t");
+                assert_eq!(
+                    args.options(),
+                    vec![
+                        ("mode".to_owned(), "aes-gcm".to_owned()),
+                        ("sign".to_owned(), "ed25519".to_owned())
+                    ]
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        for bad in [
+            &["enroll", "tpm", "--pcrs", "24"][..],
+            &["enroll", "tpm", "--pin", "--no-pin"],
+            &["enroll", "tpm", "--pin", "1234"],
+            &["enroll", "pkcs11", "--mode", "ecdh"],
+            &["status", "--with", "tpm", "--protector", "2"],
+            &["status", "--pin-fd", "-1"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        let cli = parse(&["decrypt", "--with", "pkcs11", "--tcti", "swtpm:port=1"]).expect("parse");
+        assert_eq!(cli.with, Some(WithArg::Pkcs11));
+        assert_eq!(cli.tcti.as_deref(), Some("swtpm:port=1"));
+    }
+
+    #[test]
     fn rotation_period_parses_units() {
         let cli = parse(&["key", "create", "k", "--rotation-period", "90d"]).expect("parse");
         match cli.command {

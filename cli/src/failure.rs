@@ -242,15 +242,16 @@ fn hardware(err: &Error, kind: Option<BackendKind>) -> Option<(Exit, Option<Stri
             ),
         ),
         Error::NotSupported { kind, what } if kind == "pkcs11" => {
-            let hint = if what.contains("mode=aes-gcm") {
+            // The signing case first: its text also names mode=ecdh.
+            let hint = if what.starts_with("signing with an aes-gcm") {
+                "an aes-gcm protector has no key to sign with: enroll the token with --mode \
+                 ecdh, or add an Ed25519 key with --sign ed25519"
+            } else if what.contains("mode=aes-gcm") {
                 "the token lacks a mechanism of the ecdh mode: enroll it with `keyward enroll \
                  pkcs11 --uri URI --mode aes-gcm`"
             } else if what.contains("mode=ecdh") {
                 "the token lacks a mechanism of the aes-gcm mode: enroll it with `keyward \
                  enroll pkcs11 --uri URI --mode ecdh`"
-            } else if what.starts_with("signing with an aes-gcm") {
-                "an aes-gcm protector has no key to sign with: enroll the token with --mode \
-                 ecdh, or add an Ed25519 key with --sign ed25519"
             } else if what.contains("sign=ed25519") {
                 "the token cannot make Ed25519 keys: enroll it without --sign ed25519 to sign \
                  with ECDSA P-256"
@@ -843,6 +844,174 @@ mod tests {
             &std::io::Error::from(std::io::ErrorKind::BrokenPipe),
         );
         assert!(f.is_silent());
+    }
+
+    #[test]
+    fn hardware_errors_get_a_remedy_by_kind() {
+        let tpm = Some(BackendKind::Tpm);
+        let pkcs11 = Some(BackendKind::Pkcs11);
+        let f = from_kms_for(
+            &Error::WrongPin {
+                retries_left: Some(2),
+            },
+            tpm,
+        );
+        assert_eq!(
+            (f.code, f.message.as_str()),
+            (Exit::Auth, "wrong PIN (2 tries left)")
+        );
+        assert!(
+            f.hint
+                .as_deref()
+                .is_some_and(|h| h.contains("TPM locks out"))
+        );
+        let f = from_kms_for(&Error::WrongPin { retries_left: None }, pkcs11);
+        assert!(
+            f.hint
+                .as_deref()
+                .is_some_and(|h| h.contains("token blocks it"))
+        );
+        // Without a kind, the generic remedy.
+        let f = from_kms_for(&Error::WrongPin { retries_left: None }, None);
+        assert_eq!(
+            f.hint.as_deref(),
+            Some("check the PIN; after too many wrong tries the device blocks it")
+        );
+        let f = from_kms_for(
+            &Error::Lockout {
+                seconds: Some(1000),
+            },
+            tpm,
+        );
+        assert_eq!(f.message, "the device is locked out for 1000 s");
+        assert!(
+            f.hint
+                .as_deref()
+                .is_some_and(|h| h.contains("one failure every 1000 s"))
+        );
+        let f = from_kms_for(&Error::PinBlocked, pkcs11);
+        assert!(f.hint.as_deref().is_some_and(|h| h.contains("--init-pin")));
+        for kind in [tpm, pkcs11] {
+            let f = from_kms_for(
+                &Error::WrongDevice {
+                    expected: "a".into(),
+                    found: "b".into(),
+                },
+                kind,
+            );
+            assert_eq!(f.code, Exit::Device);
+            assert_ne!(f.hint, from_kms(&Error::WrongPassphrase).hint);
+        }
+        // Kinds carried by the error itself need no context.
+        let f = Failure::from(Error::DeviceNotFound {
+            kind: "tpm".into(),
+            hint: Some(
+                "cannot reach the TPM at device:/dev/tpmrm0: is the TPM present / swtpm \
+                 running? set KEYWARD_TPM_TCTI or --tcti to another TCTI"
+                    .into(),
+            ),
+        });
+        assert_eq!(f.message, "cannot reach the TPM at device:/dev/tpmrm0");
+        assert!(
+            f.hint
+                .as_deref()
+                .is_some_and(|h| h.starts_with("is swtpm running"))
+        );
+        let f = Failure::from(Error::Device {
+            kind: "tpm".into(),
+            code: "0x1df".into(),
+            message: "the TPM cannot load the key".into(),
+        });
+        assert_eq!(f.hint.as_deref(), Some(WRONG_TPM_HINT));
+    }
+
+    #[test]
+    fn pcr_mismatch_is_split_into_diagnosis_and_command() {
+        let f = Failure::from(Error::Device {
+            kind: "tpm".into(),
+            code: "pcr-mismatch".into(),
+            message: "the TPM refuses this key because PCR 7, 11 (sha256 bank) changed since \
+                      enrollment (firmware). Unlock with your recovery key or another \
+                      protector, then run `keyward enroll tpm --replace`"
+                .into(),
+        });
+        assert_eq!(f.code, Exit::Auth);
+        assert_eq!(
+            f.message,
+            "the TPM refuses this key because PCR 7, 11 (sha256 bank) changed since enrollment \
+             (firmware)"
+        );
+        assert!(
+            f.hint
+                .as_deref()
+                .is_some_and(|h| h.contains("`keyward enroll tpm --replace --pcrs 7,11 ")),
+            "{f:?}"
+        );
+        assert_eq!(pcr_list("because PCR values changed"), None);
+        assert_eq!(pcr_list("because PCR x (sha256 bank)"), None);
+    }
+
+    #[cfg(feature = "pkcs11")]
+    #[test]
+    fn pkcs11_module_errors_as_the_backend_words_them() {
+        use keyward_backends::pkcs11::library;
+        let missing = library::load(std::path::Path::new("/nonexistent/libx.so"))
+            .expect_err("no such module");
+        let f = Failure::from(missing);
+        assert_eq!(
+            f.message,
+            "PKCS#11 module /nonexistent/libx.so not found (No such file or directory (os error \
+             2))"
+        );
+        assert!(
+            f.hint
+                .as_deref()
+                .is_some_and(|h| h.starts_with("install it or give"))
+        );
+        let token = Failure::from(Error::DeviceNotFound {
+            kind: "pkcs11".into(),
+            hint: Some("token \"t\" (serial 1) is not present; insert it (visible: \"u\")".into()),
+        });
+        assert_eq!(
+            token.message,
+            "PKCS#11 token \"t\" (serial 1) is not present (visible: \"u\")"
+        );
+        assert!(
+            token
+                .hint
+                .as_deref()
+                .is_some_and(|h| h.starts_with("insert the token"))
+        );
+    }
+
+    #[test]
+    fn mechanism_errors_suggest_the_other_mode() {
+        let hint = |what: &'static str| {
+            Failure::from(Error::NotSupported {
+                kind: "pkcs11".into(),
+                what,
+            })
+            .hint
+            .unwrap_or_default()
+        };
+        assert!(
+            hint("CKM_ECDH1_DERIVE with the null KDF; enroll this token with mode=aes-gcm")
+                .ends_with("--mode aes-gcm`")
+        );
+        assert!(hint("CKM_AES_GCM; enroll this token with mode=ecdh").ends_with("--mode ecdh`"));
+        assert!(
+            hint("signing with an aes-gcm enrollment (enroll with mode=ecdh or sign=ed25519)")
+                .starts_with("an aes-gcm protector has no key to sign with")
+        );
+        let f = Failure::from(Error::NotSupported {
+            kind: "tpm".into(),
+            what: "protectors of this kind in this build of keyward",
+        });
+        assert!(
+            f.hint
+                .as_deref()
+                .is_some_and(|h| h.contains("cargo feature tpm"))
+        );
     }
 
     #[test]

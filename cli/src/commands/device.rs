@@ -14,7 +14,7 @@
 use std::io::{Read, Write};
 
 use base64::Engine as _;
-use keyward_kms::{BackendKind, Enrollment, Error, SignAlgorithm};
+use keyward_kms::{Enrollment, Error, SignAlgorithm};
 use p256::pkcs8::EncodePublicKey as _;
 use serde_json::json;
 
@@ -128,6 +128,10 @@ struct SigningKey {
     raw: Vec<u8>,
 }
 
+#[cfg_attr(
+    not(any(feature = "tpm", feature = "pkcs11")),
+    allow(dead_code, reason = "only the hardware backends sign with P-256 here")
+)]
 fn p256_key(public: &p256::PublicKey) -> Result<SigningKey, Failure> {
     let pem = public
         .to_public_key_pem(p256::pkcs8::LineEnding::LF)
@@ -145,7 +149,7 @@ fn p256_key(public: &p256::PublicKey) -> Result<SigningKey, Failure> {
 
 #[cfg_attr(
     not(feature = "pkcs11"),
-    expect(dead_code, reason = "only PKCS#11 tokens sign with Ed25519 here")
+    allow(dead_code, reason = "only PKCS#11 tokens sign with Ed25519 here")
 )]
 fn ed25519_key(public: &[u8]) -> SigningKey {
     let mut der = ED25519_SPKI_PREFIX.to_vec();
@@ -166,12 +170,12 @@ fn ed25519_key(public: &[u8]) -> SigningKey {
 fn signing_key(id: u32, enrollment: &Enrollment) -> Result<SigningKey, Failure> {
     match enrollment.kind {
         #[cfg(feature = "tpm")]
-        BackendKind::Tpm => {
+        keyward_kms::BackendKind::Tpm => {
             let public = keyward_backends::tpm::Backend::signing_public_key(enrollment)?;
             p256_key(&public)
         }
         #[cfg(feature = "pkcs11")]
-        BackendKind::Pkcs11 => {
+        keyward_kms::BackendKind::Pkcs11 => {
             use keyward_backends::pkcs11::{Descriptor, Mode};
             let descriptor = Descriptor::from_enrollment(enrollment)?;
             if let Some(key) = &descriptor.sign {
