@@ -489,7 +489,7 @@ fn capitalized(text: &str) -> String {
 /// (srk:…) (3 tries left): ", or the description itself when it names what
 /// is asked (`New TPM PIN for "laptop": `).
 fn pin_prompt(what: &str, description: &str, tries: &str) -> String {
-    if description.contains(what) {
+    if description.contains(&format!("{what} for ")) {
         format!("{}{tries}: ", capitalized(description))
     } else {
         format!("{what} for {description}{tries}: ")
@@ -814,6 +814,18 @@ mod tests {
         assert_eq!(
             pin_prompt("PIN", "new TPM PIN for \"laptop\" (again)", ""),
             "New TPM PIN for \"laptop\" (again): "
+        );
+        // A token's PIN-state flags mention "PIN" too; the prompt still
+        // says what is asked.
+        assert_eq!(
+            pin_prompt(
+                "PIN",
+                "PKCS#11 token \"desk\" (serial 1) — CKF_USER_PIN_COUNT_LOW: a wrong PIN was \
+                 entered since the last success",
+                ""
+            ),
+            "PIN for PKCS#11 token \"desk\" (serial 1) — CKF_USER_PIN_COUNT_LOW: a wrong PIN \
+             was entered since the last success: "
         );
     }
 
