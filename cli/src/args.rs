@@ -126,11 +126,12 @@ pub(crate) enum Command {
     Encrypt(EncryptArgs),
     /// Decrypt keyward data (the key is named in the data)
     Decrypt(DecryptArgs),
-    /// Sign data with a signing key
+    /// Sign data with a signing key, or with a device key (--protector ID)
     Sign(SignArgs),
     /// Verify a keyward signature
     Verify(VerifyArgs),
-    /// Print the public key of a signing key as PEM
+    /// Print the public key of a signing key, or of a device key
+    /// (--protector ID), as PEM
     ExportPublic(ExportPublicArgs),
     /// Master-key operations
     #[command(subcommand)]

@@ -172,6 +172,17 @@ fn hardware(err: &Error, kind: Option<BackendKind>) -> Option<(Exit, Option<Stri
              KEYWARD_PKCS11_MODULE"
                 .to_owned(),
         ),
+        Error::Device { kind, code, .. }
+            if kind == "pkcs11" && code == "CKR_USER_NOT_LOGGED_IN" =>
+        {
+            (
+                Exit::Auth,
+                None,
+                "an aes-gcm PKCS#11 protector wraps on its token, so the token must be logged in: \
+             unlock with that protector (--protector ID and its PIN), then run the command again"
+                    .to_owned(),
+            )
+        }
         Error::Device {
             kind,
             code,

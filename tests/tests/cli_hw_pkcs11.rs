@@ -153,6 +153,30 @@ fn round_trip(mode: &str) {
             )
             .ok();
         assert_eq!(run.out(), "tax return 2025");
+        if mode == "aes-gcm" {
+            // Wrapping under an AES key needs the token: a master-key
+            // rotation unlocked by the recovery key cannot re-wrap for it,
+            // and nothing changes.
+            let rk = hw.env.recovery_key_text();
+            let run = hw
+                .run(&["master", "rotate"], b"", &[("KEYWARD_RECOVERY_KEY", &rk)])
+                .fails_with(3)
+                .hint(
+                    "an aes-gcm PKCS#11 protector wraps on its token, so the token must be \
+                     logged in: unlock with that protector (--protector ID and its PIN), then \
+                     run the command again",
+                );
+            assert!(
+                run.stderr.contains("CKR_USER_NOT_LOGGED_IN"),
+                "{}",
+                run.stderr
+            );
+            let run = hw.pin(&["master", "rotate"], b"").ok();
+            assert_eq!(
+                run.out(),
+                "master key rotated: epoch 2; every key and protector was re-wrapped\n"
+            );
+        }
 
         // --replace swaps it for a new key on the token in one step.
         let run = hw.enroll(&["--mode", mode, "--label", "desk2", "--replace"]);
