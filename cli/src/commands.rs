@@ -189,6 +189,20 @@ impl Ctx<'_> {
             UnlockWith::Id(id) => protectors.iter().find(|p| p.id == id).map(|p| p.kind),
             UnlockWith::Any => None,
         };
+        // One PIN source per run: the device being enrolled owns it, and
+        // handing it to another device would spend one of that device's
+        // tries.
+        if reserve == Reserve::Pin && self.ui.has_pin_source() && kind.is_some_and(is_hardware) {
+            return Err(Failure::new(
+                Exit::Usage,
+                "--pin-fd / KEYWARD_PIN gives the PIN of the device being enrolled, so it cannot \
+                 also unlock with a device",
+            )
+            .hint(
+                "unlock with the recovery key or a passphrase, or run keyward on a terminal \
+                 without a PIN source to type both PINs",
+            ));
+        }
         let info = service
             .unlock(with, &self.ui)
             .map_err(|e| self.ui.explain_for(&e, kind))?;

@@ -536,6 +536,18 @@ fn enroll_checks_before_touching_anything() {
              KEYWARD_PASSPHRASE; --pin-fd or KEYWARD_PIN gives the PIN of the device being \
              enrolled",
         );
+    // ... and never goes to another device.
+    clean(
+        &["--with", "pkcs11", "enroll", "tpm"],
+        &[("KEYWARD_PIN", PIN), ("KEYWARD_RECOVERY_KEY", &rk)],
+    )
+    .fails_with(2)
+    .diagnosis(
+        "--pin-fd / KEYWARD_PIN gives the PIN of the device being enrolled, so it cannot also \
+         unlock with a device",
+        "unlock with the recovery key or a passphrase, or run keyward on a terminal without a \
+         PIN source to type both PINs",
+    );
     // Nothing to replace.
     clean(
         &["enroll", "tpm", "--replace"],
