@@ -503,6 +503,22 @@ impl Service {
             .collect())
     }
 
+    /// The stored descriptor of protector `id`: no secret, only what its
+    /// backend needs to find the device and the public keys (to sign with a
+    /// device key, or to export its public key). Needs no unlock.
+    ///
+    /// # Errors
+    /// `ProtectorNotFound`, database errors.
+    pub fn enrollment(&self, id: u32) -> Result<Enrollment> {
+        self.store
+            .db()
+            .protectors()?
+            .into_iter()
+            .find(|p| p.id == id)
+            .map(|p| p.enrollment)
+            .ok_or(Error::ProtectorNotFound { id })
+    }
+
     /// Enrolls another protector (needs the store unlocked).
     ///
     /// # Errors
