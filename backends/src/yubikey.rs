@@ -139,11 +139,31 @@ impl Session<'_> {
     }
 
     /// Maps `e`, dropping the handle if the card went away.
+    ///
+    /// The crate reports a reply cut short by a removal as a generic or
+    /// parse error; those are checked with a harmless probe (SELECT and a
+    /// retries query, no PIN) and reported as [`Error::DeviceRemoved`]
+    /// when the card no longer answers.
     fn fail(&mut self, e: yubikey::Error, op: Op) -> Error {
-        if drops_handle(&e)
-            && let Some(yk) = self.guard.remove(&self.serial)
-        {
-            release(yk);
+        let gone = drops_handle(&e)
+            || (matches!(
+                e,
+                yubikey::Error::GenericError
+                    | yubikey::Error::ParseError
+                    | yubikey::Error::SizeError
+                    | yubikey::Error::AppletNotFound { .. }
+            ) && self
+                .guard
+                .get_mut(&self.serial)
+                .is_some_and(|yk| yk.get_pin_retries().is_err()));
+        if gone {
+            if let Some(yk) = self.guard.remove(&self.serial) {
+                release(yk);
+            }
+            if !drops_handle(&e) {
+                tracing::debug!("YubiKey stopped answering after: {e}");
+                return Error::DeviceRemoved;
+            }
         }
         map(e, op)
     }
