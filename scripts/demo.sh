@@ -39,11 +39,21 @@ run cargo build --release -p keyward
 KEYWARD="$ROOT/target/release/keyward"
 
 WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
+SWTPM_PID=""
+# On any exit: stop the simulators the hardware part started, then delete
+# everything.
+cleanup() {
+  if [ -n "$SWTPM_PID" ]; then
+    kill "$SWTPM_PID" 2>/dev/null || true
+    wait "$SWTPM_PID" 2>/dev/null || true
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
 cd "$WORK"
 # Everything below uses a keystore in the temporary directory, never the
 # user's own, and no secret from the caller's environment.
-unset KEYWARD_PASSPHRASE KEYWARD_RECOVERY_KEY
+unset KEYWARD_PASSPHRASE KEYWARD_RECOVERY_KEY KEYWARD_PIN KEYWARD_TPM_TCTI KEYWARD_PKCS11_MODULE
 export KEYWARD_STORE="$WORK/keystore.db"
 kw() { run "$KEYWARD" "$@"; }
 echo "working in $WORK (KEYWARD_STORE=$KEYWARD_STORE)"
@@ -113,5 +123,128 @@ kw decrypt -i note2.kw
 say "12. Audit log"
 kw audit show
 kw audit verify
+
+# ---------------------------------------------------------------------------
+# Hardware protectors, on simulated devices: a TPM 2.0 (swtpm) and a
+# PKCS#11 token (SoftHSM2). Both are started here, in $WORK, and stopped on
+# exit.
+
+say "13. Hardware: install and start the simulators (swtpm, SoftHSM2)"
+bash "$ROOT/scripts/install-deps.sh" test
+HW="$WORK/hw"
+mkdir -p "$HW/tpm" "$HW/tokens"
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for _ in $(seq 20); do
+  port=$((20000 + RANDOM % 30000))
+  if listening "$port" || listening $((port + 1)); then continue; fi
+  swtpm socket --tpm2 --server "type=tcp,port=$port,bindaddr=127.0.0.1" \
+    --ctrl "type=tcp,port=$((port + 1)),bindaddr=127.0.0.1" \
+    --tpmstate "dir=$HW/tpm" --flags not-need-init,startup-clear &
+  SWTPM_PID=$!
+  for _ in $(seq 200); do
+    if listening "$port" || ! kill -0 "$SWTPM_PID" 2>/dev/null; then break; fi
+    sleep 0.01
+  done
+  if kill -0 "$SWTPM_PID" 2>/dev/null && listening "$port"; then break; fi
+  SWTPM_PID=""
+done
+if [ -z "$SWTPM_PID" ]; then
+  echo "demo: could not start swtpm" >&2
+  exit 1
+fi
+export KEYWARD_TPM_TCTI="swtpm:host=127.0.0.1,port=$port"
+# tpm2-tss (a C library) prints its own warnings unless told not to.
+export TSS2_LOG=all+none
+echo "swtpm (pid $SWTPM_PID) at KEYWARD_TPM_TCTI=$KEYWARD_TPM_TCTI"
+
+cat > "$HW/softhsm2.conf" <<EOF
+directories.tokendir = $HW/tokens
+objectstore.backend = file
+log.level = ERROR
+slots.removable = false
+EOF
+export SOFTHSM2_CONF="$HW/softhsm2.conf"
+export KEYWARD_PKCS11_MODULE=/usr/lib/softhsm/libsofthsm2.so
+run softhsm2-util --init-token --free --label demo-token --so-pin 12345678 --pin 123456
+
+# The PINs come from KEYWARD_PIN here; on a terminal keyward would ask,
+# naming the device and the tries left. The passphrase of step 2 leaves the
+# environment: at equal rank it would win over a PIN.
+unset KEYWARD_PASSPHRASE
+TPM_PIN="4711 demo tpm pin"
+TOKEN_PIN=123456
+# Prints and runs an enroll command, and prints the new protector's id on
+# stdout.
+enrolled_id() {
+  local out
+  out="$(run "$KEYWARD" "$@")"
+  printf '%s\n' "$out" >&2
+  printf '%s\n' "$out" | sed -n 's/^enrolled protector \([0-9]*\):.*/\1/p'
+}
+
+say "14. Enroll the TPM: a new PIN, bound to PCR 16 (unlocked by the recovery key)"
+TPM_ID="$(KEYWARD_PIN="$TPM_PIN" enrolled_id enroll tpm --pcrs 16 \
+  --recovery-key-file "$WORK/recovery.key")"
+kw protectors list
+
+say "15. Each keyward process starts locked: unlock with the TPM PIN and decrypt"
+KEYWARD_PIN="$TPM_PIN" kw --with tpm decrypt -i note2.kw
+echo "one wrong PIN is one error (exit 3), with the tries left; keyward never retries it"
+KEYWARD_PIN="wrong pin" expect_fail 3 "$KEYWARD" --with tpm decrypt -i note2.kw
+KEYWARD_PIN="$TPM_PIN" kw --protector "$TPM_ID" decrypt -i note2.kw
+
+say "16. The TPM signs; openssl verifies with the exported public key"
+kw export-public --protector "$TPM_ID" | tee tpm.pem
+KEYWARD_PIN="$TPM_PIN" kw sign --protector "$TPM_ID" -i message.txt -o message.tpm.sig
+run openssl dgst -sha256 -verify tpm.pem -signature message.tpm.sig message.txt
+
+say "17. A \"firmware update\" changes PCR 16: the TPM refuses, the recovery key re-binds"
+run tpm2_pcrextend -T "$KEYWARD_TPM_TCTI" \
+  16:sha256=0000000000000000000000000000000000000000000000000000000000000001
+KEYWARD_PIN="$TPM_PIN" expect_fail 3 "$KEYWARD" --with tpm decrypt -i note2.kw
+TPM_ID="$(KEYWARD_PIN="$TPM_PIN" enrolled_id enroll tpm --replace --pcrs 16 \
+  --recovery-key-file "$WORK/recovery.key")"
+KEYWARD_PIN="$TPM_PIN" kw --protector "$TPM_ID" decrypt -i note2.kw
+
+say "18. Enroll the PKCS#11 token twice: ecdh mode (P-256) and aes-gcm mode (AES-256)"
+ECDH_ID="$(KEYWARD_PIN="$TOKEN_PIN" enrolled_id enroll pkcs11 \
+  --uri 'pkcs11:token=demo-token' --mode ecdh --label desk \
+  --recovery-key-file "$WORK/recovery.key")"
+AES_ID="$(KEYWARD_PIN="$TOKEN_PIN" enrolled_id enroll pkcs11 \
+  --uri 'pkcs11:token=demo-token' --mode aes-gcm --label vault \
+  --recovery-key-file "$WORK/recovery.key")"
+kw protectors list
+echo "the keys on the token, as pkcs11-tool lists them:"
+run pkcs11-tool --module "$KEYWARD_PKCS11_MODULE" --token-label demo-token \
+  --login --pin "$TOKEN_PIN" --list-objects | grep 'label:'
+
+say "19. Unlock with each token protector and decrypt"
+KEYWARD_PIN="$TOKEN_PIN" kw --protector "$ECDH_ID" decrypt -i note2.kw
+KEYWARD_PIN="$TOKEN_PIN" kw --protector "$AES_ID" decrypt -i note2.kw
+KEYWARD_PIN=000000 expect_fail 3 "$KEYWARD" --protector "$ECDH_ID" decrypt -i note2.kw
+echo "a PIN alone is ambiguous with three hardware protectors: keyward asks which (exit 2)"
+KEYWARD_PIN="$TOKEN_PIN" expect_fail 2 "$KEYWARD" decrypt -i note2.kw
+
+say "20. The token signs (ECDSA P-256); openssl verifies"
+kw export-public --protector "$ECDH_ID" > token.pem
+KEYWARD_PIN="$TOKEN_PIN" kw sign --protector "$ECDH_ID" -i message.txt -o message.token.sig
+run openssl dgst -sha256 -verify token.pem -signature message.token.sig message.txt
+
+say "21. Master-key rotation re-wraps for every protector; each still unlocks"
+# The aes-gcm protector wraps on the token, so the rotation unlocks with it.
+KEYWARD_PIN="$TOKEN_PIN" kw --protector "$AES_ID" master rotate
+KEYWARD_PIN="$TPM_PIN" kw --protector "$TPM_ID" decrypt -i note2.kw
+KEYWARD_PIN="$TOKEN_PIN" kw --protector "$ECDH_ID" decrypt -i note2.kw
+KEYWARD_PIN="$TOKEN_PIN" kw --protector "$AES_ID" decrypt -i note2.kw
+kw audit verify
+
+say "22. Stop the simulators: keyward says what is missing, the recovery key still works"
+kill "$SWTPM_PID"
+wait "$SWTPM_PID" 2>/dev/null || true
+SWTPM_PID=""
+KEYWARD_PIN="$TPM_PIN" expect_fail 7 "$KEYWARD" --with tpm decrypt -i note2.kw
+rm -rf "$HW/tokens"/*
+KEYWARD_PIN="$TOKEN_PIN" expect_fail 7 "$KEYWARD" --protector "$ECDH_ID" decrypt -i note2.kw
+kw --recovery-key-file "$WORK/recovery.key" decrypt -i note2.kw
 
 say "Demo finished: every step behaved as expected"

@@ -1,23 +1,28 @@
 //! Command-line arguments (clap derive).
 //!
-//! There is deliberately no argument that takes a secret: passphrases and
-//! recovery keys come from a terminal prompt, a file descriptor, a file or
-//! the environment (see [`crate::ui`]), never from argv, where every user of
-//! the machine can read them in `/proc`.
+//! There is deliberately no argument that takes a secret: passphrases,
+//! recovery keys and device PINs come from a terminal prompt, a file
+//! descriptor, a file or the environment (see [`crate::ui`]), never from
+//! argv, where every user of the machine can read them in `/proc`.
 
 use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
-use keyward_kms::{DataClass, KeyName, KeyPurpose};
+use keyward_kms::{BackendKind, DataClass, KeyName, KeyPurpose};
 
 /// Help heading of the options every command takes.
 const GLOBAL: &str = "Global options";
+/// Help heading of the options that choose how to unlock.
+const UNLOCK: &str = "Unlock options";
+/// Help heading of the options that find hardware.
+const HARDWARE: &str = "Hardware options";
 
 /// Shown at the end of `keyward --help`; the same table is in docs/CLI.md.
 const EXIT_CODES_HELP: &str = "\
 Secrets are never command-line arguments. To unlock, keyward reads:
   a passphrase   from --passphrase-fd N or KEYWARD_PASSPHRASE
   a recovery key from --recovery-key-file FILE or KEYWARD_RECOVERY_KEY
+  a device PIN   from --pin-fd N or KEYWARD_PIN (TPM, PKCS#11 token)
 or, with none of these, asks on the terminal.
 
 Exit codes:
@@ -66,6 +71,36 @@ pub(crate) struct Cli {
     #[arg(long, global = true, value_name = "FILE", help_heading = GLOBAL)]
     pub(crate) recovery_key_file: Option<PathBuf>,
 
+    /// Read the PIN of a hardware protector (TPM, PKCS#11 token) from file
+    /// descriptor N (up to the first newline); KEYWARD_PIN also gives one
+    #[arg(long, global = true, value_name = "N", help_heading = GLOBAL,
+          value_parser = clap::value_parser!(i32).range(0..))]
+    pub(crate) pin_fd: Option<i32>,
+
+    /// Unlock with this protector (see `keyward protectors list`). With
+    /// `enroll ... --replace`: the protector to replace. With `sign` or
+    /// `export-public` and no key name: the device key to use
+    #[arg(long, global = true, value_name = "ID", help_heading = UNLOCK,
+          conflicts_with = "with")]
+    pub(crate) protector: Option<u32>,
+
+    /// Unlock with a protector of this kind
+    #[arg(long, global = true, value_enum, value_name = "KIND", help_heading = UNLOCK)]
+    pub(crate) with: Option<WithArg>,
+
+    /// TPM to use, as a tpm2-tss TCTI (device:/dev/tpmrm0,
+    /// swtpm:host=127.0.0.1,port=2321) [default: the one recorded at
+    /// enrollment, else device:/dev/tpmrm0]
+    #[arg(long, global = true, env = "KEYWARD_TPM_TCTI", value_name = "TCTI",
+          help_heading = HARDWARE)]
+    pub(crate) tcti: Option<String>,
+
+    /// PKCS#11 module (shared library) [default: the URI's module-path at
+    /// enrollment, else the one recorded at enrollment]
+    #[arg(long, global = true, env = "KEYWARD_PKCS11_MODULE", value_name = "PATH",
+          help_heading = HARDWARE)]
+    pub(crate) module: Option<PathBuf>,
+
     /// The command to run
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -91,11 +126,12 @@ pub(crate) enum Command {
     Encrypt(EncryptArgs),
     /// Decrypt keyward data (the key is named in the data)
     Decrypt(DecryptArgs),
-    /// Sign data with a signing key
+    /// Sign data with a signing key, or with a device key (--protector ID)
     Sign(SignArgs),
     /// Verify a keyward signature
     Verify(VerifyArgs),
-    /// Print the public key of a signing key as PEM
+    /// Print the public key of a signing key, or of a device key
+    /// (--protector ID), as PEM
     ExportPublic(ExportPublicArgs),
     /// Master-key operations
     #[command(subcommand)]
@@ -147,6 +183,152 @@ pub(crate) enum EnrollCommand {
         #[command(flatten)]
         argon2: Argon2Args,
     },
+    /// Enroll this machine's TPM 2.0 (the new PIN from --pin-fd,
+    /// KEYWARD_PIN or a prompt, asked twice); unlock with another protector
+    Tpm(EnrollTpmArgs),
+    /// Enroll a PKCS#11 token or HSM (its user PIN from --pin-fd,
+    /// KEYWARD_PIN or a prompt); unlock with another protector
+    Pkcs11(EnrollPkcs11Args),
+}
+
+/// `keyward enroll tpm`.
+#[derive(Debug, Args)]
+pub(crate) struct EnrollTpmArgs {
+    /// Label shown in `keyward protectors list`
+    #[arg(long, default_value = "tpm")]
+    pub(crate) label: String,
+    /// Protect the TPM key with a PIN (the default)
+    #[arg(long, conflicts_with = "no_pin")]
+    pub(crate) pin: bool,
+    /// No PIN: the TPM unlocks on its own (bind it to --pcrs)
+    #[arg(long)]
+    pub(crate) no_pin: bool,
+    /// Bind the key to these SHA-256 PCRs (e.g. 7,11): it stops working
+    /// when they change (firmware, boot loader, Secure Boot)
+    #[arg(long, value_name = "LIST", value_delimiter = ',',
+          value_parser = clap::value_parser!(u8).range(0..=23))]
+    pub(crate) pcrs: Vec<u8>,
+    /// Replace the enrolled TPM protector (one transaction), e.g. after a
+    /// firmware update changed the PCRs; --protector ID picks it when
+    /// several are enrolled
+    #[arg(long)]
+    pub(crate) replace: bool,
+}
+
+impl EnrollTpmArgs {
+    /// Whether the new key gets a PIN.
+    pub(crate) fn with_pin(&self) -> bool {
+        !self.no_pin
+    }
+
+    /// The options as the TPM backend takes them (`pin`, `pcrs`).
+    pub(crate) fn options(&self) -> Vec<(String, String)> {
+        let mut options = vec![("pin".to_owned(), self.with_pin().to_string())];
+        if !self.pcrs.is_empty() {
+            let list: Vec<String> = self.pcrs.iter().map(u8::to_string).collect();
+            options.push(("pcrs".to_owned(), list.join(",")));
+        }
+        options
+    }
+}
+
+/// `keyward enroll pkcs11`.
+#[derive(Debug, Args)]
+pub(crate) struct EnrollPkcs11Args {
+    /// The token (and optionally the key) as an RFC 7512 PKCS#11 URI, e.g.
+    /// 'pkcs11:token=MyToken' (?module-path=PATH names the module)
+    #[arg(long, value_name = "URI")]
+    pub(crate) uri: String,
+    /// ecdh: a P-256 key pair on the token (default when the token can);
+    /// aes-gcm: an AES-256 key, for tokens without ECDH
+    #[arg(long, value_enum)]
+    pub(crate) mode: Option<ModeArg>,
+    /// Also make an Ed25519 key to sign with (ed25519); the default signs
+    /// with the P-256 key of the ecdh mode
+    #[arg(long, value_enum)]
+    pub(crate) sign: Option<SignArg>,
+    /// Label shown in `keyward protectors list`; the key on the token is
+    /// labelled "keyward LABEL"
+    #[arg(long, default_value = "pkcs11")]
+    pub(crate) label: String,
+    /// Replace the enrolled PKCS#11 protector (one transaction);
+    /// --protector ID picks it when several are enrolled
+    #[arg(long)]
+    pub(crate) replace: bool,
+}
+
+impl EnrollPkcs11Args {
+    /// The options as the PKCS#11 backend takes them (`mode`, `sign`).
+    pub(crate) fn options(&self) -> Vec<(String, String)> {
+        let mut options = Vec::new();
+        if let Some(mode) = self.mode {
+            options.push(("mode".to_owned(), mode.as_str().to_owned()));
+        }
+        if let Some(sign) = self.sign {
+            options.push(("sign".to_owned(), sign.as_str().to_owned()));
+        }
+        options
+    }
+}
+
+/// PKCS#11 wrap mode on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ModeArg {
+    /// P-256 ECDH (CKM_ECDH1_DERIVE) and the shared ECIES
+    Ecdh,
+    /// AES-256-GCM on the token (CKM_AES_GCM)
+    AesGcm,
+}
+
+impl ModeArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Ecdh => "ecdh",
+            Self::AesGcm => "aes-gcm",
+        }
+    }
+}
+
+/// PKCS#11 signing key on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum SignArg {
+    /// ECDSA P-256 with the ecdh key pair
+    Ecdsa,
+    /// Ed25519 with a key pair of its own (CKM_EDDSA)
+    Ed25519,
+}
+
+impl SignArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Ecdsa => "ecdsa",
+            Self::Ed25519 => "ed25519",
+        }
+    }
+}
+
+/// `--with`: the kind of protector to unlock with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum WithArg {
+    /// A recovery key
+    Recovery,
+    /// A passphrase
+    Passphrase,
+    /// The TPM
+    Tpm,
+    /// A PKCS#11 token
+    Pkcs11,
+}
+
+impl From<WithArg> for BackendKind {
+    fn from(w: WithArg) -> Self {
+        match w {
+            WithArg::Recovery => Self::Recovery,
+            WithArg::Passphrase => Self::Passphrase,
+            WithArg::Tpm => Self::Tpm,
+            WithArg::Pkcs11 => Self::Pkcs11,
+        }
+    }
 }
 
 /// Argon2id cost parameters of a passphrase protector. Advanced: the
@@ -327,12 +509,14 @@ pub(crate) struct DecryptArgs {
 /// `keyward sign`.
 #[derive(Debug, Args)]
 pub(crate) struct SignArgs {
-    /// Signing key (its primary version)
+    /// Signing key (its primary version). Without it, --protector ID signs
+    /// with that protector's device key (a DER ECDSA P-256 signature over
+    /// SHA-256, as `openssl dgst -sha256 -verify` checks it)
     #[arg(long, value_parser = parse_key_name)]
-    pub(crate) key: KeyName,
-    /// Intended audience, checked by verify
-    #[arg(long, default_value = "", value_name = "A")]
-    pub(crate) audience: String,
+    pub(crate) key: Option<KeyName>,
+    /// Intended audience, checked by verify (keyward signing keys only)
+    #[arg(long, value_name = "A")]
+    pub(crate) audience: Option<String>,
     /// Message file [default: stdin]
     #[arg(short, long, value_name = "IN")]
     pub(crate) input: Option<PathBuf>,
@@ -361,9 +545,10 @@ pub(crate) struct VerifyArgs {
 /// `keyward export-public`.
 #[derive(Debug, Args)]
 pub(crate) struct ExportPublicArgs {
-    /// Signing key name
+    /// Signing key name. Without it, --protector ID exports the public key
+    /// that protector's device signs with
     #[arg(value_parser = parse_key_name)]
-    pub(crate) name: KeyName,
+    pub(crate) name: Option<KeyName>,
     /// Version [default: the primary version]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) version: Option<u32>,
@@ -500,6 +685,70 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn hardware_enroll_options_are_the_backends_keys() {
+        let cli =
+            parse(&["enroll", "tpm", "--pcrs", "7,11", "--no-pin", "--replace"]).expect("parse");
+        match cli.command {
+            Command::Enroll(EnrollCommand::Tpm(args)) => {
+                assert!(args.replace && !args.with_pin());
+                assert_eq!(
+                    args.options(),
+                    vec![
+                        ("pin".to_owned(), "false".to_owned()),
+                        ("pcrs".to_owned(), "7,11".to_owned())
+                    ]
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let cli = parse(&["enroll", "tpm"]).expect("parse");
+        match cli.command {
+            Command::Enroll(EnrollCommand::Tpm(args)) => {
+                assert_eq!(args.label, "tpm");
+                assert_eq!(args.options(), vec![("pin".to_owned(), "true".to_owned())]);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let cli = parse(&[
+            "enroll",
+            "pkcs11",
+            "--uri",
+            "pkcs11:token=t",
+            "--mode",
+            "aes-gcm",
+            "--sign",
+            "ed25519",
+        ])
+        .expect("parse");
+        match cli.command {
+            Command::Enroll(EnrollCommand::Pkcs11(args)) => {
+                assert_eq!(args.uri, "pkcs11:token=t");
+                assert_eq!(
+                    args.options(),
+                    vec![
+                        ("mode".to_owned(), "aes-gcm".to_owned()),
+                        ("sign".to_owned(), "ed25519".to_owned())
+                    ]
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        for bad in [
+            &["enroll", "tpm", "--pcrs", "24"][..],
+            &["enroll", "tpm", "--pin", "--no-pin"],
+            &["enroll", "tpm", "--pin", "1234"],
+            &["enroll", "pkcs11", "--mode", "ecdh"],
+            &["status", "--with", "tpm", "--protector", "2"],
+            &["status", "--pin-fd", "-1"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        let cli = parse(&["decrypt", "--with", "pkcs11", "--tcti", "swtpm:port=1"]).expect("parse");
+        assert_eq!(cli.with, Some(WithArg::Pkcs11));
+        assert_eq!(cli.tcti.as_deref(), Some("swtpm:port=1"));
     }
 
     #[test]

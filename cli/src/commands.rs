@@ -3,20 +3,23 @@
 
 mod audit;
 mod data;
+mod device;
 mod keys;
 mod setup;
 
 use std::path::PathBuf;
+#[cfg(any(feature = "tpm", feature = "pkcs11"))]
+use std::sync::Arc;
 
-use keyward_kms::service::{Backends, UnlockWith};
-use keyward_kms::{Error, Service};
+use keyward_kms::service::{Backends, ProtectorInfo, UnlockWith};
+use keyward_kms::{BackendKind, Error, Service};
 
 use crate::args::{Cli, Command};
-use crate::failure::{Exit, Failure, UNLOCK_HINT};
-use crate::ui::Ui;
+use crate::failure::{Exit, Failure, UNLOCK_HINT, UNLOCK_HINT_HARDWARE};
+use crate::ui::{Reserve, Supplied, Ui};
 
-/// What every command needs: the parsed arguments, the keystore path and
-/// the user interface.
+/// What every command needs: the parsed arguments, the keystore path, the
+/// user interface and the backends.
 pub(crate) struct Ctx<'a> {
     /// Parsed arguments.
     pub(crate) cli: &'a Cli,
@@ -24,6 +27,81 @@ pub(crate) struct Ctx<'a> {
     pub(crate) path: PathBuf,
     /// Secret sources, prompts, notices.
     pub(crate) ui: Ui,
+    /// The protector backends of this process.
+    pub(crate) hardware: Hardware,
+}
+
+/// The backends of this process: the software protectors and the hardware
+/// backends compiled in, one instance each, shared (`Arc`) by every
+/// [`Service`] the command opens. Dropping it logs out of every PKCS#11
+/// token this process logged in to: a command's login never outlives it.
+pub(crate) struct Hardware {
+    backends: Backends,
+    #[cfg(feature = "pkcs11")]
+    pkcs11: Arc<keyward_backends::pkcs11::Backend>,
+}
+
+impl Hardware {
+    /// The backends, configured from `--tcti` / `KEYWARD_TPM_TCTI` and
+    /// `--module` / `KEYWARD_PKCS11_MODULE`. Nothing is opened or loaded
+    /// until a protector of the kind is used.
+    #[cfg_attr(
+        not(any(feature = "tpm", feature = "pkcs11")),
+        expect(unused_variables, reason = "only hardware backends take options")
+    )]
+    fn new(cli: &Cli) -> Self {
+        #[cfg_attr(
+            not(any(feature = "tpm", feature = "pkcs11")),
+            expect(unused_mut, reason = "only hardware backends are added")
+        )]
+        let mut backends = Backends::software();
+        #[cfg(feature = "tpm")]
+        {
+            use keyward_backends::tpm;
+            let tpm = match cli.tcti.as_deref().filter(|t| !t.is_empty()) {
+                Some(tcti) => tpm::Backend::with_tcti(tcti),
+                None => tpm::Backend::new(),
+            };
+            backends.add(Arc::new(tpm));
+        }
+        #[cfg(feature = "pkcs11")]
+        let pkcs11 = {
+            use keyward_backends::pkcs11;
+            let backend = Arc::new(pkcs11::Backend::new(pkcs11::Options {
+                module: cli.module.clone().filter(|m| !m.as_os_str().is_empty()),
+                mode: None,
+            }));
+            backends.add(backend.clone());
+            backend
+        };
+        Self {
+            backends,
+            #[cfg(feature = "pkcs11")]
+            pkcs11,
+        }
+    }
+
+    /// The registry to open a [`Service`] with (shares the instances).
+    pub(crate) fn backends(&self) -> Backends {
+        self.backends.clone()
+    }
+}
+
+impl Drop for Hardware {
+    fn drop(&mut self) {
+        // `keyward lock` does not exist yet; until the daemon holds logins,
+        // every command ends logged out.
+        #[cfg(feature = "pkcs11")]
+        self.pkcs11.logout();
+    }
+}
+
+/// Whether protectors of `kind` live on a device (and take a PIN).
+pub(crate) fn is_hardware(kind: BackendKind) -> bool {
+    matches!(
+        kind,
+        BackendKind::Tpm | BackendKind::Pkcs11 | BackendKind::Yubikey
+    )
 }
 
 /// Runs the command `cli` names.
@@ -36,7 +114,12 @@ pub(crate) fn run(cli: &Cli) -> Result<(), Failure> {
     let mut ctx = Ctx {
         cli,
         path,
-        ui: Ui::new(cli.passphrase_fd, cli.recovery_key_file.as_deref()),
+        ui: Ui::new(
+            cli.passphrase_fd,
+            cli.recovery_key_file.as_deref(),
+            cli.pin_fd,
+        ),
+        hardware: Hardware::new(cli),
     };
     match &cli.command {
         Command::Init(args) => setup::init(&mut ctx, args),
@@ -54,11 +137,6 @@ pub(crate) fn run(cli: &Cli) -> Result<(), Failure> {
     }
 }
 
-/// The software protectors; hardware backends join here as they land.
-fn backends() -> Backends {
-    Backends::software()
-}
-
 impl Ctx<'_> {
     /// Opens the keystore, locked.
     ///
@@ -72,7 +150,7 @@ impl Ctx<'_> {
             }
             .into());
         }
-        Service::open(&self.path, backends()).map_err(|e| self.ui.explain(e))
+        Service::open(&self.path, self.hardware.backends()).map_err(|e| self.ui.explain(e))
     }
 
     /// Maps a Service result, explaining a secret we could not ask for.
@@ -80,62 +158,171 @@ impl Ctx<'_> {
         result.map_err(|e| self.ui.explain(e))
     }
 
-    /// Unlocks the keystore with the protector the supplied secrets point
-    /// at; with none supplied, asks on the terminal which protector to use.
-    /// `new_passphrase` reserves the passphrase source for a passphrase
-    /// being enrolled, so the unlock must use something else.
+    /// Unlocks the keystore with the protector `--protector` or `--with`
+    /// names, else the one the supplied secrets point at; with none
+    /// supplied, asks on the terminal which protector to use. `reserve`
+    /// keeps a secret source for the protector being enrolled, so the
+    /// unlock must use something else.
     ///
     /// # Errors
-    /// No secret and no terminal (exit 3), and the Service's unlock errors.
-    pub(crate) fn unlock(
+    /// No secret and no terminal (exit 3), an ambiguous PIN (exit 2), and
+    /// the Service's unlock errors.
+    pub(crate) fn unlock(&self, service: &mut Service, reserve: Reserve) -> Result<(), Failure> {
+        self.unlock_with(service, reserve, self.cli.protector)
+    }
+
+    /// [`Ctx::unlock`] with the `--protector` choice given explicitly
+    /// (`None` when the command uses `--protector` for something else).
+    pub(crate) fn unlock_with(
         &self,
         service: &mut Service,
-        new_passphrase: bool,
+        reserve: Reserve,
+        protector: Option<u32>,
     ) -> Result<(), Failure> {
         if service.is_unlocked() {
             return Ok(());
         }
-        let with = match self.ui.supplied_kind(!new_passphrase) {
-            Some(kind) => UnlockWith::Kind(kind),
-            None if self.ui.interactive() => {
-                let protectors = self.check(service.protectors())?;
-                match protectors.as_slice() {
-                    [] => UnlockWith::Any,
-                    [only] => UnlockWith::Id(only.id),
-                    many => {
-                        let choices: Vec<(u32, String)> = many
-                            .iter()
-                            .map(|p| (p.id, format!("{} '{}' (id {})", p.kind, p.label, p.id)))
-                            .collect();
-                        UnlockWith::Id(
-                            self.ui
-                                .choose("Unlock the keystore with which protector?", &choices)?,
-                        )
-                    }
-                }
-            }
-            None if new_passphrase && self.ui.has_passphrase_source() => {
-                return Err(Failure::new(
-                    Exit::Auth,
-                    "the keystore must be unlocked with the recovery key to enroll a passphrase \
-                     without a terminal",
-                )
-                .hint(
-                    "pass --recovery-key-file FILE or KEYWARD_RECOVERY_KEY; --passphrase-fd or \
-                     KEYWARD_PASSPHRASE gives the new passphrase",
-                ));
-            }
-            None => {
-                return Err(Failure::new(
-                    Exit::Auth,
-                    "the keystore is locked and no secret was supplied to unlock it",
-                )
-                .hint(UNLOCK_HINT));
-            }
+        let protectors = self.check(service.protectors())?;
+        let with = self.unlock_choice(&protectors, reserve, protector)?;
+        let kind = match with {
+            UnlockWith::Kind(kind) => Some(kind),
+            UnlockWith::Id(id) => protectors.iter().find(|p| p.id == id).map(|p| p.kind),
+            UnlockWith::Any => None,
         };
-        let info = self.check(service.unlock(with, &self.ui))?;
+        // One PIN source per run: the device being enrolled owns it, and
+        // handing it to another device would spend one of that device's
+        // tries.
+        if reserve == Reserve::Pin && self.ui.has_pin_source() && kind.is_some_and(is_hardware) {
+            return Err(Failure::new(
+                Exit::Usage,
+                "--pin-fd / KEYWARD_PIN gives the PIN of the device being enrolled, so it cannot \
+                 also unlock with a device",
+            )
+            .hint(
+                "unlock with the recovery key or a passphrase, or run keyward on a terminal \
+                 without a PIN source to type both PINs",
+            ));
+        }
+        let info = service
+            .unlock(with, &self.ui)
+            .map_err(|e| self.ui.explain_for(&e, kind))?;
         tracing::info!(protector = info.id, kind = %info.kind, "unlocked");
         Ok(())
+    }
+
+    /// Which protector(s) to unlock with.
+    fn unlock_choice(
+        &self,
+        protectors: &[ProtectorInfo],
+        reserve: Reserve,
+        protector: Option<u32>,
+    ) -> Result<UnlockWith, Failure> {
+        if let Some(id) = protector {
+            return Ok(UnlockWith::Id(id));
+        }
+        if let Some(kind) = self.cli.with {
+            return Ok(UnlockWith::Kind(kind.into()));
+        }
+        let hardware: Vec<&ProtectorInfo> =
+            protectors.iter().filter(|p| is_hardware(p.kind)).collect();
+        match self.ui.supplied(reserve) {
+            Some(Supplied::RecoveryKey) => return Ok(UnlockWith::Kind(BackendKind::Recovery)),
+            Some(Supplied::Passphrase) => return Ok(UnlockWith::Kind(BackendKind::Passphrase)),
+            // A PIN fits one device; sending it to another would spend one
+            // of that device's tries.
+            Some(Supplied::Pin) => {
+                return match hardware.as_slice() {
+                    [only] => Ok(UnlockWith::Id(only.id)),
+                    [] => Err(Failure::new(
+                        Exit::NotFound,
+                        "a PIN was supplied but no hardware protector is enrolled",
+                    )
+                    .hint(
+                        "`keyward protectors list` shows what is enrolled; supply the secret \
+                         of one of those",
+                    )),
+                    many => Err(Failure::new(
+                        Exit::Usage,
+                        format!(
+                            "a PIN was supplied and {} hardware protectors are enrolled ({})",
+                            many.len(),
+                            many.iter()
+                                .map(|p| format!("{} {}", p.kind, p.id))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    )
+                    .hint("choose the one the PIN is for with --protector ID or --with KIND")),
+                };
+            }
+            None => {}
+        }
+        if self.ui.interactive() {
+            return Ok(match protectors {
+                [] => UnlockWith::Any,
+                [only] => UnlockWith::Id(only.id),
+                many => {
+                    let choices: Vec<(u32, String)> = many
+                        .iter()
+                        .map(|p| {
+                            let device = p
+                                .device_id
+                                .as_deref()
+                                .map(|d| format!(", {d}"))
+                                .unwrap_or_default();
+                            (
+                                p.id,
+                                format!("{} '{}' (id {}{device})", p.kind, p.label, p.id),
+                            )
+                        })
+                        .collect();
+                    UnlockWith::Id(
+                        self.ui
+                            .choose("Unlock the keystore with which protector?", &choices)?,
+                    )
+                }
+            });
+        }
+        let reserved = match reserve {
+            Reserve::Passphrase if self.ui.has_passphrase_source() => Some((
+                "enroll a passphrase",
+                "--passphrase-fd or KEYWARD_PASSPHRASE gives the new passphrase",
+            )),
+            Reserve::Pin if self.ui.has_pin_source() => Some((
+                "enroll a device",
+                "--pin-fd or KEYWARD_PIN gives the PIN of the device being enrolled",
+            )),
+            _ => None,
+        };
+        if let Some((what, source)) = reserved {
+            let other = if reserve == Reserve::Pin {
+                "pass --recovery-key-file FILE, KEYWARD_RECOVERY_KEY, --passphrase-fd N or \
+                 KEYWARD_PASSPHRASE"
+            } else {
+                "pass --recovery-key-file FILE or KEYWARD_RECOVERY_KEY"
+            };
+            let protector = if reserve == Reserve::Pin {
+                "another protector"
+            } else {
+                "the recovery key"
+            };
+            return Err(Failure::new(
+                Exit::Auth,
+                format!(
+                    "the keystore must be unlocked with {protector} to {what} without a terminal"
+                ),
+            )
+            .hint(format!("{other}; {source}")));
+        }
+        Err(Failure::new(
+            Exit::Auth,
+            "the keystore is locked and no secret was supplied to unlock it",
+        )
+        .hint(if hardware.is_empty() {
+            UNLOCK_HINT
+        } else {
+            UNLOCK_HINT_HARDWARE
+        }))
     }
 
     /// Runs `op`; if the Service says it needs the master key, unlocks and
@@ -149,7 +336,7 @@ impl Ctx<'_> {
     ) -> Result<T, Failure> {
         match op(service) {
             Err(Error::Locked) => {
-                self.unlock(service, false)?;
+                self.unlock(service, Reserve::Nothing)?;
                 self.check(op(service))
             }
             other => self.check(other),

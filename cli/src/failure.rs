@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use keyward_kms::Error;
+use keyward_kms::{BackendKind, Error};
 
 /// Process exit codes. Stable: scripts depend on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,9 +88,205 @@ impl Failure {
 
 impl From<Error> for Failure {
     fn from(err: Error) -> Self {
-        from_kms(&err)
+        from_kms_for(&err, None)
     }
 }
+
+/// [`from_kms`] for an error from a protector of `kind` (when known): PIN,
+/// lockout and wrong-device errors carry no kind of their own, and their
+/// remedy depends on it.
+pub(crate) fn from_kms_for(err: &Error, kind: Option<BackendKind>) -> Failure {
+    let generic = from_kms(err);
+    match hardware(err, kind) {
+        Some((code, message, hint)) => Failure {
+            message: message.unwrap_or(generic.message),
+            hint: Some(hint),
+            code,
+        },
+        None => generic,
+    }
+}
+
+/// Where a PKCS#11 `DeviceNotFound` is about the module rather than the
+/// token: the backend's hints for a missing module start this way.
+fn is_pkcs11_module_problem(hint: &str) -> bool {
+    hint.starts_with("PKCS#11 module ") || hint.starts_with("no PKCS#11 module")
+}
+
+/// The PCR list of the TPM backend's PCR-mismatch message ("... because
+/// PCR 7, 11 (sha256 bank) changed ..."), as `--pcrs` takes it.
+fn pcr_list(message: &str) -> Option<String> {
+    let start = message.find("because PCR ")? + "because PCR ".len();
+    let rest = &message[start..];
+    let list = &rest[..rest.find(" (sha256 bank)")?];
+    let pcrs: Vec<&str> = list.split(", ").collect();
+    pcrs.iter()
+        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| pcrs.join(","))
+}
+
+/// Exit code, replacement message (if any) and remedy of the errors of the
+/// hardware backends (docs/CLI.md, "Hardware protectors").
+fn hardware(err: &Error, kind: Option<BackendKind>) -> Option<(Exit, Option<String>, String)> {
+    const OTHER: &str = "unlock with another protector (e.g. --recovery-key-file FILE)";
+    let tpm = kind == Some(BackendKind::Tpm);
+    let pkcs11 = kind == Some(BackendKind::Pkcs11);
+    Some(match err {
+        Error::DeviceNotFound { kind, hint } if kind == "tpm" => (
+            Exit::Device,
+            // The backend says "cannot reach the TPM at TCTI: <remedy>";
+            // the remedy is ours, below.
+            hint.as_deref()
+                .and_then(|h| h.split_once(": is the TPM"))
+                .map(|(diagnosis, _)| diagnosis.to_owned()),
+            format!(
+                "is swtpm running, or is /dev/tpmrm0 there and usable by you (group tss)? \
+                 set KEYWARD_TPM_TCTI or --tcti to the TPM's TCTI, or {OTHER}"
+            ),
+        ),
+        Error::DeviceNotFound {
+            kind,
+            hint: Some(hint),
+        } if kind == "pkcs11" && is_pkcs11_module_problem(hint) => {
+            let (diagnosis, remedy) = hint
+                .split_once(" given: ")
+                .map(|(d, r)| (format!("{d} given"), r))
+                .or_else(|| hint.split_once("; ").map(|(d, r)| (d.to_owned(), r)))
+                .unwrap_or_else(|| (hint.clone(), "give it with --module PATH"));
+            (Exit::Device, Some(diagnosis), remedy.to_owned())
+        }
+        Error::DeviceNotFound { kind, hint } if kind == "pkcs11" => (
+            Exit::Device,
+            hint.as_deref()
+                .filter(|h| h.starts_with("token ") && h.contains(" is not present; insert it"))
+                .map(|h| format!("PKCS#11 {}", h.replacen("; insert it", "", 1))),
+            format!(
+                "insert the token and try again (SoftHSM: check SOFTHSM2_CONF and its token \
+                 directory), or {OTHER}"
+            ),
+        ),
+        Error::Device { kind, code, .. } if kind == "pkcs11" && code == "dlopen" => (
+            Exit::Device,
+            None,
+            "give the path of a PKCS#11 module for this machine with --module PATH or \
+             KEYWARD_PKCS11_MODULE"
+                .to_owned(),
+        ),
+        Error::Device { kind, code, .. }
+            if kind == "pkcs11" && code == "CKR_USER_NOT_LOGGED_IN" =>
+        {
+            (
+                Exit::Auth,
+                None,
+                "an aes-gcm PKCS#11 protector wraps on its token, so the token must be logged in: \
+             unlock with that protector (--protector ID and its PIN), then run the command again"
+                    .to_owned(),
+            )
+        }
+        Error::Device {
+            kind,
+            code,
+            message,
+        } if kind == "tpm" && code == "pcr-mismatch" => {
+            // The backend's message ends with its own remedy; we give ours,
+            // with the exact command, as the hint.
+            let diagnosis = message
+                .split_once(". Unlock with")
+                .map_or(message.as_str(), |(d, _)| d);
+            let pcrs = pcr_list(message).unwrap_or_else(|| "LIST".to_owned());
+            (
+                Exit::Auth,
+                Some(diagnosis.to_owned()),
+                format!(
+                    "unlock with the recovery key and bind a new TPM protector to the current \
+                     values in one step: `keyward enroll tpm --replace --pcrs {pcrs} \
+                     --recovery-key-file FILE`; no data is lost"
+                ),
+            )
+        }
+        Error::Device { kind, code, .. } if kind == "tpm" && code == "0x1df" => {
+            (Exit::Device, None, WRONG_TPM_HINT.to_owned())
+        }
+        Error::WrongDevice { .. } if tpm => (Exit::Device, None, WRONG_TPM_HINT.to_owned()),
+        Error::WrongDevice { .. } if pkcs11 => (
+            Exit::Device,
+            None,
+            format!(
+                "connect the token this protector was enrolled with (`keyward protectors \
+                 list` shows it), or {OTHER}"
+            ),
+        ),
+        Error::WrongPin { .. } if tpm || pkcs11 => (
+            Exit::Auth,
+            None,
+            format!(
+                "keyward never retries a PIN: check it and run the command again (--pin-fd N, \
+                 KEYWARD_PIN or the prompt); {}",
+                if tpm {
+                    "after too many wrong PINs the TPM locks out for a while, so if you have \
+                     forgotten it, unlock with the recovery key"
+                } else {
+                    "after too many wrong PINs the token blocks it, so if you have forgotten \
+                     it, unlock with the recovery key"
+                }
+            ),
+        ),
+        Error::Lockout { seconds } if tpm => (
+            Exit::Auth,
+            None,
+            format!(
+                "the TPM refuses PINs after too many wrong ones (dictionary-attack \
+                 protection); {}, or its owner can reset it with `tpm2_dictionarylockout \
+                 --clear-lockout`; meanwhile {OTHER}",
+                seconds.map_or_else(
+                    || "it forgives failures after a while".to_owned(),
+                    |s| format!("it forgives one failure every {s} s")
+                )
+            ),
+        ),
+        Error::PinBlocked if pkcs11 => (
+            Exit::Auth,
+            None,
+            format!(
+                "unblock the user PIN with the token's SO PIN (e.g. `pkcs11-tool --login \
+                 --login-type so --init-pin`), or {OTHER}"
+            ),
+        ),
+        Error::NotSupported { kind, what } if kind == "pkcs11" => {
+            // The signing case first: its text also names mode=ecdh.
+            let hint = if what.starts_with("signing with an aes-gcm") {
+                "an aes-gcm protector has no key to sign with: enroll the token with --mode \
+                 ecdh, or add an Ed25519 key with --sign ed25519"
+            } else if what.contains("mode=aes-gcm") {
+                "the token lacks a mechanism of the ecdh mode: enroll it with `keyward enroll \
+                 pkcs11 --uri URI --mode aes-gcm`"
+            } else if what.contains("mode=ecdh") {
+                "the token lacks a mechanism of the aes-gcm mode: enroll it with `keyward \
+                 enroll pkcs11 --uri URI --mode ecdh`"
+            } else if what.contains("sign=ed25519") {
+                "the token cannot make Ed25519 keys: enroll it without --sign ed25519 to sign \
+                 with ECDSA P-256"
+            } else {
+                return None;
+            };
+            (Exit::Device, None, hint.to_owned())
+        }
+        Error::NotSupported { kind, what } if what.ends_with("in this build of keyward") => (
+            Exit::Device,
+            None,
+            format!(
+                "this keyward was built without the {kind} backend (cargo feature {kind}); \
+                 use a build with it, or unlock with another protector"
+            ),
+        ),
+        _ => return None,
+    })
+}
+
+/// The remedy when the TPM is not the one a protector was enrolled on.
+const WRONG_TPM_HINT: &str = "this TPM protector belongs to another TPM, or this TPM was \
+     cleared since enrollment: use the machine it was enrolled on, or unlock with the \
+     recovery key and enroll this TPM with `keyward enroll tpm --replace`";
 
 /// The message of `err` with its chain of sources (`Io` and `Database`
 /// carry the underlying cause there).
@@ -432,6 +628,12 @@ pub(crate) const UNLOCK_HINT: &str = "unlock with a passphrase (--passphrase-fd 
      KEYWARD_PASSPHRASE) or the recovery key (--recovery-key-file FILE or \
      KEYWARD_RECOVERY_KEY), or run keyward on a terminal to be asked";
 
+/// [`UNLOCK_HINT`] when hardware protectors are enrolled.
+pub(crate) const UNLOCK_HINT_HARDWARE: &str = "unlock with a passphrase (--passphrase-fd N \
+     or KEYWARD_PASSPHRASE), the recovery key (--recovery-key-file FILE or \
+     KEYWARD_RECOVERY_KEY) or a device PIN (--pin-fd N or KEYWARD_PIN; --with tpm for a TPM \
+     without PIN), or run keyward on a terminal to be asked";
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -653,6 +855,174 @@ mod tests {
             &std::io::Error::from(std::io::ErrorKind::BrokenPipe),
         );
         assert!(f.is_silent());
+    }
+
+    #[test]
+    fn hardware_errors_get_a_remedy_by_kind() {
+        let tpm = Some(BackendKind::Tpm);
+        let pkcs11 = Some(BackendKind::Pkcs11);
+        let f = from_kms_for(
+            &Error::WrongPin {
+                retries_left: Some(2),
+            },
+            tpm,
+        );
+        assert_eq!(
+            (f.code, f.message.as_str()),
+            (Exit::Auth, "wrong PIN (2 tries left)")
+        );
+        assert!(
+            f.hint
+                .as_deref()
+                .is_some_and(|h| h.contains("TPM locks out"))
+        );
+        let f = from_kms_for(&Error::WrongPin { retries_left: None }, pkcs11);
+        assert!(
+            f.hint
+                .as_deref()
+                .is_some_and(|h| h.contains("token blocks it"))
+        );
+        // Without a kind, the generic remedy.
+        let f = from_kms_for(&Error::WrongPin { retries_left: None }, None);
+        assert_eq!(
+            f.hint.as_deref(),
+            Some("check the PIN; after too many wrong tries the device blocks it")
+        );
+        let f = from_kms_for(
+            &Error::Lockout {
+                seconds: Some(1000),
+            },
+            tpm,
+        );
+        assert_eq!(f.message, "the device is locked out for 1000 s");
+        assert!(
+            f.hint
+                .as_deref()
+                .is_some_and(|h| h.contains("one failure every 1000 s"))
+        );
+        let f = from_kms_for(&Error::PinBlocked, pkcs11);
+        assert!(f.hint.as_deref().is_some_and(|h| h.contains("--init-pin")));
+        for kind in [tpm, pkcs11] {
+            let f = from_kms_for(
+                &Error::WrongDevice {
+                    expected: "a".into(),
+                    found: "b".into(),
+                },
+                kind,
+            );
+            assert_eq!(f.code, Exit::Device);
+            assert_ne!(f.hint, from_kms(&Error::WrongPassphrase).hint);
+        }
+        // Kinds carried by the error itself need no context.
+        let f = Failure::from(Error::DeviceNotFound {
+            kind: "tpm".into(),
+            hint: Some(
+                "cannot reach the TPM at device:/dev/tpmrm0: is the TPM present / swtpm \
+                 running? set KEYWARD_TPM_TCTI or --tcti to another TCTI"
+                    .into(),
+            ),
+        });
+        assert_eq!(f.message, "cannot reach the TPM at device:/dev/tpmrm0");
+        assert!(
+            f.hint
+                .as_deref()
+                .is_some_and(|h| h.starts_with("is swtpm running"))
+        );
+        let f = Failure::from(Error::Device {
+            kind: "tpm".into(),
+            code: "0x1df".into(),
+            message: "the TPM cannot load the key".into(),
+        });
+        assert_eq!(f.hint.as_deref(), Some(WRONG_TPM_HINT));
+    }
+
+    #[test]
+    fn pcr_mismatch_is_split_into_diagnosis_and_command() {
+        let f = Failure::from(Error::Device {
+            kind: "tpm".into(),
+            code: "pcr-mismatch".into(),
+            message: "the TPM refuses this key because PCR 7, 11 (sha256 bank) changed since \
+                      enrollment (firmware). Unlock with your recovery key or another \
+                      protector, then run `keyward enroll tpm --replace`"
+                .into(),
+        });
+        assert_eq!(f.code, Exit::Auth);
+        assert_eq!(
+            f.message,
+            "the TPM refuses this key because PCR 7, 11 (sha256 bank) changed since enrollment \
+             (firmware)"
+        );
+        assert!(
+            f.hint
+                .as_deref()
+                .is_some_and(|h| h.contains("`keyward enroll tpm --replace --pcrs 7,11 ")),
+            "{f:?}"
+        );
+        assert_eq!(pcr_list("because PCR values changed"), None);
+        assert_eq!(pcr_list("because PCR x (sha256 bank)"), None);
+    }
+
+    #[cfg(feature = "pkcs11")]
+    #[test]
+    fn pkcs11_module_errors_as_the_backend_words_them() {
+        use keyward_backends::pkcs11::library;
+        let missing = library::load(std::path::Path::new("/nonexistent/libx.so"))
+            .expect_err("no such module");
+        let f = Failure::from(missing);
+        assert_eq!(
+            f.message,
+            "PKCS#11 module /nonexistent/libx.so not found (No such file or directory (os error \
+             2))"
+        );
+        assert!(
+            f.hint
+                .as_deref()
+                .is_some_and(|h| h.starts_with("install it or give"))
+        );
+        let token = Failure::from(Error::DeviceNotFound {
+            kind: "pkcs11".into(),
+            hint: Some("token \"t\" (serial 1) is not present; insert it (visible: \"u\")".into()),
+        });
+        assert_eq!(
+            token.message,
+            "PKCS#11 token \"t\" (serial 1) is not present (visible: \"u\")"
+        );
+        assert!(
+            token
+                .hint
+                .as_deref()
+                .is_some_and(|h| h.starts_with("insert the token"))
+        );
+    }
+
+    #[test]
+    fn mechanism_errors_suggest_the_other_mode() {
+        let hint = |what: &'static str| {
+            Failure::from(Error::NotSupported {
+                kind: "pkcs11".into(),
+                what,
+            })
+            .hint
+            .unwrap_or_default()
+        };
+        assert!(
+            hint("CKM_ECDH1_DERIVE with the null KDF; enroll this token with mode=aes-gcm")
+                .ends_with("--mode aes-gcm`")
+        );
+        assert!(hint("CKM_AES_GCM; enroll this token with mode=ecdh").ends_with("--mode ecdh`"));
+        assert!(
+            hint("signing with an aes-gcm enrollment (enroll with mode=ecdh or sign=ed25519)")
+                .starts_with("an aes-gcm protector has no key to sign with")
+        );
+        let f = Failure::from(Error::NotSupported {
+            kind: "tpm".into(),
+            what: "protectors of this kind in this build of keyward",
+        });
+        assert!(
+            f.hint
+                .as_deref()
+                .is_some_and(|h| h.contains("cargo feature tpm"))
+        );
     }
 
     #[test]

@@ -2,10 +2,10 @@
 //! told things.
 //!
 //! Secrets come from, in this order of preference:
-//! - an explicit flag: `--passphrase-fd N` (the passphrase is read up to the
+//! - an explicit flag: `--passphrase-fd N` or `--pin-fd N` (read up to the
 //!   first newline) or `--recovery-key-file FILE`;
 //! - the environment, for automation: `KEYWARD_PASSPHRASE`,
-//!   `KEYWARD_RECOVERY_KEY`;
+//!   `KEYWARD_RECOVERY_KEY`, `KEYWARD_PIN`;
 //! - a prompt on the controlling terminal (`/dev/tty`, echo off), only when
 //!   stderr is a terminal, so that stdin and stdout stay free for data.
 //!
@@ -32,6 +32,8 @@ use crate::files::to_stderr;
 pub(crate) const ENV_PASSPHRASE: &str = "KEYWARD_PASSPHRASE";
 /// Environment variable holding the recovery key (automation only).
 pub(crate) const ENV_RECOVERY_KEY: &str = "KEYWARD_RECOVERY_KEY";
+/// Environment variable holding a device PIN (automation only).
+pub(crate) const ENV_PIN: &str = "KEYWARD_PIN";
 
 /// Longest secret accepted from any source. Bounds the allocation when a
 /// file descriptor or file delivers garbage.
@@ -50,7 +52,7 @@ pub(crate) struct Source {
 
 #[derive(Debug, Clone)]
 enum Origin {
-    /// `--passphrase-fd N`.
+    /// `--passphrase-fd N`, `--pin-fd N`.
     Fd(i32),
     /// A variable of the environment.
     Env(&'static str),
@@ -263,6 +265,30 @@ impl Tty {
     }
 }
 
+/// A secret the user supplied ahead of time (flag or environment), which
+/// picks the protector to unlock with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Supplied {
+    /// A recovery key.
+    RecoveryKey,
+    /// A passphrase.
+    Passphrase,
+    /// A PIN: a hardware protector.
+    Pin,
+}
+
+/// A secret source kept for the protector being enrolled, so that the
+/// unlock before the enrollment must use another one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reserve {
+    /// Every source may unlock.
+    Nothing,
+    /// The passphrase source gives a new passphrase.
+    Passphrase,
+    /// The PIN source gives the PIN of the device being enrolled.
+    Pin,
+}
+
 /// The CLI's user interface: secret sources, the terminal, and where a new
 /// recovery key goes.
 #[derive(Debug)]
@@ -270,6 +296,7 @@ pub(crate) struct Ui {
     tty: Option<Mutex<Tty>>,
     passphrase: Option<Source>,
     recovery: Option<Source>,
+    pin: Option<Source>,
     recovery_out: Option<PathBuf>,
     written: Mutex<Option<PathBuf>>,
     missing: Mutex<Option<SecretKind>>,
@@ -277,22 +304,27 @@ pub(crate) struct Ui {
 
 impl Ui {
     /// Builds the UI from the global flags and the environment.
-    pub(crate) fn new(passphrase_fd: Option<i32>, recovery_key_file: Option<&Path>) -> Self {
+    pub(crate) fn new(
+        passphrase_fd: Option<i32>,
+        recovery_key_file: Option<&Path>,
+        pin_fd: Option<i32>,
+    ) -> Self {
+        let from_env =
+            |name: &'static str| std::env::var_os(name).map(|_| Source::new(Origin::Env(name)));
         let passphrase = passphrase_fd
             .map(|fd| Source::new(Origin::Fd(fd)))
-            .or_else(|| {
-                std::env::var_os(ENV_PASSPHRASE).map(|_| Source::new(Origin::Env(ENV_PASSPHRASE)))
-            });
+            .or_else(|| from_env(ENV_PASSPHRASE));
         let recovery = recovery_key_file
             .map(|p| Source::new(Origin::File(p.to_path_buf())))
-            .or_else(|| {
-                std::env::var_os(ENV_RECOVERY_KEY)
-                    .map(|_| Source::new(Origin::Env(ENV_RECOVERY_KEY)))
-            });
+            .or_else(|| from_env(ENV_RECOVERY_KEY));
+        let pin = pin_fd
+            .map(|fd| Source::new(Origin::Fd(fd)))
+            .or_else(|| from_env(ENV_PIN));
         Self {
             tty: Tty::open().map(Mutex::new),
             passphrase,
             recovery,
+            pin,
             recovery_out: None,
             written: Mutex::new(None),
             missing: Mutex::new(None),
@@ -314,23 +346,37 @@ impl Ui {
         self.passphrase.is_some()
     }
 
-    /// Which protector kind to unlock with, judging by the secrets supplied:
-    /// an explicit flag beats the environment, and the recovery key beats a
-    /// passphrase at equal rank (it is cheap to check and is what `enroll
-    /// passphrase` needs). `allow_passphrase` is false when the passphrase
-    /// source is reserved for a new passphrase.
-    pub(crate) fn supplied_kind(&self, allow_passphrase: bool) -> Option<BackendKind> {
-        let recovery = self.recovery.as_ref().map(Source::explicit);
-        let passphrase = self
-            .passphrase
-            .as_ref()
-            .filter(|_| allow_passphrase)
-            .map(Source::explicit);
-        match (recovery, passphrase) {
-            (Some(true), _) | (Some(false), None | Some(false)) => Some(BackendKind::Recovery),
-            (_, Some(_)) => Some(BackendKind::Passphrase),
-            (None, None) => None,
-        }
+    /// Whether a PIN comes from a flag or the environment.
+    pub(crate) fn has_pin_source(&self) -> bool {
+        self.pin.is_some()
+    }
+
+    /// Which secret to unlock with, judging by the ones supplied: an
+    /// explicit flag beats the environment, and at equal rank the recovery
+    /// key beats a passphrase (it is cheap to check and is what `enroll
+    /// passphrase` needs), which beats a PIN (a wrong guess at a PIN costs a
+    /// device try). A `reserve`d source is left for the enrollment.
+    pub(crate) fn supplied(&self, reserve: Reserve) -> Option<Supplied> {
+        let candidates = [
+            (Supplied::RecoveryKey, self.recovery.as_ref()),
+            (
+                Supplied::Passphrase,
+                self.passphrase
+                    .as_ref()
+                    .filter(|_| reserve != Reserve::Passphrase),
+            ),
+            (
+                Supplied::Pin,
+                self.pin.as_ref().filter(|_| reserve != Reserve::Pin),
+            ),
+        ];
+        let pick = |explicit: bool| {
+            candidates
+                .iter()
+                .find(|(_, source)| source.is_some_and(|s| s.explicit() == explicit))
+                .map(|(which, _)| *which)
+        };
+        pick(true).or_else(|| pick(false))
     }
 
     /// Asks on the terminal which of `choices` (id, description) to use.
@@ -370,12 +416,25 @@ impl Ui {
     /// Turns a Service error into a failure, explaining a secret that could
     /// not be asked for (the Callbacks can only return `Cancelled`).
     pub(crate) fn explain(&self, err: Error) -> Failure {
+        self.missing_failure(&err)
+            .unwrap_or_else(|| Failure::from(err))
+    }
+
+    /// [`Ui::explain`] for an error of a protector of `kind`, when known
+    /// (its PIN, lockout and wrong-device remedies depend on it).
+    pub(crate) fn explain_for(&self, err: &Error, kind: Option<BackendKind>) -> Failure {
+        self.missing_failure(err)
+            .unwrap_or_else(|| crate::failure::from_kms_for(err, kind))
+    }
+
+    /// The failure for a `Cancelled` that was really a secret we had no way
+    /// to ask for.
+    fn missing_failure(&self, err: &Error) -> Option<Failure> {
         if matches!(err, Error::Cancelled) {
-            if let Some(kind) = lock(&self.missing).take() {
-                return missing_secret(kind);
-            }
+            lock(&self.missing).take().map(missing_secret)
+        } else {
+            None
         }
-        Failure::from(err)
     }
 
     /// Deletes the recovery-key file written by this run (when the command
@@ -426,6 +485,17 @@ fn capitalized(text: &str) -> String {
     })
 }
 
+/// The prompt for a PIN (or PUK) the backend described: "PIN for TPM
+/// (srk:…) (3 tries left): ", or the description itself when it names what
+/// is asked (`New TPM PIN for "laptop": `).
+fn pin_prompt(what: &str, description: &str, tries: &str) -> String {
+    if description.contains(&format!("{what} for ")) {
+        format!("{}{tries}: ", capitalized(description))
+    } else {
+        format!("{what} for {description}{tries}: ")
+    }
+}
+
 /// The failure for a secret we had no way to get.
 pub(crate) fn missing_secret(kind: SecretKind) -> Failure {
     let (what, hint) = match kind {
@@ -438,9 +508,14 @@ pub(crate) fn missing_secret(kind: SecretKind) -> Failure {
             "pass it with --recovery-key-file FILE or KEYWARD_RECOVERY_KEY, or run keyward on \
              a terminal",
         ),
-        SecretKind::Pin | SecretKind::Puk => (
+        SecretKind::Pin => (
             "a PIN",
-            "run keyward on a terminal to enter the PIN, or unlock with another protector",
+            "pass it with --pin-fd N or KEYWARD_PIN, or run keyward on a terminal, or unlock \
+             with another protector",
+        ),
+        SecretKind::Puk => (
+            "a PUK",
+            "run keyward on a terminal to enter the PUK, or unlock with another protector",
         ),
     };
     Failure::new(
@@ -500,6 +575,15 @@ impl Callbacks for Ui {
                 lock(tty).ask_secret(&format!("{}: ", capitalized(description)))
             }
             SecretKind::Pin | SecretKind::Puk => {
+                // One read per run: a PIN is never retried by itself, and a
+                // device that asks twice (a new PIN, typed again) gets the
+                // same answer.
+                if request.kind == SecretKind::Pin {
+                    if let Some(source) = &self.pin {
+                        tracing::info!(device = description, "PIN from {}", source.describe());
+                        return source.read("PIN", false);
+                    }
+                }
                 let Some(tty) = &self.tty else {
                     return Err(self.no_source(request.kind));
                 };
@@ -508,7 +592,7 @@ impl Callbacks for Ui {
                 } else {
                     "PUK"
                 };
-                lock(tty).ask_secret(&format!("{what} for {description}{tries}: "))
+                lock(tty).ask_secret(&pin_prompt(what, description, &tries))
             }
         }
     }
@@ -579,7 +663,7 @@ mod tests {
         let file = File::open(&path).expect("open");
         let ui = Ui {
             passphrase: Some(Source::new(Origin::Fd(file.as_raw_fd()))),
-            ..Ui::new(None, None)
+            ..Ui::new(None, None, None)
         };
         let s = ui
             .request_secret(&request(SecretKind::Passphrase))
@@ -596,7 +680,7 @@ mod tests {
     fn fd_source_errors_are_typed() {
         let ui = Ui {
             passphrase: Some(Source::new(Origin::Fd(987_654))),
-            ..Ui::new(None, None)
+            ..Ui::new(None, None, None)
         };
         let err = ui
             .request_secret(&request(SecretKind::Passphrase))
@@ -614,28 +698,28 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("rk");
         std::fs::write(&path, b"  ABCD-EFGH-1234\n\n").expect("write");
-        let ui = Ui::new(None, Some(&path));
+        let ui = Ui::new(None, Some(&path), None);
         let s = ui
             .request_secret(&request(SecretKind::RecoveryKey))
             .expect("secret");
         assert_eq!(s.expose_secret(), "ABCD-EFGH-1234");
 
         std::fs::write(&path, vec![b'A'; MAX_SECRET_LEN + 10]).expect("write");
-        let ui = Ui::new(None, Some(&path));
+        let ui = Ui::new(None, Some(&path), None);
         let err = ui
             .request_secret(&request(SecretKind::RecoveryKey))
             .expect_err("too long");
         assert!(err.to_string().ends_with("is too long"), "{err}");
 
         std::fs::write(&path, b" \n").expect("write");
-        let ui = Ui::new(None, Some(&path));
+        let ui = Ui::new(None, Some(&path), None);
         let err = ui
             .request_secret(&request(SecretKind::RecoveryKey))
             .expect_err("empty");
         assert!(err.to_string().ends_with("is empty"), "{err}");
 
         std::fs::write(&path, b"\xff\xfe").expect("write");
-        let ui = Ui::new(None, Some(&path));
+        let ui = Ui::new(None, Some(&path), None);
         let err = ui
             .request_secret(&request(SecretKind::RecoveryKey))
             .expect_err("not utf-8");
@@ -648,7 +732,7 @@ mod tests {
             tty: None,
             passphrase: None,
             recovery: None,
-            ..Ui::new(None, None)
+            ..Ui::new(None, None, None)
         };
         let err = ui
             .request_secret(&request(SecretKind::RecoveryKey))
@@ -665,35 +749,109 @@ mod tests {
     }
 
     #[test]
-    fn supplied_kind_ranks_sources() {
+    fn supplied_secrets_are_ranked() {
         let dir = tempfile::tempdir().expect("tempdir");
         let rk = dir.path().join("rk");
         let base = || Ui {
             tty: None,
             passphrase: None,
             recovery: None,
-            ..Ui::new(None, None)
+            pin: None,
+            ..Ui::new(None, None, None)
         };
-        assert_eq!(base().supplied_kind(true), None);
+        assert_eq!(base().supplied(Reserve::Nothing), None);
         let ui = Ui {
             passphrase: Some(Source::new(Origin::Env(ENV_PASSPHRASE))),
             ..base()
         };
-        assert_eq!(ui.supplied_kind(true), Some(BackendKind::Passphrase));
-        assert_eq!(ui.supplied_kind(false), None);
+        assert_eq!(ui.supplied(Reserve::Nothing), Some(Supplied::Passphrase));
+        assert_eq!(ui.supplied(Reserve::Passphrase), None);
         let ui = Ui {
             passphrase: Some(Source::new(Origin::Fd(3))),
             recovery: Some(Source::new(Origin::Env(ENV_RECOVERY_KEY))),
             ..base()
         };
-        assert_eq!(ui.supplied_kind(true), Some(BackendKind::Passphrase));
-        assert_eq!(ui.supplied_kind(false), Some(BackendKind::Recovery));
+        assert_eq!(ui.supplied(Reserve::Nothing), Some(Supplied::Passphrase));
+        assert_eq!(
+            ui.supplied(Reserve::Passphrase),
+            Some(Supplied::RecoveryKey)
+        );
         let ui = Ui {
             passphrase: Some(Source::new(Origin::Env(ENV_PASSPHRASE))),
             recovery: Some(Source::new(Origin::File(rk))),
             ..base()
         };
-        assert_eq!(ui.supplied_kind(true), Some(BackendKind::Recovery));
+        assert_eq!(ui.supplied(Reserve::Nothing), Some(Supplied::RecoveryKey));
+        // A PIN ranks last at equal rank, first when it alone is explicit,
+        // and is skipped when reserved for the device being enrolled.
+        let ui = Ui {
+            pin: Some(Source::new(Origin::Env(ENV_PIN))),
+            recovery: Some(Source::new(Origin::Env(ENV_RECOVERY_KEY))),
+            ..base()
+        };
+        assert_eq!(ui.supplied(Reserve::Nothing), Some(Supplied::RecoveryKey));
+        let ui = Ui {
+            pin: Some(Source::new(Origin::Fd(4))),
+            recovery: Some(Source::new(Origin::Env(ENV_RECOVERY_KEY))),
+            ..base()
+        };
+        assert_eq!(ui.supplied(Reserve::Nothing), Some(Supplied::Pin));
+        assert_eq!(ui.supplied(Reserve::Pin), Some(Supplied::RecoveryKey));
+        let ui = Ui {
+            pin: Some(Source::new(Origin::Env(ENV_PIN))),
+            ..base()
+        };
+        assert_eq!(ui.supplied(Reserve::Nothing), Some(Supplied::Pin));
+        assert_eq!(ui.supplied(Reserve::Pin), None);
+    }
+
+    #[test]
+    fn pin_prompts_show_the_device_and_tries() {
+        assert_eq!(
+            pin_prompt("PIN", "TPM (srk:0123456789abcdef)", " (3 tries left)"),
+            "PIN for TPM (srk:0123456789abcdef) (3 tries left): "
+        );
+        assert_eq!(
+            pin_prompt("PIN", "new TPM PIN for \"laptop\" (again)", ""),
+            "New TPM PIN for \"laptop\" (again): "
+        );
+        // A token's PIN-state flags mention "PIN" too; the prompt still
+        // says what is asked.
+        assert_eq!(
+            pin_prompt(
+                "PIN",
+                "PKCS#11 token \"desk\" (serial 1) — CKF_USER_PIN_COUNT_LOW: a wrong PIN was \
+                 entered since the last success",
+                ""
+            ),
+            "PIN for PKCS#11 token \"desk\" (serial 1) — CKF_USER_PIN_COUNT_LOW: a wrong PIN \
+             was entered since the last success: "
+        );
+    }
+
+    #[test]
+    fn pin_source_is_read_once_for_every_request() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pin");
+        std::fs::write(&path, b"246810\nrest\n").expect("write");
+        let file = File::open(&path).expect("open");
+        let ui = Ui {
+            tty: None,
+            pin: Some(Source::new(Origin::Fd(file.as_raw_fd()))),
+            ..Ui::new(None, None, None)
+        };
+        for _ in 0..2 {
+            let s = ui.request_secret(&request(SecretKind::Pin)).expect("pin");
+            assert_eq!(s.expose_secret(), "246810");
+        }
+        // A PUK never comes from the PIN source.
+        let err = ui
+            .request_secret(&request(SecretKind::Puk))
+            .expect_err("no PUK source");
+        assert_eq!(
+            ui.explain(err).message,
+            "a PUK is needed and there is no terminal to ask for it"
+        );
     }
 
     #[test]
@@ -710,7 +868,7 @@ mod tests {
     fn recovery_key_file_is_private_and_never_overwritten() {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("recovery.txt");
-        let mut ui = Ui::new(None, None);
+        let mut ui = Ui::new(None, None, None);
         ui.set_recovery_out(Some(out.clone()));
         let secret = SecretString::from("ABCD-EFGH");
         ui.show_secret("recovery key", &secret).expect("written");

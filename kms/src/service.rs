@@ -503,6 +503,22 @@ impl Service {
             .collect())
     }
 
+    /// The stored descriptor of protector `id`: no secret, only what its
+    /// backend needs to find the device and the public keys (to sign with a
+    /// device key, or to export its public key). Needs no unlock.
+    ///
+    /// # Errors
+    /// `ProtectorNotFound`, database errors.
+    pub fn enrollment(&self, id: u32) -> Result<Enrollment> {
+        self.store
+            .db()
+            .protectors()?
+            .into_iter()
+            .find(|p| p.id == id)
+            .map(|p| p.enrollment)
+            .ok_or(Error::ProtectorNotFound { id })
+    }
+
     /// Enrolls another protector (needs the store unlocked).
     ///
     /// # Errors
@@ -830,13 +846,15 @@ impl Service {
         name: &KeyName,
         context: &[u8],
         reader: &mut dyn Read,
-        writer: &mut dyn Write,
+        writer: &mut (dyn Write + Send),
         progress: &mut dyn FnMut(u64),
     ) -> Result<StreamSummary> {
         // A stream uses its own key derived from a fresh salt, so it counts
         // as one use of the data-key version.
         let (key, version, dek) = self.reserve_encryption(name, "encrypt.stream", None)?;
-        let result = stream::encrypt(
+        // The writer is `Send` so that writes run on the stream's second
+        // thread, overlapping the kernel's copy with encryption.
+        let result = stream::encrypt_send(
             &dek, name, version, key.class, context, reader, writer, progress,
         );
         self.audit_stream_end("encrypt.stream.end", name, version, &result);
@@ -857,7 +875,7 @@ impl Service {
         &mut self,
         context: &[u8],
         reader: &mut dyn Read,
-        writer: &mut dyn Write,
+        writer: &mut (dyn Write + Send),
         progress: &mut dyn FnMut(u64),
     ) -> Result<StreamSummary> {
         let (header, raw) = stream::read_header(reader)?;
@@ -899,7 +917,7 @@ impl Service {
                     true,
                 )?;
                 let result =
-                    stream::decrypt(&dek, key.class, context, &raw, reader, writer, progress);
+                    stream::decrypt_send(&dek, key.class, context, &raw, reader, writer, progress);
                 self.audit_stream_end("decrypt.stream.end", &header.key, header.version, &result);
                 Ok(StreamSummary {
                     key: header.key,

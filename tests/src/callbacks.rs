@@ -1,5 +1,6 @@
 //! [`TestCallbacks`]: a scripted, recording [`Callbacks`] for tests.
 
+use std::fmt;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use keyward_kms::{Callbacks, Error, Notice, Result, SecretKind, SecretRequest, SecretString};
@@ -13,6 +14,20 @@ pub struct Prompt {
     pub retries_left: Option<u32>,
 }
 
+/// Something to do while the next prompt is open.
+type Hook = Box<dyn FnOnce() + Send>;
+
+/// A one-shot [`Hook`] slot.
+#[derive(Default)]
+struct NextPrompt(Mutex<Option<Hook>>);
+
+impl fmt::Debug for NextPrompt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let armed = lock(&self.0).is_some();
+        f.debug_struct("NextPrompt").field("armed", &armed).finish()
+    }
+}
+
 /// Answers prompts from a script and records everything it is asked and
 /// told. Unscripted prompts are answered with [`Error::Cancelled`].
 #[derive(Debug, Default)]
@@ -22,6 +37,7 @@ pub struct TestCallbacks {
     prompts: Mutex<Vec<Prompt>>,
     notices: Mutex<Vec<String>>,
     shown: Mutex<Vec<(String, SecretString)>>,
+    next_prompt: NextPrompt,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -47,6 +63,12 @@ impl TestCallbacks {
     pub fn answer_with_shown_secret(mut self) -> Self {
         self.answer_with_shown = true;
         self
+    }
+
+    /// Runs `hook` once, inside the next prompt, before it is answered:
+    /// what happens to a device while the user types (a fixture unplugs it).
+    pub fn on_next_prompt(&self, hook: impl FnOnce() + Send + 'static) {
+        *lock(&self.next_prompt.0) = Some(Box::new(hook));
     }
 
     /// The prompts received so far.
@@ -81,6 +103,10 @@ impl Callbacks for TestCallbacks {
             kind: request.kind,
             retries_left: request.retries_left,
         });
+        let hook = lock(&self.next_prompt.0).take();
+        if let Some(hook) = hook {
+            hook();
+        }
         if self.answer_with_shown && request.kind == SecretKind::RecoveryKey {
             return self.last_shown().ok_or(Error::Cancelled);
         }

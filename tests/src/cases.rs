@@ -9,13 +9,11 @@ use std::sync::Arc;
 
 use keyward_kms::crypto::ecies;
 use keyward_kms::{
-    Backend, BackendKind, Callbacks, Enrollment, Error, Secret32, SecretKind, SignAlgorithm,
-    WrapMode, Wrapped,
+    Backend, BackendKind, Callbacks, Enrollment, Error, Secret32, SecretKind, WrapMode, Wrapped,
 };
-use p256::ecdsa::signature::Verifier;
 
 use crate::callbacks::Prompt;
-use crate::{Fixture, WrongSecret};
+use crate::{Fixture, MidOperationFault, WrongSecret};
 
 const AAD: &[u8] = b"keyward conformance: store id, protector id, epoch";
 
@@ -56,6 +54,24 @@ fn unwrap_with(
 fn skipped(case: &str, why: &str) {
     eprintln!("{case}: not applicable to this fixture ({why})");
 }
+
+/// A case that checks something else than its name says for this fixture,
+/// or only part of it: says what and why.
+pub(crate) fn instead(case: &str, what: &str) {
+    eprintln!("{case}: {what}");
+}
+
+/// Whether the backend wraps on the device only (no public key to wrap
+/// to): PKCS#11 in aes-gcm mode.
+pub(crate) fn device_wrap_only(backend: &dyn Backend) -> bool {
+    !backend
+        .capabilities()
+        .wrap_modes
+        .contains(&WrapMode::EciesP256)
+}
+
+/// How many wrong PINs the retry case tries on a device that never locks.
+const NEVER_LOCKS_ATTEMPTS: u32 = 12;
 
 /// Errors a damaged blob may give; never a wrong-secret or device error.
 fn is_tamper_error(err: &Error) -> bool {
@@ -102,6 +118,11 @@ pub fn capabilities_are_consistent(f: &dyn Fixture) {
     } else {
         let sig = sig.expect("sign works when capabilities.sign is non-empty");
         assert!(caps.sign.contains(&sig.algorithm));
+        assert_eq!(
+            sig.algorithm,
+            f.signing_public_key(&e.enrollment).algorithm(),
+            "the enrollment signs with the algorithm of its signing key"
+        );
     }
     if !caps.touch {
         assert!(
@@ -111,23 +132,41 @@ pub fn capabilities_are_consistent(f: &dyn Fixture) {
     }
 }
 
-/// Enrollment returns a valid compressed P-256 public key and a descriptor
-/// of the backend's kind.
+/// Enrollment returns a valid compressed P-256 public key (none for a
+/// backend that only wraps on the device) and a descriptor of the
+/// backend's kind.
 pub fn enroll_returns_compressed_p256_key(f: &dyn Fixture) {
     let e = enroll(f);
     let pk = &e.enrollment.public_key;
     assert_eq!(e.enrollment.kind, e.backend.kind());
-    assert_eq!(pk.len(), 33, "SEC1 compressed");
-    assert!(matches!(pk[0], 0x02 | 0x03), "compressed prefix");
-    p256::PublicKey::from_sec1_bytes(pk).expect("a point on P-256");
     assert_eq!(e.enrollment.device_id.is_some(), f.has_device());
     assert!(e.enrollment.params.is_object(), "params is a JSON object");
-    assert_eq!(e.enrollment.params["v"], 1, "descriptor version 1");
-    // Two enrollments never share a key.
+    assert_eq!(
+        e.enrollment.params[f.descriptor_version_key()],
+        1,
+        "descriptor version 1"
+    );
     let other = e
         .backend
         .enroll(&f.enroll_request(), &*f.callbacks())
         .expect("second enrollment");
+    if device_wrap_only(&*e.backend) {
+        instead(
+            "enroll_returns_compressed_p256_key",
+            "the only wrap mode is DeviceAesGcm: the key is symmetric and stays on the \
+             device, so checked that the enrollment carries no public key and that two \
+             enrollments name different keys",
+        );
+        assert!(pk.is_empty(), "no public key to publish: {pk:02x?}");
+        assert!(other.public_key.is_empty());
+        // Two enrollments never share a key.
+        assert_ne!(other.params, e.enrollment.params);
+        return;
+    }
+    assert_eq!(pk.len(), 33, "SEC1 compressed");
+    assert!(matches!(pk[0], 0x02 | 0x03), "compressed prefix");
+    p256::PublicKey::from_sec1_bytes(pk).expect("a point on P-256");
+    // Two enrollments never share a key.
     assert_ne!(other.public_key, e.enrollment.public_key);
 }
 
@@ -261,6 +300,7 @@ pub fn enrollment_of_another_kind_refused(f: &dyn Fixture) {
 /// where there is a counter, and the right secret still works afterwards.
 pub fn wrong_secret_gives_typed_error(f: &dyn Fixture) {
     let e = enroll(f);
+    f.end_session();
     let wrong = f.wrong_callbacks();
     let err = unwrap_with(&e, &e.wrapped, AAD, &*wrong).expect_err("wrong secret");
     match f.wrong_secret() {
@@ -272,7 +312,10 @@ pub fn wrong_secret_gives_typed_error(f: &dyn Fixture) {
             assert!(matches!(err, Error::WrongRecoveryKey), "{err:?}");
             assert_eq!(wrong.prompts()[0].kind, SecretKind::RecoveryKey);
         }
-        WrongSecret::Pin { retries } => {
+        WrongSecret::Pin { retries }
+        | WrongSecret::TpmPin {
+            max_tries: retries, ..
+        } => {
             assert!(retries >= 2, "the suite needs at least 2 tries");
             assert!(
                 matches!(err, Error::WrongPin { retries_left: Some(n) } if n == retries - 1),
@@ -298,15 +341,35 @@ pub fn wrong_secret_gives_typed_error(f: &dyn Fixture) {
                 ]
             );
         }
+        WrongSecret::PinNeverLocks => {
+            // No counter to report, before or after.
+            assert!(
+                matches!(err, Error::WrongPin { retries_left: None }),
+                "{err:?}"
+            );
+            let err = unwrap_with(&e, &e.wrapped, AAD, &*wrong).expect_err("wrong again");
+            assert!(
+                matches!(err, Error::WrongPin { retries_left: None }),
+                "{err:?}"
+            );
+            let asked = Prompt {
+                kind: SecretKind::Pin,
+                retries_left: None,
+            };
+            assert_eq!(wrong.prompts(), [asked.clone(), asked]);
+        }
     }
     let out = unwrap_with(&e, &e.wrapped, AAD, &*f.callbacks()).expect("right secret");
     assert_eq!(out.expose(), e.secret.expose());
 }
 
-/// Devices block after their retries and never unblock on their own;
-/// software protectors have no counter to exhaust.
+/// What wrong secrets add up to: PIV-style PINs block for good after their
+/// retries; a TPM locks out for a while (no prompt, no PIN sent, and never
+/// "blocked"); devices that never lock and software protectors still take
+/// the right secret after many wrong ones.
 pub fn retry_limit(f: &dyn Fixture) {
     let e = enroll(f);
+    f.end_session();
     let wrong = f.wrong_callbacks();
     let right = f.callbacks();
     match f.wrong_secret() {
@@ -328,6 +391,68 @@ pub fn retry_limit(f: &dyn Fixture) {
             assert_eq!(right.prompt_count(), prompts, "no prompt when blocked");
             assert_eq!(f.pin_requests(), sent, "no PIN sent when blocked");
         }
+        WrongSecret::TpmPin {
+            max_tries,
+            recovery_seconds,
+        } => {
+            // Every wrong PIN counts, down to zero tries left; the attempt
+            // that exhausts the counter is still reported as a wrong PIN.
+            for attempt in 1..=max_tries {
+                let err = unwrap_with(&e, &e.wrapped, AAD, &*wrong).expect_err("wrong PIN");
+                assert!(
+                    matches!(err, Error::WrongPin { retries_left: Some(n) } if n == max_tries - attempt),
+                    "attempt {attempt}: {err:?}"
+                );
+            }
+            let sent = f.pin_requests();
+            let prompts = right.prompt_count() + wrong.prompt_count();
+            // Then lockout, with its duration, before any prompt: even the
+            // right PIN is not asked for, and signing is refused too.
+            let lockout = |err: &Error| matches!(err, Error::Lockout { seconds: Some(s) } if *s == recovery_seconds);
+            for ui in [&right, &wrong, &right] {
+                let err = unwrap_with(&e, &e.wrapped, AAD, &**ui).expect_err("locked out");
+                assert!(lockout(&err), "{err:?}");
+            }
+            let err = e
+                .backend
+                .sign(&e.enrollment, b"m", &*right)
+                .expect_err("locked out");
+            assert!(lockout(&err), "{err:?}");
+            assert_eq!(
+                right.prompt_count() + wrong.prompt_count(),
+                prompts,
+                "no prompt during lockout"
+            );
+            assert_eq!(f.pin_requests(), sent, "no PIN sent during lockout");
+            let health = e.backend.health(&e.enrollment).expect("health");
+            assert!(health.present && health.matches, "{health:?}");
+            assert_eq!(health.retries_left, Some(0), "{health:?}");
+            assert_eq!(health.lockout_seconds, Some(recovery_seconds), "{health:?}");
+        }
+        WrongSecret::PinNeverLocks => {
+            instead(
+                "retry_limit",
+                &format!(
+                    "this device never locks its PIN (SoftHSM2, HARDWARE.md), so there is no \
+                     limit to reach: checked that {NEVER_LOCKS_ATTEMPTS} wrong PINs are each \
+                     refused without a counter and leave the right PIN working"
+                ),
+            );
+            for attempt in 1..=NEVER_LOCKS_ATTEMPTS {
+                let err = unwrap_with(&e, &e.wrapped, AAD, &*wrong).expect_err("wrong PIN");
+                assert!(
+                    matches!(err, Error::WrongPin { retries_left: None }),
+                    "attempt {attempt}: {err:?}"
+                );
+            }
+            assert_eq!(wrong.prompt_count(), NEVER_LOCKS_ATTEMPTS as usize);
+            let health = e.backend.health(&e.enrollment).expect("health");
+            assert!(health.present && health.matches, "{health:?}");
+            assert_eq!(health.retries_left, None, "{health:?}");
+            assert_eq!(health.lockout_seconds, None, "{health:?}");
+            let out = unwrap_with(&e, &e.wrapped, AAD, &*right).expect("never locked");
+            assert_eq!(out.expose(), e.secret.expose());
+        }
         WrongSecret::Passphrase | WrongSecret::RecoveryKey => {
             for _ in 0..5 {
                 assert!(unwrap_with(&e, &e.wrapped, AAD, &*wrong).is_err());
@@ -342,6 +467,7 @@ pub fn retry_limit(f: &dyn Fixture) {
 /// `WrongDevice` before any PIN is asked for or sent.
 pub fn wrong_device_detected_before_pin(f: &dyn Fixture) {
     let e = enroll(f);
+    f.end_session();
     if !f.swap_device() {
         skipped("wrong_device_detected_before_pin", "cannot swap devices");
         return;
@@ -360,15 +486,25 @@ pub fn wrong_device_detected_before_pin(f: &dyn Fixture) {
     assert_eq!(f.pin_requests(), sent, "no PIN sent to a wrong device");
     let health = e.backend.health(&e.enrollment).expect("health");
     assert!(!health.matches, "{health:?}");
+    if !f.can_replug() {
+        instead(
+            "wrong_device_detected_before_pin",
+            "not checked that the enrolled device works again once back: the fixture \
+             cannot bring it back",
+        );
+        return;
+    }
     assert!(f.replug(), "fixture can put the enrolled device back");
     let out = unwrap_with(&e, &e.wrapped, AAD, &*ui).expect("right device again");
     assert_eq!(out.expose(), e.secret.expose());
 }
 
 /// An absent device gives `DeviceNotFound`, no prompt, and the device
-/// works again once plugged back in.
+/// works again once plugged back in. Wrapping needs no device, except for
+/// a backend that wraps on the device.
 pub fn absent_device_is_device_not_found(f: &dyn Fixture) {
     let e = enroll(f);
+    f.end_session();
     if !f.unplug() {
         skipped("absent_device_is_device_not_found", "nothing to unplug");
         return;
@@ -377,35 +513,97 @@ pub fn absent_device_is_device_not_found(f: &dyn Fixture) {
     let prompts = ui.prompt_count();
     let err = unwrap_with(&e, &e.wrapped, AAD, &*ui).expect_err("absent");
     assert!(matches!(err, Error::DeviceNotFound { .. }), "{err:?}");
+    if !e.backend.capabilities().sign.is_empty() {
+        let err = e
+            .backend
+            .sign(&e.enrollment, b"m", &*ui)
+            .expect_err("absent");
+        assert!(matches!(err, Error::DeviceNotFound { .. }), "{err:?}");
+    }
     assert_eq!(ui.prompt_count(), prompts, "no prompt for an absent device");
     let health = e
         .backend
         .health(&e.enrollment)
         .expect("health of an absent device is Ok");
     assert!(!health.present, "{health:?}");
-    // Wrapping needs no device.
-    let w = e.backend.wrap(&e.enrollment, &e.secret, AAD).expect("wrap");
+    let wrapped = if device_wrap_only(&*e.backend) {
+        // The device holds the wrapping key: no device, no wrap.
+        let err = e
+            .backend
+            .wrap(&e.enrollment, &e.secret, AAD)
+            .expect_err("a device-bound wrap without the device");
+        assert!(matches!(err, Error::DeviceNotFound { .. }), "{err:?}");
+        e.wrapped.clone()
+    } else {
+        // Wrapping needs no device.
+        e.backend.wrap(&e.enrollment, &e.secret, AAD).expect("wrap")
+    };
+    if !f.can_replug() {
+        instead(
+            "absent_device_is_device_not_found",
+            "not checked that the device works again once plugged back in: the fixture \
+             cannot bring it back",
+        );
+        return;
+    }
     assert!(f.replug());
-    let out = unwrap_with(&e, &w, AAD, &*ui).expect("plugged back in");
+    let out = unwrap_with(&e, &wrapped, AAD, &*ui).expect("plugged back in");
     assert_eq!(out.expose(), e.secret.expose());
 }
 
-/// A device failing after the PIN gives `DeviceRemoved`; the next
-/// operation succeeds.
+/// A device failing after the PIN prompt gives a device error (never a
+/// wrong PIN); the device works again afterwards: at once after a one-shot
+/// fault, after being plugged back in when it went away.
 pub fn failure_mid_operation_then_recovers(f: &dyn Fixture) {
     let e = enroll(f);
-    if !f.fail_next_after_pin() {
+    f.end_session();
+    let Some(fault) = f.fail_next_after_pin() else {
         skipped("failure_mid_operation_then_recovers", "no fault injection");
         return;
+    };
+    let ui = f.callbacks();
+    let prompts = ui.prompt_count();
+    let err = unwrap_with(&e, &e.wrapped, AAD, &*ui).expect_err("fault");
+    match fault {
+        MidOperationFault::Transient => {
+            assert!(matches!(err, Error::DeviceRemoved), "{err:?}");
+        }
+        MidOperationFault::VanishesAsNotFound | MidOperationFault::VanishesAsDeviceError => {
+            if fault == MidOperationFault::VanishesAsNotFound {
+                assert!(matches!(err, Error::DeviceNotFound { .. }), "{err:?}");
+            } else {
+                assert!(matches!(err, Error::Device { .. }), "{err:?}");
+            }
+            assert_eq!(
+                ui.prompt_count(),
+                prompts + 1,
+                "the device went away while its PIN prompt was open, and nothing asked again"
+            );
+            let health = e.backend.health(&e.enrollment).expect("health");
+            assert!(!health.present, "{health:?}");
+            // The backend dropped whatever it held of the device: the next
+            // operation looks again, finds nothing, and asks for nothing.
+            let err = unwrap_with(&e, &e.wrapped, AAD, &*ui).expect_err("still gone");
+            assert!(matches!(err, Error::DeviceNotFound { .. }), "{err:?}");
+            assert_eq!(ui.prompt_count(), prompts + 1, "no prompt while gone");
+            if !f.can_replug() {
+                instead(
+                    "failure_mid_operation_then_recovers",
+                    "the device went away during the PIN prompt and was reported as absent; \
+                     recovery not checked: the fixture cannot bring it back",
+                );
+                return;
+            }
+            assert!(f.replug(), "fixture can put the device back");
+        }
     }
-    let err = unwrap_with(&e, &e.wrapped, AAD, &*f.callbacks()).expect_err("fault");
-    assert!(matches!(err, Error::DeviceRemoved), "{err:?}");
     let out = unwrap_with(&e, &e.wrapped, AAD, &*f.callbacks()).expect("recovers");
     assert_eq!(out.expose(), e.secret.expose());
 }
 
-/// Signatures verify on the host with p256 against the enrolled public
-/// key, and not for another message.
+/// Signatures verify on the host (p256, ed25519-dalek) under the
+/// enrollment's signing public key, and not for another message; a wrong
+/// secret cannot sign.
 pub fn sign_verifies_with_enrolled_public_key(f: &dyn Fixture) {
     let e = enroll(f);
     let caps = e.backend.capabilities();
@@ -419,37 +617,71 @@ pub fn sign_verifies_with_enrolled_public_key(f: &dyn Fixture) {
         return;
     }
     let sig = result.expect("sign");
-    assert_eq!(sig.algorithm, SignAlgorithm::EcdsaP256Sha256);
-    let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(&e.enrollment.public_key)
-        .expect("enrolled key is a P-256 point");
-    let parsed = p256::ecdsa::Signature::from_der(&sig.bytes).expect("DER signature");
-    vk.verify(msg, &parsed)
-        .expect("verifies with the enrolled key");
-    assert!(vk.verify(b"another message", &parsed).is_err());
+    let key = f.signing_public_key(&e.enrollment);
+    assert_eq!(sig.algorithm, key.algorithm());
+    assert!(caps.sign.contains(&sig.algorithm));
+    assert!(
+        key.verifies(msg, &sig),
+        "verifies with the enrollment's key"
+    );
+    assert!(!key.verifies(b"another message", &sig));
+    f.end_session();
     let err = e
         .backend
         .sign(&e.enrollment, msg, &*f.wrong_callbacks())
         .expect_err("wrong secret cannot sign");
+    let ws = f.wrong_secret();
     assert!(
-        matches!(
-            err,
-            Error::WrongPin { .. } | Error::WrongPassphrase | Error::WrongRecoveryKey
-        ),
-        "{err:?}"
+        match ws {
+            WrongSecret::Passphrase => matches!(err, Error::WrongPassphrase),
+            WrongSecret::RecoveryKey => matches!(err, Error::WrongRecoveryKey),
+            WrongSecret::PinNeverLocks => matches!(err, Error::WrongPin { retries_left: None }),
+            WrongSecret::Pin { .. } | WrongSecret::TpmPin { .. } => {
+                matches!(
+                    err,
+                    Error::WrongPin {
+                        retries_left: Some(_)
+                    }
+                )
+            }
+        },
+        "{ws:?}: {err:?}"
     );
 }
 
 /// A wrap made with only the enrolled public key (no backend, no device,
-/// no secret) unwraps: what master-key rotation relies on.
+/// no secret) unwraps: what master-key rotation relies on. A backend that
+/// wraps on the device has no such key; for it this checks what rotation
+/// relies on instead: wrapping needs the device's session and no prompt.
 pub fn public_key_only_wrap_unwraps(f: &dyn Fixture) {
     let e = enroll(f);
-    if !e
-        .backend
-        .capabilities()
-        .wrap_modes
-        .contains(&WrapMode::EciesP256)
-    {
-        skipped("public_key_only_wrap_unwraps", "no ECIES wrap mode");
+    if device_wrap_only(&*e.backend) {
+        instead(
+            "public_key_only_wrap_unwraps",
+            "the only wrap mode is DeviceAesGcm: no public key to wrap to. Checked instead \
+             that the enrollment has none, that a wrap fails once the device's session is \
+             ended (wrap has no callbacks to ask for a PIN), and that it works again, without \
+             a prompt of its own, after an unwrap opened a session",
+        );
+        assert!(e.enrollment.public_key.is_empty());
+        f.end_session();
+        let err = e
+            .backend
+            .wrap(&e.enrollment, &e.secret, b"epoch 2")
+            .expect_err("a device-bound wrap without a session");
+        assert!(matches!(err, Error::Device { .. }), "{err:?}");
+        let ui = f.callbacks();
+        let out = unwrap_with(&e, &e.wrapped, AAD, &*ui).expect("unwrap opens a session");
+        assert_eq!(out.expose(), e.secret.expose());
+        let prompts = ui.prompt_count();
+        let new_master = Secret32::random().expect("OS RNG");
+        let blob = e
+            .backend
+            .wrap(&e.enrollment, &new_master, b"epoch 2")
+            .expect("wrap within the session");
+        let out = unwrap_with(&e, &blob, b"epoch 2", &*ui).expect("unwrap");
+        assert_eq!(out.expose(), new_master.expose());
+        assert_eq!(ui.prompt_count(), prompts, "the session serves both");
         return;
     }
     let new_master = Secret32::random().expect("OS RNG");
@@ -459,13 +691,16 @@ pub fn public_key_only_wrap_unwraps(f: &dyn Fixture) {
     assert_eq!(out.expose(), new_master.expose());
 }
 
-/// Health of a fresh enrollment: present and matching.
+/// Health of a fresh enrollment: present and matching, with the full
+/// count of tries where the device counts them, and no lockout.
 pub fn health_reports_enrolled_device(f: &dyn Fixture) {
     let e = enroll(f);
     let health = e.backend.health(&e.enrollment).expect("health");
     assert!(health.present && health.matches, "{health:?}");
     assert!(!health.detail.is_empty());
-    if let WrongSecret::Pin { retries } = f.wrong_secret() {
-        assert_eq!(health.retries_left, Some(retries));
+    let ws = f.wrong_secret();
+    if ws.is_pin() {
+        assert_eq!(health.retries_left, ws.counted_tries(), "{health:?}");
+        assert_eq!(health.lockout_seconds, None, "{health:?}");
     }
 }

@@ -1,6 +1,10 @@
-//! Fixtures for the backends that need no external software: the mock
-//! token, the recovery key and the passphrase. Hardware fixtures (TPM on
-//! swtpm, PKCS#11 on SoftHSM2, PIV) live beside their backends' setup code.
+//! Fixtures: here the backends that need no external software (the mock
+//! token, the recovery key and the passphrase); in [`tpm`] the TPM backend
+//! on a swtpm per test, in [`pkcs11`] the PKCS#11 backend on a SoftHSM2
+//! token per test.
+
+pub mod pkcs11;
+pub mod tpm;
 
 use std::sync::Arc;
 
@@ -9,7 +13,7 @@ use keyward_kms::protectors::{passphrase, recovery};
 use keyward_kms::secret::ExposeSecret;
 use keyward_kms::{Backend, EnrollRequest, SecretKind};
 
-use crate::{Fixture, TestCallbacks, WrongSecret};
+use crate::{Fixture, MidOperationFault, TestCallbacks, WrongSecret};
 
 /// Serial of the device the mock fixture enrolls.
 pub const MOCK_SERIAL: &str = "MOCK-0001";
@@ -86,6 +90,10 @@ impl Fixture for MockFixture {
         self.mock.unplug(MOCK_SERIAL)
     }
 
+    fn can_replug(&self) -> bool {
+        true
+    }
+
     fn replug(&self) -> bool {
         self.mock.unplug(MOCK_OTHER_SERIAL);
         self.mock.plug(MOCK_SERIAL)
@@ -95,9 +103,9 @@ impl Fixture for MockFixture {
         Some(self.mock.pin_requests())
     }
 
-    fn fail_next_after_pin(&self) -> bool {
+    fn fail_next_after_pin(&self) -> Option<MidOperationFault> {
         self.mock.fail_next_after_pin();
-        true
+        Some(MidOperationFault::Transient)
     }
 }
 

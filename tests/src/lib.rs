@@ -21,8 +21,22 @@
 //!   real keystore through [`keyward_kms::Service`] — init, keys, encrypt,
 //!   rotation of data keys and of the master key, lock and unlock.
 //!
-//! Hooks a fixture does not support (unplugging a recovery key, say) make
-//! the corresponding case check only what applies and say so on stderr.
+//! Instances: the mock token, the recovery key, the passphrase, the TPM on
+//! swtpm ([`fixtures::tpm`]) and PKCS#11 on SoftHSM2 in `ecdh` and
+//! `aes-gcm` mode ([`fixtures::pkcs11`]; these run each test in a process
+//! of its own through `run_with = …`).
+//!
+//! Backends differ where the hardware does, and the fixture says how
+//! instead of the cases assuming one device: [`WrongSecret`] states what
+//! wrong secrets lead to (a PIV PIN blocks, a TPM locks out for a while,
+//! SoftHSM never locks); [`Fixture::signing_public_key`] names the key
+//! signatures verify under; a backend whose only wrap mode is
+//! `DeviceAesGcm` has no public key to wrap to, and the cases that rely on
+//! one check what applies to it instead and say so.
+//!
+//! Hooks a fixture does not support (unplugging a recovery key, bringing a
+//! removed SoftHSM token back) make the corresponding case check only what
+//! applies and say so on stderr.
 
 pub mod callbacks;
 pub mod cases;
@@ -32,11 +46,13 @@ pub mod yubikey_fixture;
 
 use std::sync::Arc;
 
-use keyward_kms::{Backend, EnrollRequest};
+use keyward_kms::{Backend, EnrollRequest, Enrollment, SignAlgorithm, Signature};
 
 pub use callbacks::TestCallbacks;
 
-/// What a wrong secret is for this backend, and so which error it gives.
+/// What a wrong secret is for this backend: which error it gives, and what
+/// happens when wrong secrets keep coming. Each variant states one real
+/// device's semantics; the cases check exactly those.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WrongSecret {
     /// A passphrase: [`keyward_kms::Error::WrongPassphrase`], no retry counter.
@@ -44,12 +60,119 @@ pub enum WrongSecret {
     /// A recovery key: [`keyward_kms::Error::WrongRecoveryKey`], no retry
     /// counter.
     RecoveryKey,
-    /// A device PIN with `retries` tries: [`keyward_kms::Error::WrongPin`]
-    /// with the tries left, then [`keyward_kms::Error::PinBlocked`].
+    /// A device PIN with `retries` tries (PIV, the mock token):
+    /// [`keyward_kms::Error::WrongPin`] with the tries left, the last wrong
+    /// try gives [`keyward_kms::Error::PinBlocked`], and the PIN stays
+    /// blocked (only the PUK or a reset unblock it).
     Pin {
         /// Tries the device allows from its initial state.
         retries: u32,
     },
+    /// A TPM PIN (the key's auth value) under the TPM's dictionary-attack
+    /// protection: [`keyward_kms::Error::WrongPin`] with `retries_left`
+    /// read from the lockout counter, counting down to `Some(0)`; the next
+    /// attempt gives [`keyward_kms::Error::Lockout`] with
+    /// `recovery_seconds` before any prompt. Never `PinBlocked`: a lockout
+    /// heals with time (one failure forgiven every `recovery_seconds`) or
+    /// with the lockout hierarchy's authorisation.
+    TpmPin {
+        /// `TPM_PT_MAX_AUTH_FAIL` as the fixture set it.
+        max_tries: u32,
+        /// `TPM_PT_LOCKOUT_INTERVAL` as the fixture set it; long enough
+        /// that no failure is forgiven while a test runs.
+        recovery_seconds: u64,
+    },
+    /// A PIN the device checks but never counts (SoftHSM2: HARDWARE.md,
+    /// "SoftHSM never locks a PIN"): [`keyward_kms::Error::WrongPin`] with
+    /// `retries_left: None`, and the right PIN works after any number of
+    /// wrong ones. Real PKCS#11 tokens lock after their own count; a
+    /// fixture for one would use [`WrongSecret::Pin`].
+    PinNeverLocks,
+}
+
+impl WrongSecret {
+    /// The tries a fresh device reports, for the variants that count.
+    pub fn counted_tries(self) -> Option<u32> {
+        match self {
+            Self::Pin { retries } => Some(retries),
+            Self::TpmPin { max_tries, .. } => Some(max_tries),
+            Self::Passphrase | Self::RecoveryKey | Self::PinNeverLocks => None,
+        }
+    }
+
+    /// Whether the secret is a device PIN.
+    pub fn is_pin(self) -> bool {
+        matches!(
+            self,
+            Self::Pin { .. } | Self::TpmPin { .. } | Self::PinNeverLocks
+        )
+    }
+}
+
+/// How a fixture's [`Fixture::fail_next_after_pin`] fault shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MidOperationFault {
+    /// A one-shot failure after the PIN was accepted (the mock's fault
+    /// injection): [`keyward_kms::Error::DeviceRemoved`], and the very next
+    /// operation works.
+    Transient,
+    /// The device goes away for real while the PIN prompt is open (the
+    /// fixture kills or removes it from inside the prompt callback), and
+    /// the backend reports [`keyward_kms::Error::DeviceNotFound`]: it finds
+    /// no device when it goes on after the prompt. Nothing works until
+    /// [`Fixture::replug`].
+    VanishesAsNotFound,
+    /// As [`MidOperationFault::VanishesAsNotFound`], but the device's own
+    /// answer is a generic failure the backend passes on as
+    /// [`keyward_kms::Error::Device`] (SoftHSM answers `C_Login` on a token
+    /// whose directory went away with `CKR_GENERAL_ERROR`). Health and the
+    /// next operation then report the device absent.
+    VanishesAsDeviceError,
+}
+
+/// The public key an enrollment's signatures verify under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SigningPublicKey {
+    /// ECDSA P-256 with SHA-256, DER signatures.
+    P256(p256::ecdsa::VerifyingKey),
+    /// Ed25519, 64-byte signatures.
+    Ed25519(ed25519_dalek::VerifyingKey),
+}
+
+impl SigningPublicKey {
+    /// The key the enrollment's `public_key` names as a P-256 point.
+    ///
+    /// # Panics
+    /// If `public_key` is not a P-256 point.
+    pub fn p256_of(enrollment: &Enrollment) -> Self {
+        Self::P256(
+            p256::ecdsa::VerifyingKey::from_sec1_bytes(&enrollment.public_key)
+                .expect("the enrolled public key is a P-256 point"),
+        )
+    }
+
+    /// The algorithm of signatures under this key.
+    pub fn algorithm(&self) -> SignAlgorithm {
+        match self {
+            Self::P256(_) => SignAlgorithm::EcdsaP256Sha256,
+            Self::Ed25519(_) => SignAlgorithm::Ed25519,
+        }
+    }
+
+    /// Whether `signature` is a valid signature of `msg` under this key
+    /// (strict Ed25519; DER ECDSA).
+    pub fn verifies(&self, msg: &[u8], signature: &Signature) -> bool {
+        use p256::ecdsa::signature::Verifier as _;
+        if signature.algorithm != self.algorithm() {
+            return false;
+        }
+        match self {
+            Self::P256(vk) => p256::ecdsa::Signature::from_der(&signature.bytes)
+                .is_ok_and(|sig| vk.verify(msg, &sig).is_ok()),
+            Self::Ed25519(vk) => ed25519_dalek::Signature::from_slice(&signature.bytes)
+                .is_ok_and(|sig| vk.verify_strict(msg, &sig).is_ok()),
+        }
+    }
 }
 
 /// One backend under test, in a fresh state.
@@ -72,6 +195,30 @@ pub trait Fixture {
     /// What a wrong secret is for this backend.
     fn wrong_secret(&self) -> WrongSecret;
 
+    /// The public key the enrollment's signatures verify under. By default
+    /// the enrolled (wrapping) public key as a P-256 ECDSA key, which is
+    /// what PIV and the mock sign with.
+    ///
+    /// # Panics
+    /// If the enrollment has no such key.
+    fn signing_public_key(&self, enrollment: &Enrollment) -> SigningPublicKey {
+        SigningPublicKey::p256_of(enrollment)
+    }
+
+    /// The key under which the descriptor (`Enrollment::params`) carries
+    /// its format version, `1`: `"v"` by keyward's convention
+    /// (docs/FORMAT.md), `"version"` in the TPM descriptor (docs/TPM.md).
+    fn descriptor_version_key(&self) -> &'static str {
+        "v"
+    }
+
+    /// Ends any authentication the backend keeps between operations, as
+    /// locking the keystore should, so that the next unwrap or sign asks
+    /// for the secret again. Cases call it before every operation whose
+    /// prompt or wrong secret they check. A no-op for backends that ask
+    /// every time.
+    fn end_session(&self) {}
+
     /// Whether enrollments name a device (`device_id` is `Some`).
     fn has_device(&self) -> bool {
         false
@@ -88,8 +235,17 @@ pub trait Fixture {
         false
     }
 
-    /// Plugs the enrolled device back in (after [`Fixture::unplug`] or
-    /// [`Fixture::swap_device`]). Returns `false` if the fixture cannot.
+    /// Whether [`Fixture::replug`] can bring the enrolled device back after
+    /// [`Fixture::unplug`], [`Fixture::swap_device`] or a
+    /// [`MidOperationFault::VanishesAsNotFound`] fault. Cases that take the
+    /// device away only to bring it back ask first.
+    fn can_replug(&self) -> bool {
+        false
+    }
+
+    /// Plugs the enrolled device back in (after [`Fixture::unplug`],
+    /// [`Fixture::swap_device`] or a vanishing fault). Returns `false` if
+    /// the fixture cannot.
     fn replug(&self) -> bool {
         false
     }
@@ -99,12 +255,30 @@ pub trait Fixture {
         None
     }
 
-    /// Makes the next operation fail with
-    /// [`keyward_kms::Error::DeviceRemoved`] after the PIN was accepted.
-    /// Returns `false` if the fixture cannot.
-    fn fail_next_after_pin(&self) -> bool {
-        false
+    /// Arms a fault for the next operation that gets past the PIN prompt,
+    /// and says how it will show. `None` if the fixture cannot do this
+    /// honestly.
+    fn fail_next_after_pin(&self) -> Option<MidOperationFault> {
+        None
     }
+}
+
+/// The name libtest gives the test function `case` expanded in module
+/// `module_path` (the crate name dropped): what
+/// `keyward_hw_mocks::softhsm::isolated` re-runs in a child process.
+#[doc(hidden)]
+pub fn __test_name(module_path: &str, case: &str) -> String {
+    match module_path.split_once("::") {
+        Some((_, rest)) => format!("{rest}::{case}"),
+        None => case.to_owned(),
+    }
+}
+
+/// Runs a test body right here: the default runner of
+/// [`conformance_suite!`]. `name` is the test's libtest name.
+pub fn run_here(name: &str, body: impl FnOnce()) {
+    let _ = name;
+    body();
 }
 
 /// Expands to the whole conformance suite for one fixture: a module
@@ -112,15 +286,22 @@ pub trait Fixture {
 /// `service` with one per [`service_cases`] function.
 ///
 /// `$fixture` is an expression evaluated in each test; it may name items
-/// of the calling file.
+/// of the calling file. With `run_with = path::to::runner`, every test
+/// body (fixture construction included) runs as
+/// `runner(test_name, || body)`, where `test_name` is the test's libtest
+/// name: how a backend that needs a process of its own per test (SoftHSM2
+/// reads its configuration once per process) re-runs the test in a child.
 #[macro_export]
 macro_rules! conformance_suite {
     ($fixture:expr) => {
+        $crate::conformance_suite!($fixture, run_with = $crate::run_here);
+    };
+    ($fixture:expr, run_with = $runner:path) => {
         /// The Backend-level cases.
         mod backend {
             #[allow(unused_imports)]
             use super::*;
-            $crate::__conformance_tests!(cases; $fixture;
+            $crate::__conformance_tests!(cases; $fixture; $runner;
                 capabilities_are_consistent,
                 enroll_returns_compressed_p256_key,
                 enrollment_survives_json,
@@ -146,7 +327,7 @@ macro_rules! conformance_suite {
         mod service {
             #[allow(unused_imports)]
             use super::*;
-            $crate::__conformance_tests!(service_cases; $fixture;
+            $crate::__conformance_tests!(service_cases; $fixture; $runner;
                 lifecycle,
                 wrong_secret_keeps_store_locked,
                 master_rotation_needs_no_secret,
@@ -159,12 +340,17 @@ macro_rules! conformance_suite {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_tests {
-    ($group:ident; $fixture:expr; $($case:ident),+ $(,)?) => {
+    ($group:ident; $fixture:expr; $runner:path; $($case:ident),+ $(,)?) => {
         $(
             #[test]
             fn $case() {
-                let fixture = $fixture;
-                $crate::$group::$case(&fixture);
+                $runner(
+                    &$crate::__test_name(module_path!(), stringify!($case)),
+                    || {
+                        let fixture = $fixture;
+                        $crate::$group::$case(&fixture);
+                    },
+                );
             }
         )+
     };

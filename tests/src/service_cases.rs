@@ -13,7 +13,8 @@ use keyward_kms::service::{Backends, KeySpec, UnlockWith};
 use keyward_kms::{Backend, DataClass, Error, KeyName, KeyPurpose, Service};
 use tempfile::TempDir;
 
-use crate::{Fixture, WrongSecret};
+use crate::cases::{device_wrap_only, instead};
+use crate::{Fixture, TestCallbacks, WrongSecret};
 
 /// A temporary directory with a keystore path inside, and the registry
 /// holding the fixture's backend next to the software protectors.
@@ -107,6 +108,7 @@ pub fn lifecycle(f: &dyn Fixture) {
     assert_decrypts(&mut service, &v1, b"written under version 1", 1);
 
     service.lock();
+    f.end_session();
     assert!(!service.is_unlocked());
     assert!(matches!(service.decrypt(CONTEXT, &v1), Err(Error::Locked)));
     let unlocked = service
@@ -124,6 +126,7 @@ pub fn lifecycle(f: &dyn Fixture) {
     ));
 
     drop(service);
+    f.end_session();
     let mut service = Service::open(&s.path, s.backends.clone()).expect("reopen");
     assert!(!service.is_unlocked(), "a reopened keystore is locked");
     service
@@ -140,13 +143,21 @@ pub fn wrong_secret_keeps_store_locked(f: &dyn Fixture) {
     let s = setup(f);
     let mut service = init(f, &s);
     service.lock();
+    f.end_session();
     let err = service
         .unlock(UnlockWith::Kind(s.backend.kind()), &*f.wrong_callbacks())
         .expect_err("wrong secret");
     match f.wrong_secret() {
         WrongSecret::Passphrase => assert!(matches!(err, Error::WrongPassphrase), "{err:?}"),
         WrongSecret::RecoveryKey => assert!(matches!(err, Error::WrongRecoveryKey), "{err:?}"),
-        WrongSecret::Pin { .. } => assert!(matches!(err, Error::WrongPin { .. }), "{err:?}"),
+        WrongSecret::Pin { retries: n } | WrongSecret::TpmPin { max_tries: n, .. } => assert!(
+            matches!(err, Error::WrongPin { retries_left: Some(left) } if left == n - 1),
+            "{err:?}"
+        ),
+        WrongSecret::PinNeverLocks => assert!(
+            matches!(err, Error::WrongPin { retries_left: None }),
+            "{err:?}"
+        ),
     }
     assert!(!service.is_unlocked());
     service
@@ -156,10 +167,12 @@ pub fn wrong_secret_keeps_store_locked(f: &dyn Fixture) {
 }
 
 /// Master-key rotation re-wraps to the protector from its public key
-/// alone: no prompt, and a device may be absent meanwhile.
+/// alone: no prompt, and a device may be absent meanwhile. A backend that
+/// wraps on the device cannot do that; for it this checks that rotation
+/// needs the device's session but no prompt, and that a rotation that
+/// cannot wrap changes nothing.
 pub fn master_rotation_needs_no_secret(f: &dyn Fixture) {
     let s = setup(f);
-    let ui = f.callbacks();
     let mut service = init(f, &s);
     let name = key_name();
     service
@@ -168,9 +181,19 @@ pub fn master_rotation_needs_no_secret(f: &dyn Fixture) {
     let before = service
         .encrypt(&name, CONTEXT, b"before rotation")
         .expect("encrypt");
+    if device_wrap_only(&*s.backend) {
+        rotation_on_the_device(f, &s, &mut service, &before);
+    } else {
+        rotation_from_the_public_key(f, &s, &mut service, &before);
+    }
+}
 
+fn rotation_from_the_public_key(f: &dyn Fixture, s: &Setup, service: &mut Service, before: &[u8]) {
+    let ui = f.callbacks();
+    // No session for the rotation to lean on.
+    f.end_session();
     let prompts = ui.prompt_count();
-    let unplugged = f.unplug();
+    let unplugged = f.can_replug() && f.unplug();
     let epoch = service
         .rotate_master()
         .expect("rotation needs no device and no secret");
@@ -181,8 +204,98 @@ pub fn master_rotation_needs_no_secret(f: &dyn Fixture) {
     }
 
     service.lock();
-    service
+    f.end_session();
+    let unlocked = service
         .unlock(UnlockWith::Kind(s.backend.kind()), &*ui)
         .expect("unlock with the re-wrapped master key");
-    assert_decrypts(&mut service, &before, b"before rotation", 1);
+    assert_eq!(unlocked.mk_epoch, 2);
+    assert_decrypts(service, before, b"before rotation", 1);
+
+    if !unplugged && f.has_device() {
+        // The fixture cannot bring a device back: rotate once more with the
+        // device gone, last, without an unlock after it.
+        if f.unplug() {
+            let prompts = ui.prompt_count();
+            let epoch = service
+                .rotate_master()
+                .expect("rotation with the device absent");
+            assert_eq!(epoch, 3);
+            assert_eq!(ui.prompt_count(), prompts, "rotation prompts for nothing");
+            assert_decrypts(service, before, b"before rotation", 1);
+            instead(
+                "master_rotation_needs_no_secret",
+                "the fixture cannot plug a device back in: checked an unlock after a \
+                 rotation with the device present but no session, then a rotation with the \
+                 device absent (no unlock after that one)",
+            );
+        }
+    }
+}
+
+fn rotation_on_the_device(f: &dyn Fixture, s: &Setup, service: &mut Service, before: &[u8]) {
+    instead(
+        "master_rotation_needs_no_secret",
+        "the only wrap mode is DeviceAesGcm: rotation wraps on the device, so it cannot work \
+         from a public key with the device absent. Checked instead: rotation within the \
+         device session opened by init or unlock asks for nothing; with the session ended \
+         or the device absent it fails and leaves the store unlocked at its epoch",
+    );
+    let ui = f.callbacks();
+    let unchanged = |service: &mut Service, epoch: u32, ui: &TestCallbacks, prompts: usize| {
+        assert_eq!(
+            ui.prompt_count(),
+            prompts,
+            "a failed rotation prompts for nothing"
+        );
+        assert!(service.is_unlocked());
+        assert_eq!(service.status().expect("status").mk_epoch, epoch);
+        assert_decrypts(service, before, b"before rotation", 1);
+    };
+
+    // Init logged in: rotation uses that session.
+    let prompts = ui.prompt_count();
+    assert_eq!(service.rotate_master().expect("rotate in session"), 2);
+    assert_eq!(ui.prompt_count(), prompts, "rotation prompts for nothing");
+
+    // Session ended (as locking does): no wrap, and nothing changed.
+    f.end_session();
+    let err = service
+        .rotate_master()
+        .expect_err("no device session, no device-bound wrap");
+    assert!(matches!(err, Error::Device { .. }), "{err:?}");
+    unchanged(service, 2, &ui, prompts);
+
+    // Unlocking opens a session (one prompt); rotation then asks nothing.
+    service.lock();
+    let unlocked = service
+        .unlock(UnlockWith::Kind(s.backend.kind()), &*ui)
+        .expect("unlock at epoch 2");
+    assert_eq!(unlocked.mk_epoch, 2);
+    assert_eq!(ui.prompt_count(), prompts + 1, "unlock asked for the PIN");
+    assert_eq!(service.rotate_master().expect("rotate in session"), 3);
+    assert_eq!(
+        ui.prompt_count(),
+        prompts + 1,
+        "rotation prompts for nothing"
+    );
+    service.lock();
+    f.end_session();
+    let unlocked = service
+        .unlock(UnlockWith::Kind(s.backend.kind()), &*ui)
+        .expect("unlock with the re-wrapped master key");
+    assert_eq!(unlocked.mk_epoch, 3);
+    assert_decrypts(service, before, b"before rotation", 1);
+
+    // Device absent: no wrap, and nothing changed.
+    if f.unplug() {
+        let prompts = ui.prompt_count();
+        let err = service
+            .rotate_master()
+            .expect_err("no device, no device-bound wrap");
+        assert!(matches!(err, Error::DeviceNotFound { .. }), "{err:?}");
+        unchanged(service, 3, &ui, prompts);
+        if f.can_replug() {
+            assert!(f.replug());
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Per-APDU latency of the PIV simulator through pcscd + vpcd (the numbers
-//! in docs/BENCHMARKS-piv.md). Asserts that an APDU round trip stays far
-//! below the 48 ms delayed-ACK stall that `TCP_QUICKACK` avoids.
+//! in docs/BENCHMARKS.md). A measurement, not a timed assertion: it checks
+//! the answers and prints the timings, including those with `TCP_QUICKACK`
+//! off, to show the 48 ms delayed-ACK stall it avoids.
 
 use std::ffi::CString;
 use std::time::{Duration, Instant};
@@ -70,8 +71,6 @@ fn apdu_latency_through_pcscd() {
 
     let raw = stats(raw_get_version(&reader, 1000));
     report("raw GET VERSION (pcsc transmit)", 1000, &raw);
-    assert!(raw.p50 < Duration::from_millis(5), "p50 {:?}", raw.p50);
-    assert!(raw.mean < Duration::from_millis(10), "mean {:?}", raw.mean);
 
     let opens: Vec<Duration> = (0..20)
         .map(|_| {
@@ -84,11 +83,6 @@ fn apdu_latency_through_pcscd() {
         .collect();
     let open = stats(opens);
     report("YubiKey::open()", 20, &open);
-    assert!(
-        open.p50 < Duration::from_millis(40),
-        "open p50 {:?}",
-        open.p50
-    );
 
     let mut yk = YubiKey::open().expect("open");
     let t = Instant::now();
@@ -141,11 +135,6 @@ fn apdu_latency_through_pcscd() {
         .collect();
     let sign = stats(sign);
     report("P-256 ECDSA (sign_data)", 200, &sign);
-    assert!(
-        sign.p50 < Duration::from_millis(10),
-        "sign p50 {:?}",
-        sign.p50
-    );
     drop(yk);
 
     // The trap this avoids: without TCP_QUICKACK every APDU waits for the
@@ -154,10 +143,4 @@ fn apdu_latency_through_pcscd() {
     let slow = stats(raw_get_version(&reader, 50));
     report("raw GET VERSION without QUICKACK", 50, &slow);
     f.card.set_quickack(true);
-    assert!(
-        slow.p50 > raw.p50 * 5,
-        "QUICKACK should matter: {:?} vs {:?}",
-        slow.p50,
-        raw.p50
-    );
 }

@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 
-use keyward_kms::{Enrollment, Error, Result};
+use keyward_kms::{BackendKind, Enrollment, Error, Result};
 use serde_json::{Value, json};
 
 use super::uri::{Uri, percent_encode};
@@ -120,12 +120,21 @@ impl Descriptor {
         v
     }
 
-    /// Reads the `params` of `enrollment`.
+    /// Reads the `params` of `enrollment`, which must be a PKCS#11 one.
     ///
     /// # Errors
+    /// [`Error::InvalidArgument`] for an enrollment of another kind;
     /// [`Error::Malformed`] if a field is missing or of the wrong type;
     /// [`Error::UnsupportedFormat`] for another descriptor version.
     pub fn from_enrollment(enrollment: &Enrollment) -> Result<Self> {
+        if enrollment.kind != BackendKind::Pkcs11 {
+            return Err(Error::InvalidArgument {
+                what: format!(
+                    "a {} enrollment given to the PKCS#11 backend",
+                    enrollment.kind
+                ),
+            });
+        }
         Self::from_json(&enrollment.params)
     }
 
@@ -262,7 +271,6 @@ pub fn split_aes_gcm_blob(blob: &[u8]) -> Result<([u8; GCM_IV_LEN], &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keyward_kms::BackendKind;
 
     fn sample() -> Descriptor {
         Descriptor {
@@ -302,6 +310,15 @@ mod tests {
             params: d.to_json(),
         };
         assert_eq!(Descriptor::from_enrollment(&e).expect("parses"), d);
+        // The same params under another kind are refused.
+        let foreign = Enrollment {
+            kind: BackendKind::Recovery,
+            ..e
+        };
+        assert!(matches!(
+            Descriptor::from_enrollment(&foreign),
+            Err(Error::InvalidArgument { .. })
+        ));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use crate::args::{DecryptArgs, EncryptArgs, ExportPublicArgs, SignArgs, VerifyAr
 use crate::failure::{Exit, Failure};
 use crate::files::{Content, Input, Output, Progress, print, print_json};
 use crate::render::format_time;
+use crate::ui::Reserve;
 
 /// Signatures are a few hundred bytes; anything much larger is not one.
 const MAX_SIGNATURE_LEN: u64 = 64 * 1024;
@@ -30,7 +31,7 @@ pub(super) fn encrypt(ctx: &Ctx<'_>, args: &EncryptArgs) -> Result<(), Failure> 
     let mut input = Input::open(args.input.as_deref())?;
     let mut output = Output::create(args.output.as_deref(), Content::Binary, args.force)?;
     let mut service = ctx.open()?;
-    ctx.unlock(&mut service, false)?;
+    ctx.unlock(&mut service, Reserve::Nothing)?;
     let mut progress = Progress::new("encrypted", input.len());
     let summary = ctx.check(service.encrypt_stream(
         &args.key,
@@ -49,7 +50,7 @@ pub(super) fn decrypt(ctx: &Ctx<'_>, args: &DecryptArgs) -> Result<(), Failure> 
     let mut input = Input::open(args.input.as_deref())?;
     let mut output = Output::create(args.output.as_deref(), Content::Plaintext, args.force)?;
     let mut service = ctx.open()?;
-    ctx.unlock(&mut service, false)?;
+    ctx.unlock(&mut service, Reserve::Nothing)?;
     let mut progress = Progress::new("decrypted", input.len());
     let summary = ctx.check(service.decrypt_stream(
         args.context.as_bytes(),
@@ -66,11 +67,15 @@ pub(super) fn decrypt(ctx: &Ctx<'_>, args: &DecryptArgs) -> Result<(), Failure> 
 
 /// `keyward sign`.
 pub(super) fn sign(ctx: &Ctx<'_>, args: &SignArgs) -> Result<(), Failure> {
+    let Some(key) = &args.key else {
+        return super::device::sign(ctx, args);
+    };
     let mut input = Input::open(args.input.as_deref())?;
     let mut output = Output::create(args.output.as_deref(), Content::Binary, args.force)?;
     let mut service = ctx.open()?;
-    ctx.unlock(&mut service, false)?;
-    let signature = ctx.check(service.sign(&args.key, &args.audience, &mut input))?;
+    ctx.unlock(&mut service, Reserve::Nothing)?;
+    let audience = args.audience.as_deref().unwrap_or_default();
+    let signature = ctx.check(service.sign(key, audience, &mut input))?;
     output
         .write_all(&signature)
         .map_err(|e| Failure::io("cannot write the signature", &e))?;
@@ -117,8 +122,17 @@ fn read_signature(path: &std::path::Path) -> Result<Vec<u8>, Failure> {
 
 /// `keyward export-public`.
 pub(super) fn export_public(ctx: &Ctx<'_>, args: &ExportPublicArgs) -> Result<(), Failure> {
+    let Some(name) = &args.name else {
+        return super::device::export_public(ctx, args);
+    };
+    if ctx.cli.protector.is_some() {
+        return Err(Failure::new(
+            Exit::Usage,
+            "export-public takes a key NAME or --protector ID, not both",
+        ));
+    }
     let service = ctx.open()?;
-    let export = ctx.check(service.export_public(&args.name, args.version))?;
+    let export = ctx.check(service.export_public(name, args.version))?;
     if ctx.json() {
         return print_json(&export);
     }

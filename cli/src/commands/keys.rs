@@ -10,6 +10,7 @@ use crate::args::KeyCommand;
 use crate::failure::Failure;
 use crate::files::{print, print_json};
 use crate::render::{format_duration, format_time};
+use crate::ui::Reserve;
 
 /// The remedy when a `secret` key is asked of the keystore.
 pub(crate) const SECRET_CLASS_HINT: &str = "secret keys live only in the memory of `keyward \
@@ -32,7 +33,7 @@ pub(super) fn run(ctx: &Ctx<'_>, cmd: &KeyCommand) -> Result<(), Failure> {
                 rotation_period: *rotation_period,
                 usage_limit: *usage_limit,
             };
-            ctx.unlock(&mut service, false)?;
+            ctx.unlock(&mut service, Reserve::Nothing)?;
             match service.create_key(name, &spec) {
                 Ok(info) => info,
                 Err(e @ Error::ClassPolicy { .. }) if spec.class == DataClass::Secret => {
@@ -50,7 +51,7 @@ pub(super) fn run(ctx: &Ctx<'_>, cmd: &KeyCommand) -> Result<(), Failure> {
         }
         KeyCommand::Show { name } => ctx.check(service.key(name))?,
         KeyCommand::Rotate { name } => {
-            ctx.unlock(&mut service, false)?;
+            ctx.unlock(&mut service, Reserve::Nothing)?;
             ctx.check(service.rotate_key(name))?
         }
         KeyCommand::Retire { name, min_version } => {

@@ -8,11 +8,12 @@ use keyward_kms::service::ProtectorInfo;
 use keyward_kms::{BackendKind, EnrollRequest, Error, Service};
 use serde_json::json;
 
-use super::{Ctx, backends};
+use super::Ctx;
 use crate::args::{EnrollCommand, InitArgs, MasterCommand, ProtectorsCommand};
 use crate::failure::{Exit, Failure};
 use crate::files::{print, print_json};
 use crate::render::format_time;
+use crate::ui::Reserve;
 
 /// Checks, before any work, that a new recovery key will have somewhere to
 /// go: a file that does not exist yet, or a terminal.
@@ -67,7 +68,11 @@ fn create_store_dir(path: &Path) -> Result<(), Failure> {
 }
 
 fn describe(p: &ProtectorInfo) -> String {
-    format!("protector {}: {} '{}'", p.id, p.kind, p.label)
+    let device = match &p.device_id {
+        Some(d) if super::is_hardware(p.kind) => format!(" on {d}"),
+        _ => String::new(),
+    };
+    format!("protector {}: {} '{}'{device}", p.id, p.kind, p.label)
 }
 
 /// `keyward init`.
@@ -97,7 +102,7 @@ pub(super) fn init(ctx: &mut Ctx<'_>, args: &InitArgs) -> Result<(), Failure> {
     };
     let (mut service, recovery) = match Service::init(
         &ctx.path,
-        backends(),
+        ctx.hardware.backends(),
         BackendKind::Recovery,
         &request,
         &ctx.ui,
@@ -166,9 +171,68 @@ pub(super) fn status(ctx: &Ctx<'_>) -> Result<(), Failure> {
     ))
 }
 
+/// Checks that the PIN of a device being enrolled can be had: from a
+/// source or a terminal.
+fn check_pin_source(ctx: &Ctx<'_>) -> Result<(), Failure> {
+    if ctx.ui.has_pin_source() || ctx.ui.interactive() {
+        Ok(())
+    } else {
+        Err(crate::ui::missing_secret(keyward_kms::SecretKind::Pin))
+    }
+}
+
+/// The protector `enroll ... --replace` replaces: `--protector ID` (which
+/// must be of `kind`), else the only one of `kind`.
+fn protector_to_replace(
+    ctx: &Ctx<'_>,
+    service: &Service,
+    kind: BackendKind,
+) -> Result<u32, Failure> {
+    let list = ctx.check(service.protectors())?;
+    if let Some(id) = ctx.cli.protector {
+        let Some(p) = list.iter().find(|p| p.id == id) else {
+            return Err(Error::ProtectorNotFound { id }.into());
+        };
+        if p.kind != kind {
+            return Err(Failure::new(
+                Exit::Usage,
+                format!("protector {id} is a {} protector, not a {kind} one", p.kind),
+            )
+            .hint(format!(
+                "`keyward enroll {kind} --replace` replaces a {kind} protector; \
+                 `keyward protectors list` shows the ids"
+            )));
+        }
+        return Ok(id);
+    }
+    let same: Vec<&ProtectorInfo> = list.iter().filter(|p| p.kind == kind).collect();
+    match same.as_slice() {
+        [only] => Ok(only.id),
+        [] => Err(Failure::new(
+            Exit::NotFound,
+            format!("no {kind} protector is enrolled, so there is none to replace"),
+        )
+        .hint(format!(
+            "enroll one with `keyward enroll {kind}` (without --replace)"
+        ))),
+        many => Err(Failure::new(
+            Exit::Usage,
+            format!(
+                "{} {kind} protectors are enrolled (ids {})",
+                many.len(),
+                many.iter()
+                    .map(|p| p.id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+        .hint("choose the one to replace with --protector ID")),
+    }
+}
+
 /// `keyward enroll ...`.
 pub(super) fn enroll(ctx: &mut Ctx<'_>, cmd: &EnrollCommand) -> Result<(), Failure> {
-    let (kind, request) = match cmd {
+    let (kind, request, reserve, replace) = match cmd {
         EnrollCommand::Recovery {
             label,
             recovery_key_out,
@@ -181,6 +245,8 @@ pub(super) fn enroll(ctx: &mut Ctx<'_>, cmd: &EnrollCommand) -> Result<(), Failu
                     label: label.clone(),
                     ..EnrollRequest::default()
                 },
+                Reserve::Nothing,
+                false,
             )
         }
         EnrollCommand::Passphrase { label, argon2 } => {
@@ -192,25 +258,88 @@ pub(super) fn enroll(ctx: &mut Ctx<'_>, cmd: &EnrollCommand) -> Result<(), Failu
                     options: argon2.options(),
                     ..EnrollRequest::default()
                 },
+                Reserve::Passphrase,
+                false,
+            )
+        }
+        EnrollCommand::Tpm(args) => {
+            // A PIN-less TPM key needs nothing from the PIN source, which
+            // may then unlock (another device).
+            let reserve = if args.with_pin() {
+                check_pin_source(ctx)?;
+                Reserve::Pin
+            } else {
+                Reserve::Nothing
+            };
+            (
+                BackendKind::Tpm,
+                EnrollRequest {
+                    label: args.label.clone(),
+                    // The TCTI (--tcti, KEYWARD_TPM_TCTI) is the backend's.
+                    device: None,
+                    options: args.options(),
+                },
+                reserve,
+                args.replace,
+            )
+        }
+        EnrollCommand::Pkcs11(args) => {
+            // The token's user PIN logs in; a URI's pin-source= is the
+            // backend's to read.
+            if !args.uri.contains("pin-source=") {
+                check_pin_source(ctx)?;
+            }
+            (
+                BackendKind::Pkcs11,
+                EnrollRequest {
+                    label: args.label.clone(),
+                    device: Some(args.uri.clone()),
+                    options: args.options(),
+                },
+                Reserve::Pin,
+                args.replace,
             )
         }
     };
     let mut service = ctx.open()?;
-    ctx.unlock(&mut service, kind == BackendKind::Passphrase)?;
-    let info = match service.enroll(kind, &request, &ctx.ui) {
+    let replaced = if replace {
+        Some(protector_to_replace(ctx, &service, kind)?)
+    } else {
+        None
+    };
+    // With --replace, --protector names the protector to replace, not the
+    // one to unlock with.
+    let unlock_protector = if replace { None } else { ctx.cli.protector };
+    ctx.unlock_with(&mut service, reserve, unlock_protector)?;
+    let result = match replaced {
+        Some(old) => service.replace_protector(old, kind, &request, &ctx.ui),
+        None => service.enroll(kind, &request, &ctx.ui),
+    };
+    let info = match result {
         Ok(info) => {
             ctx.ui.keep_written_recovery_key();
             info
         }
         Err(e) => {
             ctx.ui.discard_written_recovery_key();
-            return Err(ctx.ui.explain(e));
+            return Err(ctx.ui.explain_for(&e, Some(kind)));
         }
     };
     if ctx.json() {
-        return print_json(&info);
+        let mut value = serde_json::to_value(&info)
+            .map_err(|e| Failure::new(Exit::Failure, format!("cannot encode JSON: {e}")))?;
+        if let (Some(old), Some(map)) = (replaced, value.as_object_mut()) {
+            map.insert("replaced".to_owned(), json!(old));
+        }
+        return print_json(&value);
     }
-    print(&format!("enrolled {}\n", describe(&info)))
+    match replaced {
+        Some(old) => print(&format!(
+            "enrolled {}\nremoved protector {old}, which it replaces\n",
+            describe(&info)
+        )),
+        None => print(&format!("enrolled {}\n", describe(&info))),
+    }
 }
 
 /// `keyward protectors ...`.
@@ -256,7 +385,7 @@ pub(super) fn master(ctx: &Ctx<'_>, cmd: &MasterCommand) -> Result<(), Failure> 
     match cmd {
         MasterCommand::Rotate => {
             let mut service = ctx.open()?;
-            ctx.unlock(&mut service, false)?;
+            ctx.unlock(&mut service, Reserve::Nothing)?;
             let epoch = ctx.check(service.rotate_master())?;
             if ctx.json() {
                 return print_json(&json!({ "mk_epoch": epoch }));
