@@ -127,6 +127,19 @@ pub struct SetupReport {
     pub management_key_changed: bool,
 }
 
+/// Which credentials of a card are still the factory defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FactoryDefaults {
+    /// The card's serial.
+    pub serial: u32,
+    /// The PIN is `123456`.
+    pub pin: bool,
+    /// The PUK is `12345678`.
+    pub puk: bool,
+    /// The management key is the default one.
+    pub management_key: bool,
+}
+
 /// The lock on the card handles, with the serial in use.
 struct Session<'a> {
     guard: MutexGuard<'a, BTreeMap<u32, YubiKey>>,
@@ -243,29 +256,57 @@ impl Backend {
         }
     }
 
+    /// Which credentials of the card are still the factory defaults, and
+    /// its serial. `device` is the serial; `None`: the only YubiKey
+    /// present. Sends no PIN.
+    ///
+    /// # Errors
+    /// Device errors ([`Error::DeviceNotFound`], ...).
+    pub fn factory_defaults(&self, device: Option<&str>) -> Result<FactoryDefaults> {
+        let serial = match device {
+            Some(d) => parse_serial(d)?,
+            None => Self::only_serial()?,
+        };
+        let (mut s, _) = self.start(serial)?;
+        let d = default_credentials(&mut s)?;
+        Ok(FactoryDefaults {
+            serial,
+            pin: d.pin,
+            puk: d.puk,
+            management_key: d.management,
+        })
+    }
+
     /// Changes what is still factory-default on the card: the PIN (to
     /// `new_pin`), the PUK (to `new_puk`) and the management key (to a
     /// random one stored PIN-protected on the card). A PIN that is no
-    /// longer the default is asked for through `ui`; a PUK that is no
-    /// longer the default is left alone. `device` is the serial; `None`:
-    /// the only YubiKey present.
+    /// longer the default is asked for through `ui` (to store the
+    /// management key); a PUK that is no longer the default is left alone.
+    /// `device` is the serial; `None`: the only YubiKey present. See
+    /// [`Backend::factory_defaults`] for which new secrets are needed.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for a PIN or PUK that is not 6 to 8
-    /// characters or is the default; device errors; [`Error::WrongPin`].
+    /// [`Error::InvalidArgument`] for a new PIN or PUK that is missing
+    /// while needed, not 6 to 8 characters, or the default; device errors;
+    /// [`Error::WrongPin`].
     pub fn setup(
         &self,
         device: Option<&str>,
-        new_pin: &SecretString,
-        new_puk: &SecretString,
+        new_pin: Option<&SecretString>,
+        new_puk: Option<&SecretString>,
         ui: &dyn Callbacks,
     ) -> Result<SetupReport> {
-        check_pin_format(new_pin.expose_secret(), "PIN")?;
-        check_pin_format(new_puk.expose_secret(), "PUK")?;
-        if new_pin.expose_secret() == DEFAULT_PIN || new_puk.expose_secret() == DEFAULT_PUK {
-            return Err(Error::InvalidArgument {
-                what: "the new PIN and PUK must not be the factory defaults".into(),
-            });
+        for (secret, what, default) in
+            [(new_pin, "PIN", DEFAULT_PIN), (new_puk, "PUK", DEFAULT_PUK)]
+        {
+            if let Some(secret) = secret {
+                check_pin_format(secret.expose_secret(), what)?;
+                if secret.expose_secret() == default {
+                    return Err(Error::InvalidArgument {
+                        what: format!("the new {what} must not be the factory default"),
+                    });
+                }
+            }
         }
         let serial = match device {
             Some(d) => parse_serial(d)?,
@@ -277,6 +318,14 @@ impl Backend {
         };
         let (mut s, retries) = self.start(serial)?;
         let defaults = default_credentials(&mut s)?;
+        let new_pin = match (defaults.pin, new_pin) {
+            (true, None) => return Err(missing_new("PIN")),
+            (_, p) => p,
+        };
+        let new_puk = match (defaults.puk, new_puk) {
+            (true, None) => return Err(missing_new("PUK")),
+            (_, p) => p,
+        };
         let pin: SecretString = if defaults.pin {
             drop(s);
             SecretString::from(DEFAULT_PIN)
@@ -294,21 +343,24 @@ impl Backend {
         };
         check_pin_format(pin.expose_secret(), "PIN")?;
         let mut s = self.resume(serial)?;
-        if defaults.pin {
+        if let (true, Some(new_pin)) = (defaults.pin, new_pin) {
             let r = s
                 .yk()?
                 .change_pin(DEFAULT_PIN.as_bytes(), new_pin.expose_secret().as_bytes());
             r.map_err(|e| s.fail(e, Op::Verify))?;
             report.pin_changed = true;
         }
-        if defaults.puk {
+        if let (true, Some(new_puk)) = (defaults.puk, new_puk) {
             let r = s
                 .yk()?
                 .change_puk(DEFAULT_PUK.as_bytes(), new_puk.expose_secret().as_bytes());
             r.map_err(|e| s.fail(e, Op::Admin))?;
             report.puk_changed = true;
         }
-        let current_pin = if defaults.pin { new_pin } else { &pin };
+        let current_pin = match (defaults.pin, new_pin) {
+            (true, Some(p)) => p,
+            _ => &pin,
+        };
         verify(&mut s, current_pin)?;
         if defaults.management {
             let yk = s.yk()?;
@@ -639,6 +691,12 @@ fn not_found(serial: Option<u32>) -> Error {
             Some(s) => format!("insert the YubiKey with serial {s}"),
             None => "insert a YubiKey".into(),
         }),
+    }
+}
+
+fn missing_new(what: &str) -> Error {
+    Error::InvalidArgument {
+        what: format!("the card still has the factory {what}: give a new {what} to set"),
     }
 }
 

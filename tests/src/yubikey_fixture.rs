@@ -54,8 +54,8 @@ impl YubikeyFixture {
             .backend
             .setup(
                 Some(&YK_SERIAL.to_string()),
-                &SecretString::from(YK_PIN),
-                &SecretString::from(YK_PUK),
+                Some(&SecretString::from(YK_PIN)),
+                Some(&SecretString::from(YK_PUK)),
                 &TestCallbacks::new(),
             )
             .expect("setup of a factory-fresh simulated card");

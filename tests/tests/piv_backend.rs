@@ -141,12 +141,23 @@ fn factory_defaults_are_refused_until_setup() {
         "nothing generated"
     );
 
+    let d = yk.factory_defaults(None).expect("defaults");
+    assert_eq!(d.serial, YK_SERIAL);
+    assert!(d.pin && d.puk && d.management_key, "{d:?}");
+    let r = yk.setup(
+        None,
+        None,
+        Some(&SecretString::from(YK_PUK)),
+        &TestCallbacks::new(),
+    );
+    assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
+
     // Refused new secrets.
     for (pin, puk) in [("12345", YK_PUK), (YK_PIN, "123456789"), ("123456", YK_PUK)] {
         let r = yk.setup(
             None,
-            &SecretString::from(pin),
-            &SecretString::from(puk),
+            Some(&SecretString::from(pin)),
+            Some(&SecretString::from(puk)),
             &TestCallbacks::new(),
         );
         assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
@@ -155,8 +166,8 @@ fn factory_defaults_are_refused_until_setup() {
     let report = yk
         .setup(
             None,
-            &SecretString::from(YK_PIN),
-            &SecretString::from(YK_PUK),
+            Some(&SecretString::from(YK_PIN)),
+            Some(&SecretString::from(YK_PUK)),
             &TestCallbacks::new(),
         )
         .expect("setup");
@@ -177,15 +188,13 @@ fn factory_defaults_are_refused_until_setup() {
         "management key stored in the PIN-protected object"
     );
 
+    let d = yk.factory_defaults(Some("12345678")).expect("defaults");
+    assert!(!d.pin && !d.puk && !d.management_key, "{d:?}");
+
     // Running setup again asks for the current PIN and changes nothing.
     let ui = right();
     let again = yk
-        .setup(
-            Some("12345678"),
-            &SecretString::from(YK_PIN),
-            &SecretString::from(YK_PUK),
-            &ui,
-        )
+        .setup(Some("12345678"), None, None, &ui)
         .expect("setup is idempotent");
     assert!(!again.pin_changed && !again.puk_changed && !again.management_key_changed);
     assert_eq!(ui.prompt_count(), 1);
@@ -206,8 +215,8 @@ fn firmware_before_5_4_gets_a_3des_management_key() {
     let report = yk
         .setup(
             None,
-            &SecretString::from(YK_PIN),
-            &SecretString::from(YK_PUK),
+            Some(&SecretString::from(YK_PIN)),
+            Some(&SecretString::from(YK_PUK)),
             &TestCallbacks::new(),
         )
         .expect("setup");
