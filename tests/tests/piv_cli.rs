@@ -141,6 +141,14 @@ fn setup_enroll_lock_unlock_decrypt() {
         .stdout;
     let pt = hw.pin(&["decrypt"], &ct).ok();
     assert_eq!(pt.stdout, b"dear diary");
+    // The touch is announced; the yubikey crate's logs about the empty
+    // second reader are not shown.
+    assert!(
+        pt.stderr.contains("touch YubiKey 12345678"),
+        "{}",
+        pt.stderr
+    );
+    assert!(!pt.stderr.contains("ERROR"), "{}", pt.stderr);
     let pt = hw.pin(&["decrypt", "--with", "yubikey"], &ct).ok();
     assert_eq!(pt.stdout, b"dear diary");
 
