@@ -871,6 +871,67 @@ mod tests {
     }
 
     #[test]
+    fn yubikey_enroll_and_setup_options() {
+        let cli = parse(&[
+            "enroll",
+            "yubikey",
+            "--serial",
+            "12345678",
+            "--slot",
+            "85",
+            "--touch",
+            "cached",
+            "--pin-policy",
+            "always",
+            "--overwrite",
+        ])
+        .expect("parse");
+        match cli.command {
+            Command::Enroll(EnrollCommand::Yubikey(args)) => {
+                assert_eq!(args.serial, Some(12_345_678));
+                assert_eq!(args.label, "yubikey");
+                assert_eq!(
+                    args.options(),
+                    [
+                        ("slot", "85"),
+                        ("touch", "cached"),
+                        ("pin-policy", "always"),
+                        ("overwrite", "true"),
+                    ]
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = parse(&["enroll", "yubikey"]).expect("parse");
+        match cli.command {
+            Command::Enroll(EnrollCommand::Yubikey(args)) => assert!(args.options().is_empty()),
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            &["enroll", "yubikey", "--overwrite"][..],
+            &["enroll", "yubikey", "--touch", "sometimes"],
+            &["enroll", "yubikey", "--serial", "-1"],
+            &["yubikey", "setup", "--puk", "12345678"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        let cli = parse(&["yubikey", "setup", "--serial", "7", "--puk-fd", "3"]).expect("parse");
+        match cli.command {
+            Command::Yubikey(YubikeyCommand::Setup(args)) => {
+                assert_eq!((args.serial, args.puk_fd), (Some(7), Some(3)));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            parse(&["decrypt", "--with", "yubikey"])
+                .expect("parse")
+                .with,
+            Some(WithArg::Yubikey)
+        );
+    }
+
+    #[test]
     fn rotation_period_parses_units() {
         let cli = parse(&["key", "create", "k", "--rotation-period", "90d"]).expect("parse");
         match cli.command {
