@@ -452,6 +452,10 @@ impl Ui {
         lock(&self.written).take()
     }
 
+    #[cfg_attr(
+        not(feature = "yubikey"),
+        allow(dead_code, reason = "only `keyward yubikey setup` sets device PINs")
+    )]
     /// A new PIN or PUK to set on a device: a PIN from the PIN source
     /// (`--pin-fd`, `KEYWARD_PIN`), a PUK from `puk_fd` or `KEYWARD_PUK`;
     /// without a source, asked twice on the terminal.

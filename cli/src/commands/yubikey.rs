@@ -1,15 +1,9 @@
 //! `keyward yubikey setup`: replaces a YubiKey's factory PIN, PUK and
 //! management key so that it can be enrolled (docs/YUBIKEY.md).
 
-use std::fmt::Write as _;
-
-use keyward_kms::SecretKind;
-use serde_json::json;
-
 use super::Ctx;
 use crate::args::{YubikeyCommand, YubikeySetupArgs};
 use crate::failure::Failure;
-use crate::files::{print, print_json};
 
 /// `keyward yubikey ...`.
 pub(super) fn run(ctx: &Ctx<'_>, cmd: &YubikeyCommand) -> Result<(), Failure> {
@@ -20,7 +14,13 @@ pub(super) fn run(ctx: &Ctx<'_>, cmd: &YubikeyCommand) -> Result<(), Failure> {
 
 #[cfg(feature = "yubikey")]
 fn setup(ctx: &Ctx<'_>, args: &YubikeySetupArgs) -> Result<(), Failure> {
-    use keyward_kms::BackendKind;
+    use std::fmt::Write as _;
+
+    use keyward_kms::{BackendKind, SecretKind};
+    use serde_json::json;
+
+    use crate::files::{print, print_json};
+
     let yk = ctx.hardware.yubikey();
     let device = args.serial.map(|s| s.to_string());
     let explain = |e: &keyward_kms::Error| ctx.ui.explain_for(e, Some(BackendKind::Yubikey));
