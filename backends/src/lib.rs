@@ -8,6 +8,9 @@
 //!
 //! - `pkcs11` (feature `pkcs11`): PKCS#11 tokens and HSMs through
 //!   `cryptoki` (SoftHSM2, YubiHSM 2, Nitrokey HSM via OpenSC, cloud HSMs).
+//! - `yubikey` (feature `yubikey`): a YubiKey over PIV through PC/SC
+//!   (pcscd) with the `yubikey` crate: a P-256 key in a retired slot, PIN
+//!   and touch.
 //! - `tpm` (feature `tpm`): TPM 2.0 through `tss-esapi` (swtpm, or the
 //!   kernel resource manager `/dev/tpmrm0`).
 //!
@@ -26,3 +29,5 @@
 pub mod pkcs11;
 #[cfg(feature = "tpm")]
 pub mod tpm;
+#[cfg(feature = "yubikey")]
+pub mod yubikey;

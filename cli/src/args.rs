@@ -22,7 +22,7 @@ const EXIT_CODES_HELP: &str = "\
 Secrets are never command-line arguments. To unlock, keyward reads:
   a passphrase   from --passphrase-fd N or KEYWARD_PASSPHRASE
   a recovery key from --recovery-key-file FILE or KEYWARD_RECOVERY_KEY
-  a device PIN   from --pin-fd N or KEYWARD_PIN (TPM, PKCS#11 token)
+  a device PIN   from --pin-fd N or KEYWARD_PIN (TPM, PKCS#11 token, YubiKey)
 or, with none of these, asks on the terminal.
 
 Exit codes:
@@ -71,7 +71,7 @@ pub(crate) struct Cli {
     #[arg(long, global = true, value_name = "FILE", help_heading = GLOBAL)]
     pub(crate) recovery_key_file: Option<PathBuf>,
 
-    /// Read the PIN of a hardware protector (TPM, PKCS#11 token) from file
+    /// Read the PIN of a hardware protector (TPM, PKCS#11 token, YubiKey) from file
     /// descriptor N (up to the first newline); KEYWARD_PIN also gives one
     #[arg(long, global = true, value_name = "N", help_heading = GLOBAL,
           value_parser = clap::value_parser!(i32).range(0..))]
@@ -139,6 +139,30 @@ pub(crate) enum Command {
     /// Read and verify the audit log
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// YubiKey maintenance
+    #[command(subcommand)]
+    Yubikey(YubikeyCommand),
+}
+
+/// `keyward yubikey ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum YubikeyCommand {
+    /// Replace the factory PIN and PUK (new ones from --pin-fd / KEYWARD_PIN
+    /// and --puk-fd / KEYWARD_PUK, or asked twice) and the default
+    /// management key (by a random one stored PIN-protected on the card)
+    Setup(YubikeySetupArgs),
+}
+
+/// `keyward yubikey setup`.
+#[derive(Debug, Args)]
+pub(crate) struct YubikeySetupArgs {
+    /// Serial of the YubiKey [default: the only one connected]
+    #[arg(long, value_name = "N")]
+    pub(crate) serial: Option<u32>,
+    /// Read the new PUK from file descriptor N (up to the first newline);
+    /// KEYWARD_PUK also gives one
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(0..))]
+    pub(crate) puk_fd: Option<i32>,
 }
 
 /// `keyward init`.
@@ -189,6 +213,98 @@ pub(crate) enum EnrollCommand {
     /// Enroll a PKCS#11 token or HSM (its user PIN from --pin-fd,
     /// KEYWARD_PIN or a prompt); unlock with another protector
     Pkcs11(EnrollPkcs11Args),
+    /// Enroll a YubiKey over PIV (its PIN from --pin-fd, KEYWARD_PIN or a
+    /// prompt; run `keyward yubikey setup` first); unlock with another
+    /// protector
+    Yubikey(EnrollYubikeyArgs),
+}
+
+/// `keyward enroll yubikey`.
+#[derive(Debug, Args)]
+pub(crate) struct EnrollYubikeyArgs {
+    /// Serial of the YubiKey [default: the only one connected]
+    #[arg(long, value_name = "N")]
+    pub(crate) serial: Option<u32>,
+    /// Retired PIV slot for the new key, 82..95 (hex) [default: the first
+    /// empty one]
+    #[arg(long, value_name = "SLOT")]
+    pub(crate) slot: Option<String>,
+    /// When the YubiKey wants a touch [default: always]
+    #[arg(long, value_enum, value_name = "WHEN")]
+    pub(crate) touch: Option<TouchArg>,
+    /// When the YubiKey wants the PIN [default: once per session]
+    #[arg(long, value_enum, value_name = "WHEN")]
+    pub(crate) pin_policy: Option<PinPolicyArg>,
+    /// Replace a key already in --slot (it is destroyed)
+    #[arg(long, requires = "slot")]
+    pub(crate) overwrite: bool,
+    /// Label shown in `keyward protectors list`
+    #[arg(long, default_value = "yubikey")]
+    pub(crate) label: String,
+    /// Replace the enrolled YubiKey protector (one transaction);
+    /// --protector ID picks it when several are enrolled
+    #[arg(long)]
+    pub(crate) replace: bool,
+}
+
+impl EnrollYubikeyArgs {
+    /// The options as the YubiKey backend takes them (`slot`, `touch`,
+    /// `pin-policy`, `overwrite`).
+    pub(crate) fn options(&self) -> Vec<(String, String)> {
+        let mut options = Vec::new();
+        if let Some(slot) = &self.slot {
+            options.push(("slot".to_owned(), slot.clone()));
+        }
+        if let Some(touch) = self.touch {
+            options.push(("touch".to_owned(), touch.as_str().to_owned()));
+        }
+        if let Some(pin) = self.pin_policy {
+            options.push(("pin-policy".to_owned(), pin.as_str().to_owned()));
+        }
+        if self.overwrite {
+            options.push(("overwrite".to_owned(), "true".to_owned()));
+        }
+        options
+    }
+}
+
+/// YubiKey touch policy on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum TouchArg {
+    /// A touch for every operation
+    Always,
+    /// One touch is good for 15 seconds
+    Cached,
+    /// No touch
+    Never,
+}
+
+impl TouchArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "always",
+            Self::Cached => "cached",
+            Self::Never => "never",
+        }
+    }
+}
+
+/// YubiKey PIN policy on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum PinPolicyArg {
+    /// Once per card session
+    Once,
+    /// Before every operation
+    Always,
+}
+
+impl PinPolicyArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Once => "once",
+            Self::Always => "always",
+        }
+    }
 }
 
 /// `keyward enroll tpm`.
@@ -318,6 +434,8 @@ pub(crate) enum WithArg {
     Tpm,
     /// A PKCS#11 token
     Pkcs11,
+    /// A YubiKey
+    Yubikey,
 }
 
 impl From<WithArg> for BackendKind {
@@ -327,6 +445,7 @@ impl From<WithArg> for BackendKind {
             WithArg::Passphrase => Self::Passphrase,
             WithArg::Tpm => Self::Tpm,
             WithArg::Pkcs11 => Self::Pkcs11,
+            WithArg::Yubikey => Self::Yubikey,
         }
     }
 }
@@ -749,6 +868,67 @@ mod tests {
         let cli = parse(&["decrypt", "--with", "pkcs11", "--tcti", "swtpm:port=1"]).expect("parse");
         assert_eq!(cli.with, Some(WithArg::Pkcs11));
         assert_eq!(cli.tcti.as_deref(), Some("swtpm:port=1"));
+    }
+
+    #[test]
+    fn yubikey_enroll_and_setup_options() {
+        let cli = parse(&[
+            "enroll",
+            "yubikey",
+            "--serial",
+            "12345678",
+            "--slot",
+            "85",
+            "--touch",
+            "cached",
+            "--pin-policy",
+            "always",
+            "--overwrite",
+        ])
+        .expect("parse");
+        match cli.command {
+            Command::Enroll(EnrollCommand::Yubikey(args)) => {
+                assert_eq!(args.serial, Some(12_345_678));
+                assert_eq!(args.label, "yubikey");
+                assert_eq!(
+                    args.options(),
+                    [
+                        ("slot", "85"),
+                        ("touch", "cached"),
+                        ("pin-policy", "always"),
+                        ("overwrite", "true"),
+                    ]
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = parse(&["enroll", "yubikey"]).expect("parse");
+        match cli.command {
+            Command::Enroll(EnrollCommand::Yubikey(args)) => assert!(args.options().is_empty()),
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            &["enroll", "yubikey", "--overwrite"][..],
+            &["enroll", "yubikey", "--touch", "sometimes"],
+            &["enroll", "yubikey", "--serial", "-1"],
+            &["yubikey", "setup", "--puk", "12345678"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        let cli = parse(&["yubikey", "setup", "--serial", "7", "--puk-fd", "3"]).expect("parse");
+        match cli.command {
+            Command::Yubikey(YubikeyCommand::Setup(args)) => {
+                assert_eq!((args.serial, args.puk_fd), (Some(7), Some(3)));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            parse(&["decrypt", "--with", "yubikey"])
+                .expect("parse")
+                .with,
+            Some(WithArg::Yubikey)
+        );
     }
 
     #[test]

@@ -6,9 +6,10 @@ mod data;
 mod device;
 mod keys;
 mod setup;
+mod yubikey;
 
 use std::path::PathBuf;
-#[cfg(any(feature = "tpm", feature = "pkcs11"))]
+#[cfg(any(feature = "tpm", feature = "pkcs11", feature = "yubikey"))]
 use std::sync::Arc;
 
 use keyward_kms::service::{Backends, ProtectorInfo, UnlockWith};
@@ -39,6 +40,10 @@ pub(crate) struct Hardware {
     backends: Backends,
     #[cfg(feature = "pkcs11")]
     pkcs11: Arc<keyward_backends::pkcs11::Backend>,
+    /// The one YubiKey backend of the process: it keeps one card handle
+    /// per YubiKey for the whole command (dropping a handle resets the card).
+    #[cfg(feature = "yubikey")]
+    yubikey: Arc<keyward_backends::yubikey::Backend>,
 }
 
 impl Hardware {
@@ -51,7 +56,7 @@ impl Hardware {
     )]
     fn new(cli: &Cli) -> Self {
         #[cfg_attr(
-            not(any(feature = "tpm", feature = "pkcs11")),
+            not(any(feature = "tpm", feature = "pkcs11", feature = "yubikey")),
             expect(unused_mut, reason = "only hardware backends are added")
         )]
         let mut backends = Backends::software();
@@ -74,11 +79,25 @@ impl Hardware {
             backends.add(backend.clone());
             backend
         };
+        #[cfg(feature = "yubikey")]
+        let yubikey = {
+            let backend = Arc::new(keyward_backends::yubikey::Backend::new());
+            backends.add(backend.clone());
+            backend
+        };
         Self {
             backends,
             #[cfg(feature = "pkcs11")]
             pkcs11,
+            #[cfg(feature = "yubikey")]
+            yubikey,
         }
+    }
+
+    /// The YubiKey backend (`keyward yubikey setup`).
+    #[cfg(feature = "yubikey")]
+    pub(crate) fn yubikey(&self) -> &keyward_backends::yubikey::Backend {
+        &self.yubikey
     }
 
     /// The registry to open a [`Service`] with (shares the instances).
@@ -134,6 +153,7 @@ pub(crate) fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Verify(args) => data::verify(&ctx, args),
         Command::ExportPublic(args) => data::export_public(&ctx, args),
         Command::Audit(cmd) => audit::run(&ctx, cmd),
+        Command::Yubikey(cmd) => yubikey::run(&ctx, cmd),
     }
 }
 

@@ -131,6 +131,7 @@ fn hardware(err: &Error, kind: Option<BackendKind>) -> Option<(Exit, Option<Stri
     const OTHER: &str = "unlock with another protector (e.g. --recovery-key-file FILE)";
     let tpm = kind == Some(BackendKind::Tpm);
     let pkcs11 = kind == Some(BackendKind::Pkcs11);
+    let yubikey = kind == Some(BackendKind::Yubikey);
     Some(match err {
         Error::DeviceNotFound { kind, hint } if kind == "tpm" => (
             Exit::Device,
@@ -243,6 +244,29 @@ fn hardware(err: &Error, kind: Option<BackendKind>) -> Option<(Exit, Option<Stri
                     |s| format!("it forgives one failure every {s} s")
                 )
             ),
+        ),
+        Error::PinBlocked if yubikey => (
+            Exit::Auth,
+            None,
+            format!(
+                "unblock the PIN with the PUK (`ykman piv access unblock-pin`); if the PUK is \
+                 blocked too, `ykman piv reset` erases the card's keys, after which the \
+                 YubiKey must be set up and enrolled again; meanwhile {OTHER}"
+            ),
+        ),
+        Error::WrongPin { .. } if yubikey => (
+            Exit::Auth,
+            None,
+            "keyward never retries a PIN: check it and run the command again (--pin-fd N, \
+             KEYWARD_PIN or the prompt); after 3 wrong PINs in a row the YubiKey blocks it"
+                .to_owned(),
+        ),
+        Error::Device { code, .. } if yubikey && code == "default-credentials" => (
+            Exit::Device,
+            None,
+            "run `keyward yubikey setup` (new PIN and PUK from --pin-fd / KEYWARD_PIN and \
+             --puk-fd / KEYWARD_PUK, or the prompt), then enroll again"
+                .to_owned(),
         ),
         Error::PinBlocked if pkcs11 => (
             Exit::Auth,

@@ -54,13 +54,14 @@ fn report(failure: &Failure) -> ExitCode {
 /// keyward logs a secret type (they have redacting `Debug`).
 ///
 /// Without `-v` the hardware backends' warnings (raw TPM response codes,
-/// `CKR_*` names) and the error logs of tss-esapi and cryptoki stay quiet: the error
+/// `CKR_*` names) and the error logs of tss-esapi, cryptoki and the yubikey
+/// crate (one per empty PC/SC reader) stay quiet: the error
 /// line and its hint say the same for the user. (tpm2-tss, a C library,
 /// prints to stderr unless `TSS2_LOG=all+none`; docs/CLI.md says so.)
 fn init_tracing(verbose: u8) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
-        0 => "warn,keyward_backends=error,tss_esapi=off,cryptoki=off",
+        0 => "warn,keyward_backends=error,tss_esapi=off,cryptoki=off,yubikey=off",
         1 => "warn,keyward=info,keyward_kms=info,keyward_backends=info",
         2 => "warn,keyward=debug,keyward_kms=debug,keyward_backends=debug",
         _ => "info,keyward=trace,keyward_kms=trace,keyward_backends=trace",

@@ -34,6 +34,8 @@ pub(crate) const ENV_PASSPHRASE: &str = "KEYWARD_PASSPHRASE";
 pub(crate) const ENV_RECOVERY_KEY: &str = "KEYWARD_RECOVERY_KEY";
 /// Environment variable holding a device PIN (automation only).
 pub(crate) const ENV_PIN: &str = "KEYWARD_PIN";
+/// Environment variable giving a new device PUK (`keyward yubikey setup`).
+pub(crate) const ENV_PUK: &str = "KEYWARD_PUK";
 
 /// Longest secret accepted from any source. Bounds the allocation when a
 /// file descriptor or file delivers garbage.
@@ -448,6 +450,74 @@ impl Ui {
     /// Forgets the written file: it now belongs to the user.
     pub(crate) fn keep_written_recovery_key(&self) -> Option<PathBuf> {
         lock(&self.written).take()
+    }
+
+    #[cfg_attr(
+        not(feature = "yubikey"),
+        allow(dead_code, reason = "only `keyward yubikey setup` sets device PINs")
+    )]
+    /// A new PIN or PUK to set on a device: a PIN from the PIN source
+    /// (`--pin-fd`, `KEYWARD_PIN`), a PUK from `puk_fd` or `KEYWARD_PUK`;
+    /// without a source, asked twice on the terminal.
+    ///
+    /// # Errors
+    /// No source and no terminal; the source cannot be read; the two
+    /// entries differ three times; an empty entry (cancelled).
+    pub(crate) fn new_device_code(
+        &self,
+        kind: SecretKind,
+        description: &str,
+        puk_fd: Option<i32>,
+    ) -> Result<SecretString, Failure> {
+        let what = if kind == SecretKind::Puk {
+            "PUK"
+        } else {
+            "PIN"
+        };
+        let puk_source = if kind == SecretKind::Puk {
+            puk_fd
+                .map(|fd| Source::new(Origin::Fd(fd)))
+                .or_else(|| std::env::var_os(ENV_PUK).map(|_| Source::new(Origin::Env(ENV_PUK))))
+        } else {
+            None
+        };
+        let source = if kind == SecretKind::Puk {
+            puk_source.as_ref()
+        } else {
+            self.pin.as_ref()
+        };
+        if let Some(source) = source {
+            return source
+                .read(&format!("new {what}"), false)
+                .map_err(Failure::from);
+        }
+        let Some(tty) = &self.tty else {
+            let hint = if kind == SecretKind::Puk {
+                "pass it with --puk-fd N or KEYWARD_PUK, or run keyward on a terminal"
+            } else {
+                "pass it with --pin-fd N or KEYWARD_PIN, or run keyward on a terminal"
+            };
+            return Err(Failure::new(
+                Exit::Auth,
+                format!("a new {what} is needed and there is no terminal to ask for it"),
+            )
+            .hint(hint));
+        };
+        let mut tty = lock(tty);
+        for _ in 0..3 {
+            let first =
+                tty.ask_secret(&format!("New {what} for {description} (6-8 characters): "))?;
+            let second = tty.ask_secret("Type it again: ")?;
+            if first.expose_secret() == second.expose_secret() {
+                return Ok(first);
+            }
+            tty.say("The two entries differ; please try again.\n")
+                .map_err(|e| Failure::io("cannot write to the terminal", &e))?;
+        }
+        Err(Failure::new(
+            Exit::Usage,
+            format!("the two entries of the new {what} differed three times"),
+        ))
     }
 
     fn no_source(&self, kind: SecretKind) -> Error {

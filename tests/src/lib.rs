@@ -42,6 +42,7 @@ pub mod callbacks;
 pub mod cases;
 pub mod fixtures;
 pub mod service_cases;
+pub mod yubikey_fixture;
 
 use std::sync::Arc;
 

@@ -482,7 +482,7 @@ fn tpm_signature_verifies_with_openssl() {
         .fails_with(2)
         .diagnosis(
             "protector 1 is a recovery protector, which has no device key to sign with",
-            "give the id of a tpm or pkcs11 protector (`keyward protectors list`), or sign with \
+            "give the id of a tpm, pkcs11 or yubikey protector (`keyward protectors list`), or sign with \
              a keyward signing key: `keyward sign --key NAME`",
         );
     hw.env

@@ -1,6 +1,6 @@
 //! `sign --protector ID` and `export-public --protector ID`: signatures by
 //! the key inside a hardware protector's device (the TPM's ECDSA key, a
-//! PKCS#11 token's P-256 or Ed25519 key), checkable with standard tools:
+//! PKCS#11 token's P-256 or Ed25519 key, the YubiKey's P-256 slot key), checkable with standard tools:
 //!
 //! ```text
 //! keyward export-public --protector 2 > device.pem
@@ -66,7 +66,7 @@ fn device_enrollment(
             ),
         )
         .hint(
-            "give the id of a tpm or pkcs11 protector (`keyward protectors list`), or sign \
+            "give the id of a tpm, pkcs11 or yubikey protector (`keyward protectors list`), or sign \
              with a keyward signing key: `keyward sign --key NAME`",
         ));
     }
@@ -129,7 +129,7 @@ struct SigningKey {
 }
 
 #[cfg_attr(
-    not(any(feature = "tpm", feature = "pkcs11")),
+    not(any(feature = "tpm", feature = "pkcs11", feature = "yubikey")),
     allow(dead_code, reason = "only the hardware backends sign with P-256 here")
 )]
 fn p256_key(public: &p256::PublicKey) -> Result<SigningKey, Failure> {
@@ -195,6 +195,10 @@ fn signing_key(id: u32, enrollment: &Enrollment) -> Result<SigningKey, Failure> 
                 &enrollment.public_key,
             )?)
         }
+        #[cfg(feature = "yubikey")]
+        keyward_kms::BackendKind::Yubikey => p256_key(
+            &keyward_kms::crypto::ecies::parse_public_key(&enrollment.public_key)?,
+        ),
         kind => {
             tracing::debug!(protector = id, %kind, "no device signing key in this build");
             Err(crate::failure::from_kms_for(

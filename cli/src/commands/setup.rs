@@ -300,6 +300,19 @@ pub(super) fn enroll(ctx: &mut Ctx<'_>, cmd: &EnrollCommand) -> Result<(), Failu
                 args.replace,
             )
         }
+        EnrollCommand::Yubikey(args) => {
+            check_pin_source(ctx)?;
+            (
+                BackendKind::Yubikey,
+                EnrollRequest {
+                    label: args.label.clone(),
+                    device: args.serial.map(|s| s.to_string()),
+                    options: args.options(),
+                },
+                Reserve::Pin,
+                args.replace,
+            )
+        }
     };
     let mut service = ctx.open()?;
     let replaced = if replace {

@@ -1,0 +1,1025 @@
+//! YubiKey protector: a P-256 key generated on a YubiKey (PIV applet) in a
+//! retired key-management slot, used with the PIN and a touch.
+//!
+//! What it is: [`Backend`], an implementation of
+//! [`keyward_kms::backend::Backend`] over PC/SC (pcscd) with the `yubikey`
+//! crate, pinned to `=0.9.0-rc.0` (docs/YUBIKEY.md, /work/shared/HARDWARE.md).
+//! It behaves like age-plugin-yubikey and yubikey-agent: the key never
+//! leaves the device, the management key is a random key stored
+//! PIN-protected on the device, and a PIN is never retried automatically.
+//!
+//! How it works:
+//!
+//! - **Setup** ([`Backend::setup`]) replaces the factory PIN and PUK and the
+//!   default management key with a random one (AES-256 from firmware 5.4,
+//!   3DES before) stored in the PIN-protected data object, as
+//!   `ykman piv access change-management-key --protect` does.
+//! - **Enroll** finds the card by serial (several YubiKeys may be plugged
+//!   in), refuses a card still on a default PIN, PUK or management key,
+//!   verifies the PIN, authenticates with the PIN-protected management key,
+//!   generates a P-256 key in the first empty retired slot (82..95; never
+//!   9a/9c/9d/9e, never a slot holding a key unless `overwrite=true`) with
+//!   PIN policy `once` and touch policy `always` by default, and writes a
+//!   self-signed certificate `CN=keyward` into the slot so that `ykman piv
+//!   info` shows whose key it is. The descriptor records serial, slot,
+//!   policies and the public key.
+//! - **Wrap** is the shared ECIES ([`keyward_kms::crypto::ecies`]) to the
+//!   slot's public key: no device needed.
+//! - **Unwrap** finds the card by serial, compares the slot's public key
+//!   (GET METADATA; the certificate on firmware older than 5.3) with the
+//!   enrolled one *before* asking for the PIN, reads the PIN retries for the
+//!   prompt, and after the prompt checks the slot again, sends VERIFY once,
+//!   announces the touch and runs ECDH (GENERAL AUTHENTICATE) on the blob's
+//!   ephemeral point.
+//! - **Sign** is ECDSA P-256 over SHA-256 (hashed on the host) with the
+//!   same key, DER-encoded and checked against the enrolled key before it
+//!   is returned.
+//!
+//! One card handle per serial lives inside the `Backend` for its whole
+//! life: dropping a `yubikey::YubiKey` resets the card for every program
+//! using it. Handles are kept behind a `Mutex`; the lock is not held while
+//! a PIN prompt is open. A handle that fails with a PC/SC removal or reset
+//! is dropped: at the start of an operation it is silently reopened, after
+//! the PIN prompt the operation fails with [`Error::DeviceRemoved`] and the
+//! next one starts afresh.
+//!
+//! Known limitation (the crate's): after a successful VERIFY the `yubikey`
+//! crate keeps a copy of the PIN in the handle, in memory that is not
+//! zeroized, until the handle is dropped.
+//!
+//! ```no_run
+//! use keyward_backends::yubikey::Backend;
+//! use keyward_kms::backend::Backend as _;
+//! let yk = Backend::new();
+//! for d in yk.devices().expect("pcscd reachable") {
+//!     println!("YubiKey {} firmware {:?}", d.id, d.firmware);
+//! }
+//! ```
+
+mod descriptor;
+mod errors;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use p256::ecdsa::signature::hazmat::PrehashVerifier as _;
+use p256::elliptic_curve::sec1::ToSec1Point as _;
+use p256::pkcs8::EncodePublicKey as _;
+use secrecy::ExposeSecret as _;
+use sha2::{Digest as _, Sha256};
+use yubikey::certificate::Certificate;
+use yubikey::piv::{self, AlgorithmId, ManagementSlotId, SlotId};
+use yubikey::reader::Context;
+use yubikey::{MgmAlgorithmId, MgmKey, YubiKey};
+use zeroize::Zeroizing;
+
+use keyward_kms::backend::{
+    self, BackendKind, Callbacks, Capabilities, DeviceInfo, EnrollRequest, Enrollment, Health,
+    Notice, SecretKind, SecretRequest, SignAlgorithm, Signature, WrapMode, Wrapped,
+};
+use keyward_kms::crypto::ecies;
+use keyward_kms::secret::{Secret32, SecretString, random_bytes};
+use keyward_kms::{Error, Result};
+
+pub use descriptor::{
+    OPTION_OVERWRITE, OPTION_PIN_POLICY, OPTION_SLOT, OPTION_TOUCH, Params, Pin, Touch,
+};
+use descriptor::{Options, retired_slots, slot_id};
+use errors::{KIND, Op, device, drops_handle, map};
+
+/// The factory PIN of a YubiKey.
+pub const DEFAULT_PIN: &str = "123456";
+/// The factory PUK of a YubiKey.
+pub const DEFAULT_PUK: &str = "12345678";
+
+/// Subject of the certificate that marks a slot as keyward's.
+pub const CERT_SUBJECT: &str = "CN=keyward,O=keyward";
+
+/// The YubiKey backend. See the module documentation.
+#[derive(Default)]
+pub struct Backend {
+    /// One long-lived handle per card serial.
+    cards: Mutex<BTreeMap<u32, YubiKey>>,
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let serials: Vec<u32> = self.lock().keys().copied().collect();
+        f.debug_struct("yubikey::Backend")
+            .field("open_cards", &serials)
+            .finish()
+    }
+}
+
+/// What [`Backend::setup`] changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SetupReport {
+    /// The serial of the card.
+    pub serial: u32,
+    /// The factory PIN was replaced.
+    pub pin_changed: bool,
+    /// The factory PUK was replaced.
+    pub puk_changed: bool,
+    /// A random PIN-protected management key was set.
+    pub management_key_changed: bool,
+}
+
+/// Which credentials of a card are still the factory defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FactoryDefaults {
+    /// The card's serial.
+    pub serial: u32,
+    /// The PIN is `123456`.
+    pub pin: bool,
+    /// The PUK is `12345678`.
+    pub puk: bool,
+    /// The management key is the default one.
+    pub management_key: bool,
+}
+
+/// The lock on the card handles, with the serial in use.
+struct Session<'a> {
+    guard: MutexGuard<'a, BTreeMap<u32, YubiKey>>,
+    serial: u32,
+}
+
+impl Session<'_> {
+    fn yk(&mut self) -> Result<&mut YubiKey> {
+        self.guard.get_mut(&self.serial).ok_or(Error::DeviceRemoved)
+    }
+
+    /// Maps `e`, dropping the handle if the card went away.
+    ///
+    /// The crate reports a reply cut short by a removal as a generic or
+    /// parse error; those are checked with a harmless probe (SELECT and a
+    /// retries query, no PIN) and reported as [`Error::DeviceRemoved`]
+    /// when the card no longer answers.
+    fn fail(&mut self, e: yubikey::Error, op: Op) -> Error {
+        let gone = drops_handle(&e)
+            || (matches!(
+                e,
+                yubikey::Error::GenericError
+                    | yubikey::Error::ParseError
+                    | yubikey::Error::SizeError
+                    | yubikey::Error::AppletNotFound { .. }
+            ) && self
+                .guard
+                .get_mut(&self.serial)
+                .is_some_and(|yk| yk.get_pin_retries().is_err()));
+        if gone {
+            if let Some(yk) = self.guard.remove(&self.serial) {
+                release(yk);
+            }
+            if !drops_handle(&e) {
+                tracing::debug!("YubiKey stopped answering after: {e}");
+                return Error::DeviceRemoved;
+            }
+        }
+        map(e, op)
+    }
+}
+
+impl Backend {
+    /// A backend with no card open yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<u32, YubiKey>> {
+        match self.cards.lock() {
+            Ok(g) => g,
+            Err(poisoned) => {
+                // A panic during a card operation: the handles' state is
+                // unknown, start over.
+                let mut g = poisoned.into_inner();
+                g.clear();
+                self.cards.clear_poison();
+                g
+            }
+        }
+    }
+
+    /// Starts an operation on card `serial`: reuses the handle if it still
+    /// answers, else finds the card among all readers. Returns the session
+    /// and the PIN retries left.
+    fn start(&self, serial: u32) -> Result<(Session<'_>, u8)> {
+        let mut guard = self.lock();
+        if let Some(yk) = guard.get_mut(&serial) {
+            match yk.get_pin_retries() {
+                Ok(r) => return Ok((Session { guard, serial }, r)),
+                Err(e) if drops_handle(&e) => {
+                    tracing::debug!(serial, "stale YubiKey handle dropped: {e}");
+                    if let Some(yk) = guard.remove(&serial) {
+                        release(yk);
+                    }
+                }
+                Err(e) => return Err(map(e, Op::Query)),
+            }
+        }
+        let yk = find(serial)?;
+        guard.insert(serial, yk);
+        let mut session = Session { guard, serial };
+        let retries = match session.yk()?.get_pin_retries() {
+            Ok(r) => r,
+            Err(e) => return Err(session.fail(e, Op::Query)),
+        };
+        Ok((session, retries))
+    }
+
+    /// Continues an operation after a prompt: the handle must still be
+    /// there; a card that went away meanwhile is [`Error::DeviceRemoved`].
+    fn resume(&self, serial: u32) -> Result<Session<'_>> {
+        let guard = self.lock();
+        if !guard.contains_key(&serial) {
+            return Err(Error::DeviceRemoved);
+        }
+        Ok(Session { guard, serial })
+    }
+
+    /// Serial of the only YubiKey present.
+    fn only_serial() -> Result<u32> {
+        let cards = scan()?;
+        let serials: Vec<u32> = cards.iter().map(|yk| u32::from(yk.serial())).collect();
+        cards.into_iter().for_each(release);
+        match serials.as_slice() {
+            [] => Err(not_found(None)),
+            [one] => Ok(*one),
+            many => Err(Error::InvalidArgument {
+                what: format!(
+                    "several YubiKeys are connected (serials {}): choose one with --serial",
+                    join(many)
+                ),
+            }),
+        }
+    }
+
+    /// Which credentials of the card are still the factory defaults, and
+    /// its serial. `device` is the serial; `None`: the only YubiKey
+    /// present. Sends no PIN.
+    ///
+    /// # Errors
+    /// Device errors ([`Error::DeviceNotFound`], ...).
+    pub fn factory_defaults(&self, device: Option<&str>) -> Result<FactoryDefaults> {
+        let serial = match device {
+            Some(d) => parse_serial(d)?,
+            None => Self::only_serial()?,
+        };
+        let (mut s, _) = self.start(serial)?;
+        let d = default_credentials(&mut s)?;
+        Ok(FactoryDefaults {
+            serial,
+            pin: d.pin,
+            puk: d.puk,
+            management_key: d.management,
+        })
+    }
+
+    /// Changes what is still factory-default on the card: the PIN (to
+    /// `new_pin`), the PUK (to `new_puk`) and the management key (to a
+    /// random one stored PIN-protected on the card). A PIN that is no
+    /// longer the default is asked for through `ui` (to store the
+    /// management key); a PUK that is no longer the default is left alone.
+    /// `device` is the serial; `None`: the only YubiKey present. See
+    /// [`Backend::factory_defaults`] for which new secrets are needed.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a new PIN or PUK that is missing
+    /// while needed, not 6 to 8 characters, or the default; device errors;
+    /// [`Error::WrongPin`].
+    pub fn setup(
+        &self,
+        device: Option<&str>,
+        new_pin: Option<&SecretString>,
+        new_puk: Option<&SecretString>,
+        ui: &dyn Callbacks,
+    ) -> Result<SetupReport> {
+        for (secret, what, default) in
+            [(new_pin, "PIN", DEFAULT_PIN), (new_puk, "PUK", DEFAULT_PUK)]
+        {
+            if let Some(secret) = secret {
+                check_pin_format(secret.expose_secret(), what)?;
+                if secret.expose_secret() == default {
+                    return Err(Error::InvalidArgument {
+                        what: format!("the new {what} must not be the factory default"),
+                    });
+                }
+            }
+        }
+        let serial = match device {
+            Some(d) => parse_serial(d)?,
+            None => Self::only_serial()?,
+        };
+        let mut report = SetupReport {
+            serial,
+            ..SetupReport::default()
+        };
+        let (mut s, retries) = self.start(serial)?;
+        let defaults = default_credentials(&mut s)?;
+        let new_pin = match (defaults.pin, new_pin) {
+            (true, None) => return Err(missing_new("PIN")),
+            (_, p) => p,
+        };
+        let new_puk = match (defaults.puk, new_puk) {
+            (true, None) => return Err(missing_new("PUK")),
+            (_, p) => p,
+        };
+        let pin: SecretString = if defaults.pin {
+            drop(s);
+            SecretString::from(DEFAULT_PIN)
+        } else {
+            if retries == 0 {
+                return Err(Error::PinBlocked);
+            }
+            drop(s);
+            let desc = format!("YubiKey {serial}");
+            ui.request_secret(&SecretRequest {
+                kind: SecretKind::Pin,
+                description: &desc,
+                retries_left: Some(u32::from(retries)),
+            })?
+        };
+        check_pin_format(pin.expose_secret(), "PIN")?;
+        let mut s = self.resume(serial)?;
+        if let (true, Some(new_pin)) = (defaults.pin, new_pin) {
+            let r = s
+                .yk()?
+                .change_pin(DEFAULT_PIN.as_bytes(), new_pin.expose_secret().as_bytes());
+            r.map_err(|e| s.fail(e, Op::Verify))?;
+            report.pin_changed = true;
+        }
+        if let (true, Some(new_puk)) = (defaults.puk, new_puk) {
+            let r = s
+                .yk()?
+                .change_puk(DEFAULT_PUK.as_bytes(), new_puk.expose_secret().as_bytes());
+            r.map_err(|e| s.fail(e, Op::Admin))?;
+            report.puk_changed = true;
+        }
+        let current_pin = match (defaults.pin, new_pin) {
+            (true, Some(p)) => p,
+            _ => &pin,
+        };
+        verify(&mut s, current_pin)?;
+        if defaults.management {
+            let yk = s.yk()?;
+            let default = MgmKey::get_default(yk).map_err(|e| map(e, Op::Admin))?;
+            let r = yk.authenticate(&default);
+            r.map_err(|e| s.fail(e, Op::Admin))?;
+            let key = random_management_key(s.yk()?.version())?;
+            let r = key.set_protected(s.yk()?);
+            r.map_err(|e| s.fail(e, Op::Admin))?;
+            report.management_key_changed = true;
+        } else if MgmKey::get_protected(s.yk()?).is_err() {
+            return Err(not_protected(serial));
+        }
+        tracing::info!(
+            serial,
+            pin = report.pin_changed,
+            puk = report.puk_changed,
+            management_key = report.management_key_changed,
+            "YubiKey set up"
+        );
+        Ok(report)
+    }
+
+    /// The enrolled public key as a PEM SubjectPublicKeyInfo, as `openssl
+    /// dgst -sha256 -verify key.pem -signature sig.der` reads it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidPublicKey`] for a descriptor with a bad key.
+    pub fn public_key_pem(enrollment: &Enrollment) -> Result<String> {
+        ecies::parse_public_key(&enrollment.public_key)?
+            .to_public_key_pem(p256::pkcs8::LineEnding::LF)
+            .map_err(|_| Error::InvalidPublicKey {
+                what: "cannot encode as SubjectPublicKeyInfo",
+            })
+    }
+
+    /// Phase one of unwrap and sign: find the card, check the slot, read
+    /// the retries. Returns the retries left; the lock is released.
+    fn precheck(&self, enrollment: &Enrollment, params: &Params) -> Result<u8> {
+        let (mut s, retries) = self.start(params.serial)?;
+        check_slot(&mut s, params, &enrollment.public_key)?;
+        if retries == 0 {
+            return Err(Error::PinBlocked);
+        }
+        Ok(retries)
+    }
+
+    /// Asks for the PIN, then (lock held) re-checks the slot and verifies
+    /// the PIN once. Returns the session, ready for the key operation.
+    fn unlock_slot(
+        &self,
+        enrollment: &Enrollment,
+        params: &Params,
+        ui: &dyn Callbacks,
+    ) -> Result<Session<'_>> {
+        let retries = self.precheck(enrollment, params)?;
+        let desc = description(params);
+        let pin = ui.request_secret(&SecretRequest {
+            kind: SecretKind::Pin,
+            description: &desc,
+            retries_left: Some(u32::from(retries)),
+        })?;
+        check_pin_format(pin.expose_secret(), "PIN")?;
+        let mut s = self.resume(params.serial)?;
+        check_slot(&mut s, params, &enrollment.public_key)?;
+        verify(&mut s, &pin)?;
+        if params.touch_policy.needs_touch() {
+            ui.notify(&Notice::TouchRequired { device: &desc });
+        }
+        Ok(s)
+    }
+}
+
+impl backend::Backend for Backend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Yubikey
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            wrap_modes: vec![WrapMode::EciesP256],
+            sign: vec![SignAlgorithm::EcdsaP256Sha256],
+            pin: true,
+            touch: true,
+            pcr: false,
+        }
+    }
+
+    fn devices(&self) -> Result<Vec<DeviceInfo>> {
+        let mut out = Vec::new();
+        for mut yk in scan()? {
+            let retries = yk.get_pin_retries().ok().map(u32::from);
+            out.push(DeviceInfo {
+                id: u32::from(yk.serial()).to_string(),
+                model: format!("YubiKey (PIV) in reader {:?}", yk.name()),
+                firmware: Some(yk.version().to_string()),
+                retries_left: retries,
+            });
+            release(yk);
+        }
+        Ok(out)
+    }
+
+    fn enroll(&self, req: &EnrollRequest, ui: &dyn Callbacks) -> Result<Enrollment> {
+        let opts = Options::from_request(req)?;
+        let serial = match &req.device {
+            Some(d) => parse_serial(d)?,
+            None => Self::only_serial()?,
+        };
+        let desc = format!("YubiKey {serial}");
+        let (mut s, retries) = self.start(serial)?;
+        let defaults = default_credentials(&mut s)?;
+        if defaults.any() {
+            return Err(device(
+                "default-credentials",
+                format!(
+                    "YubiKey {serial} still uses the factory default {}: run `keyward yubikey \
+                     setup --serial {serial}` to set a new PIN and PUK and a random \
+                     PIN-protected management key, then enroll again",
+                    defaults.list()
+                ),
+            ));
+        }
+        if retries == 0 {
+            return Err(Error::PinBlocked);
+        }
+        drop(s);
+        let pin = ui.request_secret(&SecretRequest {
+            kind: SecretKind::Pin,
+            description: &desc,
+            retries_left: Some(u32::from(retries)),
+        })?;
+        check_pin_format(pin.expose_secret(), "PIN")?;
+        let mut s = self.resume(serial)?;
+        verify(&mut s, &pin)?;
+        let mgm = MgmKey::get_protected(s.yk()?).map_err(|_| not_protected(serial))?;
+        let r = s.yk()?.authenticate(&mgm);
+        r.map_err(|e| s.fail(e, Op::Admin))?;
+        let slot = choose_slot(&mut s, &opts)?;
+        let id = slot_id(slot)?;
+        let yk = s.yk()?;
+        let firmware = yk.version().to_string();
+        let generated = piv::generate(
+            yk,
+            id,
+            AlgorithmId::EccP256,
+            opts.pin.policy(),
+            opts.touch.policy(),
+        );
+        let spki = generated.map_err(|e| s.fail(e, Op::Admin))?;
+        let public = p256::PublicKey::from_sec1_bytes(spki.subject_public_key.raw_bytes())
+            .map_err(|_| device("generate", "the YubiKey returned an invalid P-256 key"))?;
+        // Mark the slot: a self-signed certificate, signed by the new key
+        // (needs the PIN again under policy `always`, and a touch).
+        if opts.pin == Pin::Always {
+            verify(&mut s, &pin)?;
+        }
+        if opts.touch.needs_touch() {
+            ui.notify(&Notice::TouchRequired { device: &desc });
+        }
+        write_certificate(&mut s, id, spki, opts.touch.needs_touch())?;
+        let params = Params {
+            v: 1,
+            serial,
+            slot: format!("{slot:02x}"),
+            pin_policy: opts.pin,
+            touch_policy: opts.touch,
+            firmware,
+        };
+        tracing::info!(serial, slot = %params.slot, "YubiKey protector enrolled");
+        Ok(Enrollment {
+            kind: BackendKind::Yubikey,
+            device_id: Some(serial.to_string()),
+            public_key: ecies::compress(&public).to_vec(),
+            params: params.to_json(),
+        })
+    }
+
+    fn wrap(&self, enrollment: &Enrollment, secret: &Secret32, aad: &[u8]) -> Result<Wrapped> {
+        check_kind(enrollment)?;
+        ecies::seal(&enrollment.public_key, secret, aad).map(Wrapped)
+    }
+
+    fn unwrap(
+        &self,
+        enrollment: &Enrollment,
+        wrapped: &Wrapped,
+        aad: &[u8],
+        ui: &dyn Callbacks,
+    ) -> Result<Secret32> {
+        check_kind(enrollment)?;
+        let params = Params::from_json(&enrollment.params)?;
+        // A malformed blob is refused before the device is touched.
+        ecies::ephemeral_key(&wrapped.0)?;
+        let id = slot_id(params.slot_number()?)?;
+        let mut s = self.unlock_slot(enrollment, &params, ui)?;
+        let touch = params.touch_policy.needs_touch();
+        ecies::open(&enrollment.public_key, &wrapped.0, aad, |epk| {
+            let point = epk.to_sec1_point(false);
+            let r = piv::decrypt_data(s.yk()?, point.as_bytes(), AlgorithmId::EccP256, id);
+            let z = r.map_err(|e| s.fail(e, Op::KeyUse { touch }))?;
+            Secret32::try_from_slice(&z).map_err(|_| {
+                device(
+                    "ecdh",
+                    "the YubiKey returned a shared secret of the wrong size",
+                )
+            })
+        })
+    }
+
+    fn sign(&self, enrollment: &Enrollment, msg: &[u8], ui: &dyn Callbacks) -> Result<Signature> {
+        check_kind(enrollment)?;
+        let params = Params::from_json(&enrollment.params)?;
+        let vk =
+            p256::ecdsa::VerifyingKey::from_sec1_bytes(&enrollment.public_key).map_err(|_| {
+                Error::InvalidPublicKey {
+                    what: "not a valid P-256 point",
+                }
+            })?;
+        let id = slot_id(params.slot_number()?)?;
+        let digest = Sha256::digest(msg);
+        let mut s = self.unlock_slot(enrollment, &params, ui)?;
+        let touch = params.touch_policy.needs_touch();
+        let r = piv::sign_data(s.yk()?, &digest, AlgorithmId::EccP256, id);
+        let der = r.map_err(|e| s.fail(e, Op::KeyUse { touch }))?;
+        let sig = p256::ecdsa::Signature::from_der(&der)
+            .map_err(|_| device("sign", "the YubiKey returned a malformed signature"))?;
+        vk.verify_prehash(&digest, &sig).map_err(|_| {
+            device(
+                "sign",
+                "the YubiKey's signature does not verify with the enrolled key",
+            )
+        })?;
+        Ok(Signature {
+            algorithm: SignAlgorithm::EcdsaP256Sha256,
+            bytes: der.to_vec(),
+        })
+    }
+
+    fn health(&self, enrollment: &Enrollment) -> Result<Health> {
+        check_kind(enrollment)?;
+        let params = Params::from_json(&enrollment.params)?;
+        let (mut s, retries) = match self.start(params.serial) {
+            Ok(x) => x,
+            Err(Error::DeviceNotFound { hint, .. }) => {
+                return Ok(Health {
+                    present: false,
+                    matches: false,
+                    retries_left: None,
+                    lockout_seconds: None,
+                    detail: format!(
+                        "YubiKey {} not found{}",
+                        params.serial,
+                        hint.map(|h| format!(" ({h})")).unwrap_or_default()
+                    ),
+                });
+            }
+            Err(Error::WrongDevice { found, .. }) => {
+                return Ok(Health {
+                    present: false,
+                    matches: false,
+                    retries_left: None,
+                    lockout_seconds: None,
+                    detail: format!("YubiKey {} not found; found {found} instead", params.serial),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let (matches, detail) = match check_slot(&mut s, &params, &enrollment.public_key) {
+            Ok(()) => (
+                true,
+                format!(
+                    "{} present, key matches, {retries} PIN tries left",
+                    description(&params)
+                ),
+            ),
+            Err(e @ (Error::WrongDevice { .. } | Error::Device { .. })) => (false, e.to_string()),
+            Err(e) => return Err(e),
+        };
+        Ok(Health {
+            present: true,
+            matches,
+            retries_left: Some(u32::from(retries)),
+            lockout_seconds: None,
+            detail,
+        })
+    }
+}
+
+// ---- helpers ------------------------------------------------------------
+
+fn description(params: &Params) -> String {
+    format!("YubiKey {} slot {}", params.serial, params.slot)
+}
+
+fn check_kind(enrollment: &Enrollment) -> Result<()> {
+    if enrollment.kind != BackendKind::Yubikey {
+        return Err(Error::InvalidArgument {
+            what: format!(
+                "a {} protector cannot be used by the YubiKey backend",
+                enrollment.kind
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn parse_serial(text: &str) -> Result<u32> {
+    let t = text.trim();
+    let t = t.strip_prefix("yubikey:").unwrap_or(t);
+    u32::from_str(t).map_err(|_| Error::InvalidArgument {
+        what: format!("a YubiKey serial is a decimal number, not {text:?}"),
+    })
+}
+
+fn join(serials: &[u32]) -> String {
+    serials
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn not_found(serial: Option<u32>) -> Error {
+    Error::DeviceNotFound {
+        kind: KIND.into(),
+        hint: Some(match serial {
+            Some(s) => format!("insert the YubiKey with serial {s}"),
+            None => "insert a YubiKey".into(),
+        }),
+    }
+}
+
+fn missing_new(what: &str) -> Error {
+    Error::InvalidArgument {
+        what: format!("the card still has the factory {what}: give a new {what} to set"),
+    }
+}
+
+fn not_protected(serial: u32) -> Error {
+    device(
+        "management-key",
+        format!(
+            "the management key of YubiKey {serial} is not stored PIN-protected on the \
+             device, so keyward cannot use it: run `keyward yubikey setup --serial {serial}` \
+             (or `ykman piv access change-management-key --generate --protect`)"
+        ),
+    )
+}
+
+/// PINs and PUKs are 6 to 8 characters; anything else is refused here,
+/// without spending a try on the card.
+fn check_pin_format(pin: &str, what: &str) -> Result<()> {
+    if (6..=8).contains(&pin.len()) && pin.is_ascii() {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument {
+            what: format!("a YubiKey {what} has 6 to 8 ASCII characters"),
+        })
+    }
+}
+
+/// Drops a handle without resetting the card for others.
+fn release(yk: YubiKey) {
+    if let Err((yk, e)) = yk.disconnect(pcsc::Disposition::LeaveCard) {
+        tracing::debug!("YubiKey disconnect failed: {e}");
+        drop(yk);
+    }
+}
+
+/// Every YubiKey in every reader, opened.
+fn scan() -> Result<Vec<YubiKey>> {
+    let mut ctx = match Context::open() {
+        Ok(c) => c,
+        Err(yubikey::Error::PcscError {
+            inner: Some(pcsc::Error::NoReadersAvailable),
+        }) => return Ok(Vec::new()),
+        Err(yubikey::Error::PcscError { inner: Some(p) }) => {
+            return Err(Error::DeviceNotFound {
+                kind: KIND.into(),
+                hint: Some(format!("{}; {p}", errors::PCSCD_HINT)),
+            });
+        }
+        Err(e) => return Err(map(e, Op::Query)),
+    };
+    let readers = match ctx.iter() {
+        Ok(r) => r,
+        Err(yubikey::Error::PcscError {
+            inner: Some(pcsc::Error::NoReadersAvailable),
+        }) => return Ok(Vec::new()),
+        Err(e) => return Err(map(e, Op::Query)),
+    };
+    Ok(readers.filter_map(|r| r.open().ok()).collect())
+}
+
+/// The card with `serial`, among all readers.
+fn find(serial: u32) -> Result<YubiKey> {
+    let mut hit = None;
+    let mut others = Vec::new();
+    for yk in scan()? {
+        let s = u32::from(yk.serial());
+        if s == serial && hit.is_none() {
+            hit = Some(yk);
+        } else {
+            others.push(s);
+            release(yk);
+        }
+    }
+    match hit {
+        Some(yk) => Ok(yk),
+        None if others.is_empty() => Err(not_found(Some(serial))),
+        None => Err(Error::WrongDevice {
+            expected: format!("YubiKey serial {serial}"),
+            found: format!("YubiKey serial {} (insert {serial})", join(&others)),
+        }),
+    }
+}
+
+/// Sends VERIFY once; never retried.
+fn verify(s: &mut Session<'_>, pin: &SecretString) -> Result<()> {
+    let r = s.yk()?.verify_pin(pin.expose_secret().as_bytes());
+    r.map_err(|e| s.fail(e, Op::Verify))
+}
+
+/// Which credentials are still the factory defaults.
+#[derive(Debug, Default)]
+struct Defaults {
+    pin: bool,
+    puk: bool,
+    management: bool,
+}
+
+impl Defaults {
+    fn any(&self) -> bool {
+        self.pin || self.puk || self.management
+    }
+
+    fn list(&self) -> String {
+        let mut v = Vec::new();
+        if self.pin {
+            v.push("PIN");
+        }
+        if self.puk {
+            v.push("PUK");
+        }
+        if self.management {
+            v.push("management key");
+        }
+        v.join(", ")
+    }
+}
+
+/// Reads the PIN, PUK and management-key metadata (firmware 5.3+). Older
+/// firmware: only the management key can be checked without spending a
+/// try (by authenticating with the default key).
+fn default_credentials(s: &mut Session<'_>) -> Result<Defaults> {
+    let mut d = Defaults::default();
+    for (slot, flag) in [
+        (ManagementSlotId::Pin, &mut d.pin),
+        (ManagementSlotId::Puk, &mut d.puk),
+        (ManagementSlotId::Management, &mut d.management),
+    ] {
+        match piv::metadata(s.yk()?, SlotId::Management(slot)) {
+            Ok(md) => *flag = md.default == Some(true),
+            Err(yubikey::Error::NotSupported) => {
+                if slot == ManagementSlotId::Management {
+                    let yk = s.yk()?;
+                    let default = MgmKey::get_default(yk).map_err(|e| map(e, Op::Admin))?;
+                    *flag = yk.authenticate(&default).is_ok();
+                }
+            }
+            Err(e) => return Err(s.fail(e, Op::Query)),
+        }
+    }
+    Ok(d)
+}
+
+/// Whether `id` holds a key.
+fn occupied(s: &mut Session<'_>, id: SlotId) -> Result<bool> {
+    match piv::metadata(s.yk()?, id) {
+        Ok(_) => Ok(true),
+        Err(yubikey::Error::NotFound) => Ok(false),
+        Err(yubikey::Error::NotSupported) => Ok(Certificate::read(s.yk()?, id).is_ok()),
+        Err(e) => Err(s.fail(e, Op::Query)),
+    }
+}
+
+fn choose_slot(s: &mut Session<'_>, opts: &Options) -> Result<u8> {
+    if let Some(slot) = opts.slot {
+        if occupied(s, slot_id(slot)?)? && !opts.overwrite {
+            return Err(Error::InvalidArgument {
+                what: format!(
+                    "slot {slot:02x} already holds a key; choose another slot, or pass \
+                     overwrite=true (--overwrite) to destroy it"
+                ),
+            });
+        }
+        return Ok(slot);
+    }
+    for (slot, id) in retired_slots() {
+        if !occupied(s, id)? {
+            return Ok(slot);
+        }
+    }
+    Err(device(
+        "no-free-slot",
+        "all 20 retired slots (82..95) hold keys: choose one with --slot and overwrite=true",
+    ))
+}
+
+/// Compares the slot's public key with the enrolled one. Never sends a PIN.
+fn check_slot(s: &mut Session<'_>, params: &Params, enrolled: &[u8]) -> Result<()> {
+    let slot = params.slot_number()?;
+    let id = slot_id(slot)?;
+    let found: Vec<u8> = match piv::metadata(s.yk()?, id) {
+        Ok(md) => match md.public {
+            Some(spki) => spki.subject_public_key.raw_bytes().to_vec(),
+            None => Vec::new(),
+        },
+        Err(yubikey::Error::NotFound) => {
+            return Err(device(
+                "6A82",
+                format!(
+                    "slot {slot:02x} of YubiKey {} is empty: its key was deleted or the PIV \
+                     applet was reset. Unlock with another protector, remove this one and \
+                     enroll the YubiKey again",
+                    params.serial
+                ),
+            ));
+        }
+        Err(yubikey::Error::NotSupported) => match Certificate::read(s.yk()?, id) {
+            Ok(cert) => cert.subject_pki().subject_public_key.raw_bytes().to_vec(),
+            Err(_) => {
+                return Err(device(
+                    "no-metadata",
+                    format!(
+                        "YubiKey {} (firmware before 5.3) has no certificate in slot {slot:02x}, \
+                         so the key cannot be checked before the PIN is sent",
+                        params.serial
+                    ),
+                ));
+            }
+        },
+        Err(e) => return Err(s.fail(e, Op::Query)),
+    };
+    let same = p256::PublicKey::from_sec1_bytes(&found)
+        .is_ok_and(|pk| ecies::compress(&pk).as_slice() == enrolled);
+    if !same {
+        return Err(Error::WrongDevice {
+            expected: format!(
+                "the keyward key in slot {slot:02x} of YubiKey {}",
+                params.serial
+            ),
+            found: "another key in that slot (it was replaced, or the PIV applet was reset)".into(),
+        });
+    }
+    Ok(())
+}
+
+/// A random management key: AES-256 from firmware 5.4, 3DES before.
+fn random_management_key(version: yubikey::Version) -> Result<MgmKey> {
+    let aes = version.major > 5 || (version.major == 5 && version.minor >= 4);
+    let (alg, len) = if aes {
+        (MgmAlgorithmId::Aes256, 32)
+    } else {
+        (MgmAlgorithmId::ThreeDes, 24)
+    };
+    // 3DES refuses weak keys; a random key is weak with negligible
+    // probability, but try a few.
+    for _ in 0..4 {
+        let mut bytes = Zeroizing::new(vec![0u8; len]);
+        random_bytes(&mut bytes)?;
+        if let Ok(key) = MgmKey::from_bytes(bytes.as_slice(), Some(alg)) {
+            return Ok(key);
+        }
+    }
+    Err(Error::Random)
+}
+
+/// Writes the self-signed `CN=keyward` certificate into slot `id`.
+fn write_certificate(
+    s: &mut Session<'_>,
+    id: SlotId,
+    spki: x509_cert::spki::SubjectPublicKeyInfoOwned,
+    touch: bool,
+) -> Result<()> {
+    let mut serial = [0u8; 16];
+    random_bytes(&mut serial)?;
+    serial[0] &= 0x7f;
+    serial[0] |= 0x01;
+    let serial = x509_cert::serial_number::SerialNumber::new(&serial)
+        .map_err(|_| device("certificate", "cannot encode the certificate serial"))?;
+    let validity =
+        x509_cert::time::Validity::from_now(Duration::from_secs(20 * 365 * 24 * 60 * 60))
+            .map_err(|_| device("certificate", "cannot encode the certificate validity"))?;
+    let subject = x509_cert::name::Name::from_str(CERT_SUBJECT)
+        .map_err(|_| device("certificate", "cannot encode the certificate subject"))?;
+    let r = Certificate::generate_self_signed::<_, p256::NistP256>(
+        s.yk()?,
+        id,
+        serial,
+        validity,
+        subject,
+        spki,
+        |_| Ok(()),
+    );
+    r.map(|_| ()).map_err(|e| s.fail(e, Op::KeyUse { touch }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_parsing() {
+        assert_eq!(parse_serial("12345678").expect("serial"), 12_345_678);
+        assert_eq!(parse_serial(" yubikey:7 ").expect("serial"), 7);
+        for bad in ["", "-1", "0x10", "4294967296", "abc"] {
+            assert!(parse_serial(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn pin_format() {
+        for ok in ["123456", "1234567", "abcdefgh"] {
+            check_pin_format(ok, "PIN").expect(ok);
+        }
+        for bad in ["", "12345", "123456789", "12345é"] {
+            assert!(check_pin_format(bad, "PIN").is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn management_key_algorithm_by_firmware() {
+        let k = random_management_key(yubikey::Version::new([5, 4, 3])).expect("key");
+        assert_eq!(k.algorithm_id(), MgmAlgorithmId::Aes256);
+        let k = random_management_key(yubikey::Version::new([5, 2, 7])).expect("key");
+        assert_eq!(k.algorithm_id(), MgmAlgorithmId::ThreeDes);
+        let k = random_management_key(yubikey::Version::new([4, 3, 5])).expect("key");
+        assert_eq!(k.algorithm_id(), MgmAlgorithmId::ThreeDes);
+    }
+
+    #[test]
+    fn wrap_needs_only_the_public_key() {
+        use keyward_kms::backend::Backend as _;
+        let sk = ecies::random_scalar().expect("rng");
+        let e = Enrollment {
+            kind: BackendKind::Yubikey,
+            device_id: Some("1".into()),
+            public_key: ecies::compress(&sk.public_key()).to_vec(),
+            params: serde_json::json!({}),
+        };
+        let secret = Secret32::try_from_slice(&[7; 32]).expect("32");
+        let w = Backend::new().wrap(&e, &secret, b"aad").expect("wrap");
+        let out = ecies::open(&e.public_key, &w.0, b"aad", |epk| Ok(ecies::ecdh(&sk, epk)))
+            .expect("open");
+        assert_eq!(out.expose(), secret.expose());
+        let mut other = e.clone();
+        other.kind = BackendKind::Tpm;
+        assert!(Backend::new().wrap(&other, &secret, b"aad").is_err());
+    }
+}
