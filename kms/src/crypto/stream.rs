@@ -468,7 +468,14 @@ impl Engine {
         // last round) is written out and `next` is filled. Plaintext passes
         // through them, so they are zeroized when dropped.
         let new_buffer = || Zeroizing::new(vec![0u8; n * slot]);
-        let (mut prev, mut cur, mut next) = (new_buffer(), new_buffer(), new_buffer());
+        // `prev` and `next` are allocated only once the input outgrows one
+        // batch: a small message then costs one buffer, not three (each is
+        // zeroized on drop, which touches every page).
+        let (mut prev, mut cur, mut next) = (
+            Zeroizing::new(Vec::new()),
+            new_buffer(),
+            Zeroizing::new(Vec::new()),
+        );
         let (mut cur_len, mut eof) = fill_plain(reader, &mut cur, chunk, slot, 0)?;
         // Sealed bytes at the start of `prev` still to be written, and the
         // plaintext they hold.
@@ -508,6 +515,9 @@ impl Engine {
             // `cur` is full and more may follow. Its last chunk is final
             // only if the input ends right after it, which we do not know
             // yet: hold it back and seal it with the next batch.
+            if next.len() < n * slot {
+                next = new_buffer();
+            }
             let (seal_part, held) = cur.split_at_mut((n - 1) * slot);
             let (mut next_len, mut next_eof) = (0, false);
             let prev_bytes = &prev[..pending];
@@ -551,7 +561,12 @@ impl Engine {
         // As in `encrypt`: `cur` is being opened while `prev` (opened last
         // round) is written out and `next` is filled.
         let new_buffer = || Zeroizing::new(vec![0u8; n * slot]);
-        let (mut prev, mut cur, mut next) = (new_buffer(), new_buffer(), new_buffer());
+        // As in `encrypt`: `prev` and `next` only once needed.
+        let (mut prev, mut cur, mut next) = (
+            Zeroizing::new(Vec::new()),
+            new_buffer(),
+            Zeroizing::new(Vec::new()),
+        );
         let (mut cur_len, mut eof) = fill_cipher(reader, &mut cur, 0)?;
         // Length of the region at the start of `prev` holding authenticated
         // plaintext still to be written (chunks with their tags).
@@ -620,6 +635,9 @@ impl Engine {
             }
             // `cur` is full; its last chunk may be the final one, so hold it
             // back for the next batch (as in `encrypt`).
+            if next.len() < n * slot {
+                next = new_buffer();
+            }
             let (open_part, held) = cur.split_at_mut((n - 1) * slot);
             let (mut next_len, mut next_eof) = (0, false);
             let prev_region = &prev[..pending];
