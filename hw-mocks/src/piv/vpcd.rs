@@ -160,7 +160,7 @@ impl VirtualCard {
     }
 
     /// Turns the per-read `TCP_QUICKACK` off or on (default on). Only for
-    /// measuring the delayed-ACK stall it avoids (docs/BENCHMARKS-piv.md).
+    /// measuring the delayed-ACK stall it avoids (docs/BENCHMARKS.md).
     pub fn set_quickack(&self, enabled: bool) {
         self.shared.quickack.store(enabled, Ordering::SeqCst);
     }
