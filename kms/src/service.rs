@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::collections::{BTreeMap, HashMap};
 
 use base64::Engine as _;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::audit::{self, AuditRecord, AuditSummary};
@@ -134,7 +134,7 @@ pub struct ProtectorInfo {
 }
 
 /// One version of a named key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionInfo {
     /// Version number (1-based).
     pub version: u32,
@@ -143,11 +143,11 @@ pub struct VersionInfo {
     /// Encryptions reserved so far (never below the real count).
     pub uses: u64,
     /// `primary`, `active` (decrypts) or `retired`.
-    pub state: &'static str,
+    pub state: String,
 }
 
 /// A named key as listed (no secrets).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyInfo {
     /// Name.
     pub name: KeyName,
@@ -213,7 +213,7 @@ pub struct StreamSummary {
 }
 
 /// A verified signature.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verified {
     /// Key name.
     pub key: KeyName,
@@ -228,7 +228,7 @@ pub struct Verified {
 }
 
 /// An exported public key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublicKeyExport {
     /// Key name.
     pub key: KeyName,
@@ -1968,7 +1968,8 @@ fn key_info(key: &KeyRow, versions: &[VersionRow]) -> KeyInfo {
                     "retired"
                 } else {
                     "active"
-                },
+                }
+                .to_owned(),
             })
             .collect(),
     }

@@ -233,7 +233,10 @@ fn key_lifecycle_rotate_and_retire() {
     let info = svc.rotate_key(&k).expect("rotate");
     assert_eq!(info.primary_version, 2);
     assert_eq!(
-        info.versions.iter().map(|v| v.state).collect::<Vec<_>>(),
+        info.versions
+            .iter()
+            .map(|v| v.state.as_str())
+            .collect::<Vec<_>>(),
         ["active", "primary"]
     );
     assert_ne!(dek(&svc, "assistant-store", 2), v1);
