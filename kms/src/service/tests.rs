@@ -17,12 +17,14 @@ use crate::secret::{ExposeSecret, SecretString};
 #[derive(Debug)]
 struct TestBackend {
     key: Mutex<Option<SecretKey>>,
+    sessions_ended: std::sync::atomic::AtomicUsize,
 }
 
 impl TestBackend {
     fn new() -> Self {
         Self {
             key: Mutex::new(None),
+            sessions_ended: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 }
@@ -76,6 +78,10 @@ impl Backend for TestBackend {
             kind: "mock".into(),
             what: "signing",
         })
+    }
+    fn end_session(&self) {
+        self.sessions_ended
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
     fn health(&self, _: &Enrollment) -> Result<Health> {
         Ok(Health {
@@ -1086,4 +1092,26 @@ fn clients_authenticate_until_revoked() {
         assert!(acts.iter().any(|x| x == a), "{a}");
     }
     svc.audit_verify().expect("chain verifies");
+}
+
+#[test]
+fn lock_ends_every_backend_session() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("keystore.db");
+    let backend = Arc::new(TestBackend::new());
+    let mut backends = Backends::new();
+    backends.add(backend.clone());
+    let (mut svc, _) =
+        Service::init(&path, backends, BackendKind::Mock, &req("first"), &NoUi).expect("init");
+    let ended = || {
+        backend
+            .sessions_ended
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    assert_eq!(ended(), 0);
+    svc.lock();
+    assert_eq!(ended(), 1);
+    svc.unlock(UnlockWith::Any, &NoUi).expect("unlock");
+    svc.lock_because("idle");
+    assert_eq!(ended(), 2);
 }
