@@ -137,12 +137,8 @@ impl ApiError {
 
     /// `503 shutting-down`.
     pub(crate) fn shutting_down() -> Self {
-        Self::new(
-            "shutting-down",
-            Exit::Store,
-            "the daemon is shutting down",
-        )
-        .hint("try again once it is restarted")
+        Self::new("shutting-down", Exit::Store, "the daemon is shutting down")
+            .hint("try again once it is restarted")
     }
 
     /// `500 internal`: a bug in keyward.
@@ -229,7 +225,10 @@ pub(crate) fn status_of(code: &str, exit: Exit) -> StatusCode {
         "unauthorized" | "wrong-pin" | "wrong-passphrase" | "wrong-recovery-key"
         | "pin-blocked" | "lockout" => StatusCode::UNAUTHORIZED,
         "forbidden" | "peer-rejected" => StatusCode::FORBIDDEN,
-        "not-found" | "key-not-found" | "version-not-found" | "protector-not-found"
+        "not-found"
+        | "key-not-found"
+        | "version-not-found"
+        | "protector-not-found"
         | "client-not-found" => StatusCode::NOT_FOUND,
         "method-not-allowed" => StatusCode::METHOD_NOT_ALLOWED,
         "request-timeout" => StatusCode::REQUEST_TIMEOUT,
@@ -286,12 +285,7 @@ mod tests {
             ),
             (Error::Unauthorized, 401, "unauthorized", 3),
             (Error::StoreBusy, 503, "busy", 8),
-            (
-                Error::Malformed { what: "header" },
-                400,
-                "malformed",
-                5,
-            ),
+            (Error::Malformed { what: "header" }, 400, "malformed", 5),
         ];
         for (err, status, code, exit) in cases {
             let api = ApiError::from(&err);

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use axum::response::IntoResponse as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -74,7 +75,7 @@ pub(crate) async fn accept(
                 Ok(slot) => slot,
                 Err(_) => break,
             },
-            _ = shutdown.wait_for(|stop| *stop) => break,
+            () = crate::daemon::stopped(&mut shutdown) => break,
         };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -86,7 +87,7 @@ pub(crate) async fn accept(
                     continue;
                 }
             },
-            _ = shutdown.wait_for(|stop| *stop) => break,
+            () = crate::daemon::stopped(&mut shutdown) => break,
         };
         tokio::spawn(connection(
             stream,
@@ -130,7 +131,8 @@ async fn connection(
     let peer = Arc::new(Peer {
         uid: cred.uid(),
         pid,
-        exe: pid.and_then(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok())
+        exe: pid
+            .and_then(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok())
             .map(|p| p.display().to_string()),
     });
     let watch = Arc::new(ConnWatch::new());
@@ -147,7 +149,14 @@ async fn connection(
             let router = router.clone();
             let daemon = Arc::clone(&daemon);
             async move {
-                let Ok(response) = router.oneshot(request.map(Body::new)).await;
+                // A request whose head arrived as the shutdown began: the
+                // keystore is about to lock, so it is not started.
+                let response = if *daemon.shutdown.borrow() {
+                    ApiError::shutting_down().closing().into_response()
+                } else {
+                    let Ok(response) = router.oneshot(request.map(Body::new)).await;
+                    response
+                };
                 let status = response.status();
                 if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
                     daemon.refused();
@@ -185,7 +194,7 @@ async fn connection(
                 tracing::debug!(reason, "closing a connection");
                 return;
             }
-            _ = shutdown.wait_for(|stop| *stop), if !draining => {
+            () = crate::daemon::stopped(&mut shutdown), if !draining => {
                 conn.as_mut().graceful_shutdown();
                 draining = true;
             }
@@ -216,11 +225,7 @@ async fn reject(mut stream: UnixStream, daemon: &Arc<Daemon>, uid: u32, pid: Opt
     drop(stream);
     daemon.refused();
     daemon
-        .record(
-            "peer.rejected",
-            false,
-            json!({ "uid": uid, "pid": pid }),
-        )
+        .record("peer.rejected", false, json!({ "uid": uid, "pid": pid }))
         .await;
 }
 
@@ -280,9 +285,7 @@ impl ConnWatch {
             match deadline {
                 None => self.changed.notified().await,
                 Some((since, timeout, reason)) => {
-                    let at = self.epoch
-                        + Duration::from_millis(since)
-                        + timeout;
+                    let at = self.epoch + Duration::from_millis(since) + timeout;
                     if Instant::now() >= at {
                         return reason;
                     }

@@ -198,7 +198,11 @@ pub(crate) fn unlock(
 ) -> Result<Value, ApiError> {
     let timeouts = Timeouts {
         idle: shorter(defaults.idle, request.idle_timeout, "idle_timeout")?,
-        absolute: shorter(defaults.absolute, request.absolute_timeout, "absolute_timeout")?,
+        absolute: shorter(
+            defaults.absolute,
+            request.absolute_timeout,
+            "absolute_timeout",
+        )?,
     };
     if let Some(session) = core.session.as_mut() {
         session.idle = session.idle.min(timeouts.idle);
@@ -232,7 +236,11 @@ fn shorter(default: Duration, requested: Option<u64>, name: &str) -> Result<Dura
 /// point at (a recovery key, then a passphrase, then a PIN for the only
 /// hardware protector), else any (whose first protector then names the
 /// secret it needs).
-fn choose(service: &Service, with: Option<&With>, secrets: &Secrets) -> Result<UnlockWith, ApiError> {
+fn choose(
+    service: &Service,
+    with: Option<&With>,
+    secrets: &Secrets,
+) -> Result<UnlockWith, ApiError> {
     match with {
         Some(With::Id(id)) => return Ok(UnlockWith::Id(*id)),
         Some(With::Name(name)) if name != "any" => {
@@ -350,7 +358,7 @@ pub(crate) async fn expire(daemon: Arc<Daemon>, mut shutdown: watch::Receiver<bo
                     core.expire_if_due(Instant::now());
                 }
             }
-            _ = shutdown.wait_for(|stop| *stop) => return,
+            () = crate::daemon::stopped(&mut shutdown) => return,
         }
     }
 }

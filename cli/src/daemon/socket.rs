@@ -13,7 +13,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{FileType, FlockOperation, Mode, OFlags};
@@ -32,10 +32,7 @@ pub(crate) fn default_path() -> PathBuf {
         // The XDG base-directory spec: relative values are invalid.
         .filter(|p| p.is_absolute())
         .unwrap_or_else(|| {
-            PathBuf::from(format!(
-                "/run/user/{}",
-                rustix::process::geteuid().as_raw()
-            ))
+            PathBuf::from(format!("/run/user/{}", rustix::process::geteuid().as_raw()))
         });
     runtime.join("keyward").join(SOCKET_FILE)
 }
@@ -62,7 +59,10 @@ impl DaemonLock {
     pub(crate) fn acquire(store: &Path) -> Result<Self, Failure> {
         let path = lock_path(store);
         let io = |what: &str, e: std::io::Error| {
-            Failure::new(Exit::Store, format!("cannot {what} {}: {e}", path.display()))
+            Failure::new(
+                Exit::Store,
+                format!("cannot {what} {}: {e}", path.display()),
+            )
         };
         // A stopping daemon removes the file it locked; whoever opened the
         // old file meanwhile must not count it as the lock, so we check
@@ -251,10 +251,7 @@ fn remove_stale(path: &Path) -> Result<(), Failure> {
         FileType::Symlink => {
             return Err(Failure::new(
                 Exit::Store,
-                format!(
-                    "refusing to use {}: it is a symbolic link",
-                    path.display()
-                ),
+                format!("refusing to use {}: it is a symbolic link", path.display()),
             )
             .hint("remove it yourself if it is yours, or choose another --socket"));
         }
@@ -300,6 +297,8 @@ pub(crate) fn restrict(path: &Path) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]
@@ -319,7 +318,9 @@ mod tests {
         );
         lock.release();
         assert!(!lock_path(&store).exists());
-        DaemonLock::acquire(&store).expect("lock after release").release();
+        DaemonLock::acquire(&store)
+            .expect("lock after release")
+            .release();
     }
 
     #[test]
@@ -328,7 +329,10 @@ mod tests {
         let sock_dir = dir.path().join("s");
         let path = sock_dir.join("keyward.sock");
         prepare(&path).expect("fresh directory");
-        let mode = std::fs::metadata(&sock_dir).expect("dir").permissions().mode();
+        let mode = std::fs::metadata(&sock_dir)
+            .expect("dir")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o700);
         // A bound socket nobody listens on any more.
         drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));

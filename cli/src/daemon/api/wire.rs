@@ -15,9 +15,9 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{HeaderMap, header, request::Parts};
 use base64::Engine as _;
 use http_body_util::BodyExt as _;
+use keyward_kms::SecretString;
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
-use keyward_kms::SecretString;
 use zeroize::Zeroizing;
 
 use crate::daemon::Daemon;
@@ -127,7 +127,9 @@ fn describe(err: &serde_json::Error) -> String {
             let text = err.to_string();
             // serde's data errors read "invalid type: string \"…\", expected
             // …": keep only what was expected.
-            let text = text.rsplit_once(" at line ").map_or(text.as_str(), |(t, _)| t);
+            let text = text
+                .rsplit_once(" at line ")
+                .map_or(text.as_str(), |(t, _)| t);
             if text.starts_with("invalid type") || text.starts_with("invalid value") {
                 match text.split_once(", expected ") {
                     Some((_, expected)) => format!("wrong type at {at}: expected {expected}"),
@@ -176,8 +178,7 @@ impl<'de> Deserialize<'de> for Base64 {
             }
             fn visit_str<E: de::Error>(self, text: &str) -> Result<Base64, E> {
                 let engine = &base64::engine::general_purpose::STANDARD;
-                let mut out =
-                    Zeroizing::new(vec![0u8; base64::decoded_len_estimate(text.len())]);
+                let mut out = Zeroizing::new(vec![0u8; base64::decoded_len_estimate(text.len())]);
                 let len = engine
                     .decode_slice(text, &mut out)
                     .map_err(|_| E::custom("not standard base64 (with padding)"))?;
@@ -230,6 +231,11 @@ pub(crate) fn serialize_secret<S: Serializer>(bytes: &[u8], s: S) -> Result<S::O
     let mut text = Zeroizing::new(String::with_capacity(bytes.len().div_ceil(3) * 4));
     engine.encode_string(bytes, &mut text);
     s.serialize_str(&text)
+}
+
+/// Standard base64 of non-secret bytes.
+pub(crate) fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// Serializes non-secret bytes as standard base64.
