@@ -6,6 +6,7 @@ mod clients;
 mod data;
 mod device;
 mod keys;
+mod serve;
 mod session;
 mod setup;
 mod yubikey;
@@ -163,6 +164,7 @@ pub(crate) fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Rotate(args) => keys::rotate_due(&ctx, args),
         Command::Rewrap(args) => data::rewrap(&ctx, args),
         Command::Datakey(cmd) => data::datakey(&ctx, cmd),
+        Command::Serve(args) => serve::run(&ctx, args),
     }
 }
 

@@ -85,7 +85,7 @@ pub(super) fn decrypt(ctx: &Ctx<'_>, args: &DecryptArgs) -> Result<(), Failure> 
             );
             let mut answer = answer?;
             let plaintext = field_bytes(&answer, "plaintext");
-            zeroize_strings(&mut answer);
+            zeroize_strings(&mut answer["plaintext"]);
             let plaintext = plaintext?;
             output
                 .write_all(&plaintext)
