@@ -1053,6 +1053,33 @@ impl Service {
         Ok(rotated)
     }
 
+    /// Signs `message` with the key of a device protector (the TPM's or
+    /// token's signing key, not a keyward signing key): ECDSA P-256 (DER)
+    /// or Ed25519, as the enrollment has. The daemon keeps the device
+    /// session of the unlock open, so no PIN is asked again while unlocked.
+    ///
+    /// # Errors
+    /// `ProtectorNotFound`, `NotSupported` (a protector that cannot sign),
+    /// the device's errors; `AuditWrite`.
+    pub fn device_sign(
+        &mut self,
+        id: u32,
+        message: &[u8],
+        ui: &dyn Callbacks,
+    ) -> Result<crate::backend::Signature> {
+        let enrollment = self.enrollment(id)?;
+        let backend = backend_for(&self.backends, enrollment.kind)?.clone();
+        let signature = backend.sign(&enrollment, message, ui)?;
+        let fields = json!({ "protector": id, "kind": enrollment.kind,
+                             "algorithm": format!("{:?}", signature.algorithm),
+                             "size": message.len(), "actor": self.actor_json() });
+        let mac = self.mac().ok();
+        write_use(&mut self.store, self.daemon.is_some(), |db| {
+            audit::append(db, "device.sign", true, &fields, mac.as_ref())
+        })?;
+        Ok(signature)
+    }
+
     /// Records an event that happened outside the service (the daemon's
     /// refused peers, bursts of refused requests, a tampered socket) in the
     /// audit log, authenticated with the master key when unlocked.
