@@ -935,8 +935,20 @@ impl Service {
     fn decrypt_as(&mut self, action: &str, context: &[u8], ciphertext: &[u8]) -> Result<Decrypted> {
         let (header, _) = envelope::parse_header(ciphertext)?;
         if header.mode != envelope::Mode::OneShot {
-            return Err(Error::Malformed {
-                what: "this is a stream ciphertext; decrypt it as a stream",
+            // A stream ciphertext that is all here (the CLI writes this
+            // format, and the daemon gets whole small files): decrypt it as
+            // the stream it is, into memory.
+            let mut plaintext = zeroize::Zeroizing::new(Vec::with_capacity(ciphertext.len()));
+            let summary = self.decrypt_stream(
+                context,
+                &mut std::io::Cursor::new(ciphertext),
+                &mut *plaintext,
+                &mut |_| {},
+            )?;
+            return Ok(Decrypted {
+                plaintext: SecretBytes::new(std::mem::take(&mut *plaintext)),
+                key: summary.key,
+                version: summary.version,
             });
         }
         let (key, dek) = self.decryption_key(&header.key, header.version)?;

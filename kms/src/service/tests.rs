@@ -1115,3 +1115,29 @@ fn lock_ends_every_backend_session() {
     svc.lock_because("idle");
     assert_eq!(ended(), 2);
 }
+
+#[test]
+fn decrypt_takes_a_whole_stream_ciphertext_too() {
+    let (_fx, mut svc) = fixture();
+    let k = name("k");
+    svc.create_key(&k, &spec(KeyPurpose::Encrypt))
+        .expect("create");
+    let mut ct = Vec::new();
+    svc.encrypt_stream(
+        &k,
+        b"ctx",
+        &mut &b"streamed, then sent whole"[..],
+        &mut ct,
+        &mut |_| {},
+    )
+    .expect("encrypt stream");
+    let d = svc.decrypt(b"ctx", &ct).expect("decrypt");
+    assert_eq!(d.plaintext.expose(), b"streamed, then sent whole");
+    assert_eq!((d.key, d.version), (k, 1));
+    assert!(matches!(
+        svc.decrypt(b"other", &ct),
+        Err(Error::DecryptionFailed)
+    ));
+    ct.truncate(ct.len() - 1);
+    assert!(svc.decrypt(b"ctx", &ct).is_err());
+}
