@@ -621,8 +621,20 @@ impl Client {
         token: Option<&str>,
     ) -> io::Result<Response> {
         let body = body.map(|b| serde_json::to_vec(b).expect("JSON serializes"));
-        self.send(method, path, body.as_deref(), token)?;
-        self.read_response()
+        match self.send(method, path, body.as_deref(), token) {
+            Ok(()) => self.read_response(),
+            // The daemon may answer before reading the whole body (413) and
+            // close: its answer is still there to read.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                self.read_response().map_err(|_| e)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Writes one request with a raw `body` (and a Content-Length), without
