@@ -62,12 +62,19 @@ const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// (`target/<profile>/keyward`; tests run from `target/<profile>/deps/`).
 /// `cargo test` does not rebuild another package's binary, so a binary
 /// older than the sources it is built from is refused rather than tested.
+/// `KEYWARD_TEST_BIN` names another binary instead, unchecked (the
+/// benchmark runs a release build this way).
 ///
 /// # Panics
 /// If the binary is missing or stale.
 pub fn keyward_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("KEYWARD_TEST_BIN") {
+            return std::fs::canonicalize(&bin).unwrap_or_else(|e| {
+                panic!("KEYWARD_TEST_BIN={}: {e}", PathBuf::from(&bin).display())
+            });
+        }
         let exe = std::env::current_exe().expect("the test knows its own path");
         let profile_dir = exe
             .parent()

@@ -74,7 +74,10 @@ impl DaemonLock {
                 .create(true)
                 .truncate(false)
                 .mode(0o600)
-                .custom_flags((OFlags::NOFOLLOW | OFlags::CLOEXEC).bits().cast_signed())
+                .custom_flags(
+                    // std opens with O_CLOEXEC already.
+                    i32::try_from(OFlags::NOFOLLOW.bits()).expect("O_NOFOLLOW fits in an int"),
+                )
                 .open(&path)
                 .map_err(|e| io("open the lock file", e))?;
             match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
