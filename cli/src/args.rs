@@ -156,7 +156,9 @@ timeout; SIGTERM and SIGINT stop it cleanly (requests in flight finish, the
 keystore is locked, the socket removed). Only processes of the user running
 it may connect; client applications use tokens from `keyward client add`.
 One daemon serves a keystore: a second `keyward serve` on it exits with 8.
-It prints `keyward: serving STORE on SOCKET (locked)` to stderr when ready.")]
+--tcti and --module set the hardware its protectors use; the secret options
+are not used (each unlock request carries its secrets). It prints
+`keyward: serving STORE on SOCKET (locked)` to stderr when ready.")]
 pub(crate) struct ServeArgs {
     /// Socket to listen on [default: $XDG_RUNTIME_DIR/keyward/keyward.sock,
     /// else /run/user/UID/keyward/keyward.sock]; its directory is created
