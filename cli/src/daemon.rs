@@ -123,6 +123,23 @@ impl Daemon {
     }
 }
 
+/// The longest duration `keyward serve` takes (100 years): long enough to
+/// mean "never", short enough that no deadline computed from it overflows.
+const MAX_DURATION_SECS: u64 = 100 * 365 * 86_400;
+
+/// Parses a `serve` duration (`90s`, `15m`, `8h`, …) as
+/// [`crate::render::parse_duration`] does, up to 100 years.
+///
+/// # Errors
+/// As `parse_duration`, and for more than 100 years.
+pub(crate) fn parse_duration(text: &str) -> Result<u64, String> {
+    let secs = crate::render::parse_duration(text)?;
+    if secs > MAX_DURATION_SECS {
+        return Err("the duration must be at most 100 years".to_owned());
+    }
+    Ok(secs)
+}
+
 /// Resolves once the daemon is shutting down.
 pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     // An error means the sender is gone: the daemon is going away too.
@@ -237,7 +254,7 @@ async fn serve(config: Config, service: Service, memory_locked: bool) -> Result<
     if let Err(e) = accept.await {
         tracing::error!(error = %e, "the accept loop failed");
     }
-    daemon.core.lock().await.lock("shutdown");
+    daemon.core.lock().await.lock_as_daemon("shutdown");
     if matches!(
         identity.check(&config.socket),
         socket::Check::Intact | socket::Check::ModeChanged(_)
@@ -270,7 +287,7 @@ impl Signals {
             tokio::select! {
                 _ = self.hangup.recv() => {
                     tracing::info!("SIGHUP: locking");
-                    daemon.core.lock().await.lock("signal");
+                    daemon.core.lock().await.lock_as_daemon("signal");
                 }
                 _ = self.terminate.recv() => {
                     daemon.shut_down("SIGTERM");
@@ -282,5 +299,57 @@ impl Signals {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use crate::args::{Cli, Command};
+
+    #[test]
+    fn serve_durations_parse_and_are_bounded() {
+        assert_eq!(super::parse_duration("90s"), Ok(90));
+        assert_eq!(super::parse_duration("15m"), Ok(900));
+        assert_eq!(super::parse_duration("8h"), Ok(28_800));
+        assert!(super::parse_duration("0s").is_err());
+        assert!(super::parse_duration("5300w").is_err());
+        let cli = Cli::try_parse_from([
+            "keyward",
+            "serve",
+            "--socket",
+            "/tmp/k.sock",
+            "--idle-timeout",
+            "90s",
+        ])
+        .expect("parse");
+        match cli.command {
+            Command::Serve(args) => {
+                assert_eq!(
+                    args.socket.as_deref(),
+                    Some(std::path::Path::new("/tmp/k.sock"))
+                );
+                assert_eq!(
+                    (
+                        args.idle_timeout,
+                        args.absolute_timeout,
+                        args.check_interval
+                    ),
+                    (90, 8 * 3600, 60)
+                );
+                assert_eq!(
+                    (
+                        args.header_timeout,
+                        args.body_timeout,
+                        args.keepalive_timeout
+                    ),
+                    (10, 30, 60)
+                );
+                assert_eq!(args.max_connections, 512);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["keyward", "serve", "--idle-timeout", "soon"]).is_err());
     }
 }

@@ -62,12 +62,19 @@ const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// (`target/<profile>/keyward`; tests run from `target/<profile>/deps/`).
 /// `cargo test` does not rebuild another package's binary, so a binary
 /// older than the sources it is built from is refused rather than tested.
+/// `KEYWARD_TEST_BIN` names another binary instead, unchecked (the
+/// benchmark runs a release build this way).
 ///
 /// # Panics
 /// If the binary is missing or stale.
 pub fn keyward_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("KEYWARD_TEST_BIN") {
+            return std::fs::canonicalize(&bin).unwrap_or_else(|e| {
+                panic!("KEYWARD_TEST_BIN={}: {e}", PathBuf::from(&bin).display())
+            });
+        }
         let exe = std::env::current_exe().expect("the test knows its own path");
         let profile_dir = exe
             .parent()
@@ -621,8 +628,20 @@ impl Client {
         token: Option<&str>,
     ) -> io::Result<Response> {
         let body = body.map(|b| serde_json::to_vec(b).expect("JSON serializes"));
-        self.send(method, path, body.as_deref(), token)?;
-        self.read_response()
+        match self.send(method, path, body.as_deref(), token) {
+            Ok(()) => self.read_response(),
+            // The daemon may answer before reading the whole body (413) and
+            // close: its answer is still there to read.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                self.read_response().map_err(|_| e)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Writes one request with a raw `body` (and a Content-Length), without

@@ -67,17 +67,24 @@ impl Core {
     pub(crate) fn expire_if_due(&mut self, now: Instant) -> Option<&'static str> {
         let reason = self.session.as_ref()?.expired(now)?;
         tracing::info!(reason, "session timed out: locked");
-        self.lock(reason);
+        self.lock_as_daemon(reason);
         Some(reason)
     }
 
-    /// Ends the session: audits a `lock` with `reason`, ends backend
-    /// sessions and zeroizes every key. Idempotent.
+    /// Ends the session on a request: audits a `lock` with `reason` (and
+    /// the requester as actor), ends backend sessions and zeroizes every
+    /// key. Idempotent.
     pub(crate) fn lock(&mut self, reason: &str) {
-        self.service
-            .set_actor(keyward_kms::service::Actor::current());
         self.service.lock_because(reason);
         self.session = None;
+    }
+
+    /// [`Core::lock`] on the daemon's own account (a timeout, a signal,
+    /// shutdown): the daemon is the actor of the audit record.
+    pub(crate) fn lock_as_daemon(&mut self, reason: &str) {
+        self.service
+            .set_actor(keyward_kms::service::Actor::current());
+        self.lock(reason);
     }
 
     /// Notes a successful key operation (restarts the idle timeout).

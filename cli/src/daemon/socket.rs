@@ -75,8 +75,8 @@ impl DaemonLock {
                 .truncate(false)
                 .mode(0o600)
                 .custom_flags(
-                    i32::try_from((OFlags::NOFOLLOW | OFlags::CLOEXEC).bits())
-                        .expect("O_NOFOLLOW | O_CLOEXEC fit in an int"),
+                    // std opens with O_CLOEXEC already.
+                    i32::try_from(OFlags::NOFOLLOW.bits()).expect("O_NOFOLLOW fits in an int"),
                 )
                 .open(&path)
                 .map_err(|e| io("open the lock file", e))?;

@@ -66,7 +66,7 @@ pub(crate) async fn run(
                         json!({ "socket": path, "change": change }),
                     )
                     .await;
-                daemon.core.lock().await.lock("socket");
+                daemon.core.lock().await.lock_as_daemon("socket");
                 daemon.shut_down("the socket was tampered with");
                 return;
             }
