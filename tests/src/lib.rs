@@ -40,6 +40,7 @@
 
 pub mod callbacks;
 pub mod cases;
+pub mod daemon;
 pub mod fixtures;
 pub mod service_cases;
 pub mod yubikey_fixture;

@@ -1,0 +1,903 @@
+//! Test fixture for `keyward serve`: a keystore made with the CLI, a daemon
+//! on a private socket, and a tiny blocking HTTP/1.1 client over a Unix
+//! socket.
+//!
+//! ```ignore
+//! use keyward_tests::daemon::{Daemon, code};
+//! use serde_json::json;
+//!
+//! let daemon = Daemon::start();
+//! daemon.unlock();
+//! let (status, body) = daemon.request("POST", "/v1/keys", Some(&json!({"name": "notes"})), None);
+//! assert_eq!(status, 200, "{body}");
+//! let (status, body) = daemon.request("POST", "/v1/encrypt", Some(&json!({"key": "k"})), None);
+//! assert_eq!((status, code(&body)), (400, "bad-request"));
+//! ```
+//!
+//! The daemon runs the `keyward` binary next to the test executable
+//! (`target/<profile>/keyward`): build it first with `cargo build -p
+//! keyward`. A binary older than the sources is refused rather than tested.
+//! The fixture kills the daemon (SIGKILL) when dropped; tests that check a
+//! clean exit send SIGTERM themselves and wait with [`Daemon::wait`].
+//!
+//! Everything here panics on unexpected failure, with what it was doing:
+//! it is test code.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+pub use rustix::process::Signal;
+
+/// The passphrase every fixture keystore gets.
+pub const PASSPHRASE: &str = "correct horse battery staple";
+
+/// Small Argon2 parameters so a passphrase unlock takes milliseconds. Never
+/// use such values for a real keystore.
+pub const FAST_ARGON2: [&str; 6] = [
+    "--argon2-m-kib",
+    "8192",
+    "--argon2-t",
+    "1",
+    "--argon2-p",
+    "1",
+];
+
+/// How long we wait for the daemon to say it is ready, or to exit.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Read timeout of the client's socket: a daemon that never answers fails
+/// the test instead of hanging it.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `keyward` binary next to the test executable
+/// (`target/<profile>/keyward`; tests run from `target/<profile>/deps/`).
+/// `cargo test` does not rebuild another package's binary, so a binary
+/// older than the sources it is built from is refused rather than tested.
+///
+/// # Panics
+/// If the binary is missing or stale.
+pub fn keyward_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test knows its own path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("tests run from target/<profile>/deps");
+        let bin = profile_dir.join("keyward");
+        let built = std::fs::metadata(&bin)
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} is missing: build it with `cargo build -p keyward`",
+                    bin.display()
+                )
+            });
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("tests/ is inside the workspace");
+        for dir in ["cli/src", "kms/src", "backends/src"] {
+            if let Some(newer) = newer_source(&workspace.join(dir), built) {
+                panic!(
+                    "{} is older than {}: rebuild it with `cargo build -p keyward`",
+                    bin.display(),
+                    newer.display()
+                );
+            }
+        }
+        bin
+    })
+    .clone()
+}
+
+/// A `.rs` file under `dir` modified after `than`, if any.
+fn newer_source(dir: &Path, than: SystemTime) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.filter_map(Result::ok) {
+        let path = entry.path();
+        if path.is_dir() {
+            if let Some(found) = newer_source(&path, than) {
+                return Some(found);
+            }
+        } else if path.extension().is_some_and(|e| e == "rs")
+            && entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|m| m > than)
+        {
+            return Some(path);
+        }
+    }
+    None
+}
+
+/// Standard base64 with padding, as the API encodes byte strings.
+pub fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Decodes an API byte string.
+///
+/// # Panics
+/// If `value` is not a standard base64 string.
+pub fn unb64(value: &Value) -> Vec<u8> {
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("not a string: {value}"));
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap_or_else(|e| panic!("not base64 ({e}): {text}"))
+}
+
+/// The `error.code` of an API error body (`""` when there is none).
+pub fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
+/// A keystore made with the CLI in a private temporary directory: the
+/// recovery key and [`PASSPHRASE`] (fast Argon2) are enrolled.
+#[derive(Debug)]
+pub struct Store {
+    dir: tempfile::TempDir,
+    path: PathBuf,
+    recovery_key: PathBuf,
+}
+
+impl Store {
+    /// A new keystore with the recovery key and [`PASSPHRASE`].
+    ///
+    /// # Panics
+    /// If the CLI fails.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keystore.db");
+        let recovery_key = dir.path().join("recovery.key");
+        let store = Self {
+            dir,
+            path,
+            recovery_key,
+        };
+        store.keyward_ok(
+            &[
+                "init",
+                "--recovery-key-out",
+                store.recovery_key.to_str().expect("utf-8 path"),
+            ],
+            &[],
+        );
+        let mut args = vec!["enroll", "passphrase"];
+        args.extend(FAST_ARGON2);
+        store.keyward_ok(
+            &args,
+            &[
+                ("KEYWARD_RECOVERY_KEY", &store.recovery_key_text()),
+                ("KEYWARD_PASSPHRASE", PASSPHRASE),
+            ],
+        );
+        store
+    }
+
+    /// The keystore file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The private temporary directory (deleted with the fixture).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The recovery key `init` wrote.
+    ///
+    /// # Panics
+    /// If the file cannot be read.
+    pub fn recovery_key_text(&self) -> String {
+        std::fs::read_to_string(&self.recovery_key)
+            .expect("recovery key file")
+            .trim()
+            .to_owned()
+    }
+
+    /// `keyward ARGS --store PATH` with a clean environment: no KEYWARD_*
+    /// variables or RUST_LOG from the caller, HOME, XDG_DATA_HOME and
+    /// XDG_RUNTIME_DIR inside the temporary directory.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(keyward_bin());
+        for var in [
+            "KEYWARD_STORE",
+            "KEYWARD_SOCKET",
+            "KEYWARD_PASSPHRASE",
+            "KEYWARD_RECOVERY_KEY",
+            "KEYWARD_PIN",
+            "RUST_LOG",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.env("HOME", self.dir.path())
+            .env("XDG_DATA_HOME", self.dir.path().join("xdg"))
+            .env("XDG_RUNTIME_DIR", self.dir.path().join("run"))
+            .current_dir(self.dir.path())
+            .args(args)
+            .arg("--store")
+            .arg(&self.path);
+        cmd
+    }
+
+    /// Runs `keyward ARGS` to completion with `env` added and no stdin.
+    ///
+    /// # Panics
+    /// If it cannot be started.
+    pub fn keyward(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = self.command(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null())
+            .output()
+            .expect("run the keyward binary")
+    }
+
+    /// [`Store::keyward`], asserting success.
+    ///
+    /// # Panics
+    /// If the command fails.
+    pub fn keyward_ok(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let out = self.keyward(args, env);
+        assert!(
+            out.status.success(),
+            "keyward {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A running `keyward serve` on `<store dir>/s/keyward.sock`.
+#[derive(Debug)]
+pub struct Daemon {
+    /// `None` only after [`Daemon::into_store`].
+    store: Option<Store>,
+    socket: PathBuf,
+    child: Option<Child>,
+    pid: u32,
+    stderr: Arc<Mutex<String>>,
+    exited: Option<ExitStatus>,
+}
+
+impl Daemon {
+    /// A daemon with default options on a new [`Store`].
+    ///
+    /// # Panics
+    /// If it does not start.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A daemon on a new [`Store`] with extra `serve` arguments
+    /// (`--idle-timeout 2s`, ...).
+    ///
+    /// # Panics
+    /// If it does not start.
+    pub fn start_with(args: &[&str]) -> Self {
+        Self::spawn(Store::new(), args)
+    }
+
+    /// A daemon on an existing store (a restart); panics with its stderr
+    /// if it does not become ready.
+    ///
+    /// # Panics
+    /// If it does not start.
+    pub fn spawn(store: Store, args: &[&str]) -> Self {
+        match Self::try_spawn(store, args) {
+            Ok(daemon) => daemon,
+            Err((status, stderr)) => panic!("keyward serve exited ({status}):\n{stderr}"),
+        }
+    }
+
+    /// Starts `keyward serve` on `store` with extra `args` and waits for its
+    /// ready line. If it exits first: its exit status and stderr.
+    ///
+    /// # Panics
+    /// If it can neither be started nor waited for.
+    pub fn try_spawn(store: Store, args: &[&str]) -> Result<Self, (ExitStatus, String)> {
+        let socket = store.dir().join("s").join("keyward.sock");
+        let mut cmd = store.command(&["serve"]);
+        cmd.arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn keyward serve");
+        let pid = child.id();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let pipe = child.stderr.take().expect("stderr is piped");
+        let collected = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut ready = Some(ready_tx);
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                {
+                    let mut all = collected.lock().unwrap_or_else(PoisonError::into_inner);
+                    all.push_str(&line);
+                    all.push('\n');
+                }
+                if line.starts_with("keyward: serving ") {
+                    if let Some(tx) = ready.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        });
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if ready_rx.recv_timeout(Duration::from_millis(20)).is_ok() {
+                return Ok(Self {
+                    store: Some(store),
+                    socket,
+                    child: Some(child),
+                    pid,
+                    stderr,
+                    exited: None,
+                });
+            }
+            if let Some(status) = child.try_wait().expect("wait for keyward serve") {
+                // Let the reader thread drain what is left of stderr.
+                std::thread::sleep(Duration::from_millis(50));
+                let text = stderr
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                return Err((status, text));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "keyward serve did not become ready in {START_TIMEOUT:?}:\n{}",
+                stderr.lock().unwrap_or_else(PoisonError::into_inner)
+            );
+        }
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The keystore.
+    pub fn store(&self) -> &Store {
+        self.store.as_ref().expect("the daemon still has its store")
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Everything the daemon wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// A new keep-alive connection.
+    ///
+    /// # Panics
+    /// If the socket refuses the connection.
+    pub fn client(&self) -> Client {
+        Client::connect(&self.socket)
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.socket.display()))
+    }
+
+    /// One request on a new connection: the status and the JSON body
+    /// (`Value::Null` for an empty or non-JSON body).
+    ///
+    /// # Panics
+    /// If the exchange fails at the transport level.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        self.client().request(method, path, body, token)
+    }
+
+    /// Unlocks with [`PASSPHRASE`], asserting success.
+    ///
+    /// # Panics
+    /// If the unlock fails.
+    pub fn unlock(&self) -> Value {
+        let (status, body) = self.request(
+            "POST",
+            "/v1/unlock",
+            Some(&json!({"with": "passphrase", "secrets": {"passphrase": PASSPHRASE}})),
+            None,
+        );
+        assert_eq!(status, 200, "unlock failed: {body}");
+        body
+    }
+
+    /// Creates an encrypt key with default options (owner), asserting
+    /// success; returns its KeyInfo.
+    ///
+    /// # Panics
+    /// If the creation fails.
+    pub fn create_key(&self, name: &str) -> Value {
+        let (status, body) = self.request("POST", "/v1/keys", Some(&json!({"name": name})), None);
+        assert_eq!(status, 200, "create key {name}: {body}");
+        body
+    }
+
+    /// Adds a client (owner) and returns its token.
+    ///
+    /// # Panics
+    /// If the daemon refuses.
+    pub fn add_client(&self, name: &str, allow: &[&str], keys: &[&str]) -> String {
+        let (status, body) = self.request(
+            "POST",
+            "/v1/clients",
+            Some(&json!({"name": name, "allow": allow, "keys": keys})),
+            None,
+        );
+        assert_eq!(status, 200, "add client {name}: {body}");
+        body["token"].as_str().expect("token").to_owned()
+    }
+
+    /// `GET /v1/status`, asserting 200.
+    ///
+    /// # Panics
+    /// If the request fails.
+    pub fn status(&self) -> Value {
+        let (status, body) = self.request("GET", "/v1/status", None, None);
+        assert_eq!(status, 200, "status: {body}");
+        body
+    }
+
+    /// Sends `signal` to the daemon.
+    ///
+    /// # Panics
+    /// If the signal cannot be sent.
+    pub fn signal(&self, signal: Signal) {
+        let pid = rustix::process::Pid::from_raw(i32::try_from(self.pid).expect("pid fits i32"))
+            .expect("pid is positive");
+        rustix::process::kill_process(pid, signal).expect("send a signal to the daemon");
+    }
+
+    /// Waits up to `timeout` for the daemon to exit; its exit status, or
+    /// `None` if it is still running.
+    ///
+    /// # Panics
+    /// If waiting fails.
+    pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if let Some(status) = self.exited {
+            return Some(status);
+        }
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for keyward serve") {
+                self.exited = Some(status);
+                // Let the reader thread collect the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Kills the daemon with SIGKILL (as a crash would) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if self.exited.is_none() {
+                let _ = child.kill();
+                if let Ok(status) = child.wait() {
+                    self.exited = Some(status);
+                }
+            }
+        }
+    }
+
+    /// Kills the daemon (SIGKILL) and keeps its store, to start another
+    /// daemon on it.
+    pub fn into_store(mut self) -> Store {
+        self.kill();
+        self.store.take().expect("the daemon still has its store")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Header names (lower case) and values.
+    pub headers: Vec<(String, String)>,
+    /// The body (de-chunked).
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The body as JSON (`Value::Null` when empty or not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A blocking HTTP/1.1 client on one Unix-socket connection, kept alive
+/// between requests.
+#[derive(Debug)]
+pub struct Client {
+    stream: UnixStream,
+    /// Bytes read but not yet consumed.
+    buffer: Vec<u8>,
+    /// De-chunked stream bytes not yet returned as lines.
+    lines: Vec<u8>,
+}
+
+impl Client {
+    /// Connects to `socket`.
+    ///
+    /// # Errors
+    /// The connection is refused.
+    pub fn connect(socket: &Path) -> io::Result<Self> {
+        let stream = UnixStream::connect(socket)?;
+        stream.set_read_timeout(Some(READ_TIMEOUT))?;
+        Ok(Self {
+            stream,
+            buffer: Vec::new(),
+            lines: Vec::new(),
+        })
+    }
+
+    /// The underlying stream (to shut down one direction, change timeouts).
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+
+    /// Sends one request and reads its response: the status and the JSON
+    /// body (`Value::Null` when empty or not JSON).
+    ///
+    /// # Panics
+    /// If the exchange fails at the transport level.
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let response = self
+            .try_request(method, path, body, token)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        (response.status, response.json())
+    }
+
+    /// Sends one request and reads its response.
+    ///
+    /// # Errors
+    /// Transport errors, or a response that is not HTTP/1.1.
+    pub fn try_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        token: Option<&str>,
+    ) -> io::Result<Response> {
+        let body = body.map(|b| serde_json::to_vec(b).expect("JSON serializes"));
+        self.send(method, path, body.as_deref(), token)?;
+        self.read_response()
+    }
+
+    /// Writes one request with a raw `body` (and a Content-Length), without
+    /// reading the response.
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        token: Option<&str>,
+    ) -> io::Result<()> {
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: keyward\r\n");
+        if let Some(token) = token {
+            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        if let Some(body) = body {
+            head.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(body.unwrap_or_default());
+        self.send_raw(&bytes)
+    }
+
+    /// Writes raw bytes (for malformed requests).
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)?;
+        self.stream.flush()
+    }
+
+    /// Reads one response.
+    ///
+    /// # Errors
+    /// Transport errors; `UnexpectedEof` if the daemon closed the
+    /// connection first; `InvalidData` for a response we cannot parse.
+    pub fn read_response(&mut self) -> io::Result<Response> {
+        let head_end = loop {
+            if let Some(pos) = find(&self.buffer, b"\r\n\r\n") {
+                break pos;
+            }
+            if self.fill()? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed before a response",
+                ));
+            }
+        };
+        let head = String::from_utf8(self.buffer[..head_end].to_vec())
+            .map_err(|_| invalid("response head is not UTF-8"))?;
+        self.buffer.drain(..head_end + 4);
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status = status_line
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse::<u16>().ok())
+            .ok_or_else(|| invalid("bad status line"))?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let mut response = Response {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        if response
+            .header("transfer-encoding")
+            .is_some_and(|te| te.eq_ignore_ascii_case("chunked"))
+        {
+            while let Some(chunk) = self.read_chunk()? {
+                response.body.extend_from_slice(&chunk);
+            }
+        } else if let Some(len) = response.header("content-length") {
+            let len: usize = len
+                .parse()
+                .map_err(|_| invalid("bad Content-Length in the response"))?;
+            while self.buffer.len() < len {
+                if self.fill()? == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed in the response body",
+                    ));
+                }
+            }
+            response.body = self.buffer.drain(..len).collect();
+        }
+        Ok(response)
+    }
+
+    /// Reads the head of a streaming response (`GET /v1/events`) and
+    /// returns it with an empty body; read the lines with
+    /// [`Client::next_line`].
+    ///
+    /// # Errors
+    /// As [`Client::read_response`].
+    pub fn open_stream(&mut self, path: &str, token: Option<&str>) -> io::Result<Response> {
+        self.send("GET", path, None, token)?;
+        let head_end = loop {
+            if let Some(pos) = find(&self.buffer, b"\r\n\r\n") {
+                break pos;
+            }
+            if self.fill()? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed before a response",
+                ));
+            }
+        };
+        let head = String::from_utf8(self.buffer[..head_end].to_vec())
+            .map_err(|_| invalid("response head is not UTF-8"))?;
+        self.buffer.drain(..head_end + 4);
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.strip_prefix("HTTP/1.1 "))
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse::<u16>().ok())
+            .ok_or_else(|| invalid("bad status line"))?;
+        let headers = lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        self.lines = Vec::new();
+        Ok(Response {
+            status,
+            headers,
+            body: Vec::new(),
+        })
+    }
+
+    /// The next NDJSON line of a stream opened with [`Client::open_stream`],
+    /// waiting up to `timeout`; `None` on timeout or at the end of the
+    /// stream.
+    ///
+    /// # Panics
+    /// If a line is not JSON or the chunked framing is broken.
+    pub fn next_line(&mut self, timeout: Duration) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(pos) = self.lines.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.lines.drain(..=pos).collect();
+                return Some(
+                    serde_json::from_slice(&line[..line.len() - 1]).unwrap_or_else(|e| {
+                        panic!("not a JSON line ({e}): {}", String::from_utf8_lossy(&line))
+                    }),
+                );
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            if left.is_zero() {
+                return None;
+            }
+            self.stream
+                .set_read_timeout(Some(left))
+                .expect("set a read timeout");
+            let chunk = self.read_chunk();
+            self.stream
+                .set_read_timeout(Some(READ_TIMEOUT))
+                .expect("set a read timeout");
+            match chunk {
+                Ok(Some(chunk)) => self.lines.extend_from_slice(&chunk),
+                Ok(None) => return None,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return None;
+                }
+                Err(e) => panic!("reading the event stream: {e}"),
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the daemon to close the connection,
+    /// discarding anything it sends first (an error response). `true` if
+    /// it closed (EOF or reset), `false` if it was still open at the end.
+    ///
+    /// # Panics
+    /// If the socket's timeout cannot be set.
+    pub fn closed_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut scratch = [0u8; 4096];
+        loop {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            if left.is_zero() {
+                return false;
+            }
+            self.stream
+                .set_read_timeout(Some(left))
+                .expect("set a read timeout");
+            match self.stream.read(&mut scratch) {
+                Ok(0) => return true,
+                Ok(n) => self.buffer.extend_from_slice(&scratch[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return false;
+                }
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// Bytes received but not yet consumed by a response (what the daemon
+    /// sent before closing, after [`Client::closed_within`]).
+    pub fn pending(&self) -> &[u8] {
+        &self.buffer
+    }
+
+    /// Reads more bytes into the buffer; 0 at EOF.
+    fn fill(&mut self) -> io::Result<usize> {
+        let mut scratch = [0u8; 16 * 1024];
+        loop {
+            match self.stream.read(&mut scratch) {
+                Ok(n) => {
+                    self.buffer.extend_from_slice(&scratch[..n]);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One chunk of a chunked body; `None` for the last (empty) chunk.
+    fn read_chunk(&mut self) -> io::Result<Option<Vec<u8>>> {
+        let line_end = loop {
+            if let Some(pos) = find(&self.buffer, b"\r\n") {
+                break pos;
+            }
+            if self.fill()? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed in a chunked body",
+                ));
+            }
+        };
+        let size_text = String::from_utf8_lossy(&self.buffer[..line_end]).into_owned();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| invalid("bad chunk size"))?;
+        while self.buffer.len() < line_end + 2 + size + 2 {
+            if self.fill()? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed in a chunk",
+                ));
+            }
+        }
+        let chunk = self.buffer[line_end + 2..line_end + 2 + size].to_vec();
+        self.buffer.drain(..line_end + 2 + size + 2);
+        Ok((size > 0).then_some(chunk))
+    }
+}
+
+/// Position of `needle` in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
+}
