@@ -1780,6 +1780,10 @@ impl keyward_kms::Backend for Backend {
             detail,
         })
     }
+
+    fn end_session(&self) {
+        self.logout();
+    }
 }
 
 #[cfg(test)]

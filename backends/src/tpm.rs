@@ -667,6 +667,12 @@ impl backend::Backend for Backend {
             Err(e) => Err(e),
         }
     }
+
+    /// Closes the TPM connection (the TCTI socket or device file); handles
+    /// were already flushed after each operation.
+    fn end_session(&self) {
+        *self.lock() = None;
+    }
 }
 
 impl Backend {

@@ -648,6 +648,12 @@ impl backend::Backend for Backend {
             detail,
         })
     }
+
+    /// Drops every card handle: the PC/SC connection closes and the card
+    /// forgets the verified PIN.
+    fn end_session(&self) {
+        self.lock().clear();
+    }
 }
 
 // ---- helpers ------------------------------------------------------------

@@ -142,6 +142,62 @@ pub(crate) enum Command {
     /// YubiKey maintenance
     #[command(subcommand)]
     Yubikey(YubikeyCommand),
+    /// Run the key service for this keystore on a Unix socket (HTTP/JSON
+    /// API, docs/API.md); starts locked
+    Serve(ServeArgs),
+}
+
+/// `keyward serve`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+The daemon starts locked: unlock it with `keyward unlock` or POST /v1/unlock.
+It locks again on `keyward lock`, SIGHUP, the idle timeout and the absolute
+timeout; SIGTERM and SIGINT stop it cleanly (requests in flight finish, the
+keystore is locked, the socket removed). Only processes of the user running
+it may connect; client applications use tokens from `keyward client add`.
+One daemon serves a keystore: a second `keyward serve` on it exits with 8.
+It prints `keyward: serving STORE on SOCKET (locked)` to stderr when ready.")]
+pub(crate) struct ServeArgs {
+    /// Socket to listen on [default: $XDG_RUNTIME_DIR/keyward/keyward.sock,
+    /// else /run/user/UID/keyward/keyward.sock]; its directory is created
+    /// with mode 0700
+    #[arg(long, env = "KEYWARD_SOCKET", value_name = "PATH")]
+    pub(crate) socket: Option<PathBuf>,
+    /// Lock after this long without a successful key operation (e.g. 90s,
+    /// 15m, 8h); an unlock may ask for less, never more
+    #[arg(long, value_name = "DUR", default_value = "15m",
+          value_parser = crate::render::parse_duration)]
+    pub(crate) idle_timeout: u64,
+    /// Lock this long after unlocking, whatever happens (e.g. 8h); an unlock
+    /// may ask for less, never more
+    #[arg(long, value_name = "DUR", default_value = "8h",
+          value_parser = crate::render::parse_duration)]
+    pub(crate) absolute_timeout: u64,
+    /// While unlocked, rotate the keys whose rotation period has passed this
+    /// often
+    #[arg(long, value_name = "DUR", default_value = "60s",
+          value_parser = crate::render::parse_duration)]
+    pub(crate) check_interval: u64,
+    /// A request head must arrive within this of its first byte (tests)
+    #[arg(long, value_name = "DUR", default_value = "10s", hide = true,
+          value_parser = crate::render::parse_duration)]
+    pub(crate) header_timeout: u64,
+    /// A request body must arrive within this (tests)
+    #[arg(long, value_name = "DUR", default_value = "30s", hide = true,
+          value_parser = crate::render::parse_duration)]
+    pub(crate) body_timeout: u64,
+    /// Idle keep-alive connections are closed after this (tests)
+    #[arg(long, value_name = "DUR", default_value = "60s", hide = true,
+          value_parser = crate::render::parse_duration)]
+    pub(crate) keepalive_timeout: u64,
+    /// Connections served at once; more wait in the kernel backlog (tests)
+    #[arg(long, value_name = "N", default_value_t = 512, hide = true,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub(crate) max_connections: u32,
+    /// How often the socket's mode and identity are checked (tests)
+    #[arg(long, value_name = "DUR", default_value = "2s", hide = true,
+          value_parser = crate::render::parse_duration)]
+    pub(crate) watchdog_interval: u64,
 }
 
 /// `keyward yubikey ...`.

@@ -5,6 +5,7 @@ mod audit;
 mod data;
 mod device;
 mod keys;
+mod serve;
 mod setup;
 mod yubikey;
 
@@ -154,6 +155,7 @@ pub(crate) fn run(cli: &Cli) -> Result<(), Failure> {
         Command::ExportPublic(args) => data::export_public(&ctx, args),
         Command::Audit(cmd) => audit::run(&ctx, cmd),
         Command::Yubikey(cmd) => yubikey::run(&ctx, cmd),
+        Command::Serve(args) => serve::run(&ctx, args),
     }
 }
 

@@ -10,6 +10,7 @@
 
 mod args;
 mod commands;
+mod daemon;
 mod failure;
 mod files;
 mod paths;

@@ -146,10 +146,9 @@ fn append_inner(
     let prev_hex = hex::encode(prev);
     let text = record_text(seq, crate::store::now(), action, ok, fields, &prev_hex)?;
     let hash = record_hash(&text);
-    db.conn().execute(
-        "INSERT INTO audit (seq, record, hash) VALUES (?1, ?2, ?3)",
-        rusqlite::params![seq, text, &hash[..]],
-    )?;
+    db.conn()
+        .prepare_cached("INSERT INTO audit (seq, record, hash) VALUES (?1, ?2, ?3)")?
+        .execute(rusqlite::params![seq, text, &hash[..]])?;
     db.set_meta("audit_head_seq", &seq)?;
     db.set_meta("audit_head_hash", &&hash[..])?;
     if let Some(key) = mac {
@@ -176,11 +175,8 @@ pub(crate) fn remac(db: &Db<'_>, key: &Secret32) -> Result<()> {
 fn head(db: &Db<'_>) -> Result<(u64, [u8; 32])> {
     let seq: Option<u64> = db
         .conn()
-        .query_row(
-            "SELECT value FROM meta WHERE name = 'audit_head_seq'",
-            [],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT value FROM meta WHERE name = 'audit_head_seq'")?
+        .query_row([], |r| r.get(0))
         .optional()?;
     let Some(seq) = seq else {
         return Ok((0, [0u8; 32]));

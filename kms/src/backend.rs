@@ -262,6 +262,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// # Errors
     /// Transport failures; an absent device is `Ok` with `present: false`.
     fn health(&self, enrollment: &Enrollment) -> Result<Health>;
+
+    /// Ends every session with a device this backend keeps open: logs out
+    /// of PKCS#11 tokens, releases PIV card handles, closes the TPM
+    /// connection. The next unwrap or sign starts afresh (and asks for the
+    /// PIN again). The service calls it when it locks. Backends that keep
+    /// nothing open need not implement it.
+    fn end_session(&self) {}
 }
 
 /// What kind of secret a prompt asks for.

@@ -310,9 +310,116 @@ pub enum Error {
         /// What is wrong.
         what: String,
     },
+
+    // ---- daemon clients -------------------------------------------------------
+    /// A client token is missing, unknown or revoked.
+    #[error("the client token is missing, unknown or revoked")]
+    Unauthorized,
+    /// A client's grants do not allow this operation on this key.
+    #[error("client '{client}' is not allowed to {operation}{}", key_suffix(key.as_deref()))]
+    Forbidden {
+        /// The client's name.
+        client: String,
+        /// The operation asked for.
+        operation: String,
+        /// The key it was asked on, if any.
+        key: Option<String>,
+    },
+    /// A client with this name already exists.
+    #[error("a client named '{name}' already exists")]
+    ClientExists {
+        /// The name.
+        name: String,
+    },
+    /// No client with this name.
+    #[error("no client named '{name}'")]
+    ClientNotFound {
+        /// The name.
+        name: String,
+    },
+    /// An operation needs a secret the caller did not provide (the daemon
+    /// answers an unlock request this way; nothing was sent to a device).
+    #[error("{description} needs a {kind}{}", retries_suffix(*retries_left))]
+    SecretRequired {
+        /// What kind of secret: `pin`, `puk`, `passphrase`, `recovery-key`.
+        kind: &'static str,
+        /// Which protector or device asks ("passphrase 'laptop'").
+        description: String,
+        /// Tries left before lockout, where known.
+        retries_left: Option<u32>,
+    },
+}
+
+fn key_suffix(key: Option<&str>) -> String {
+    key.map(|k| format!(" with key '{k}'")).unwrap_or_default()
+}
+
+fn retries_suffix(retries: Option<u32>) -> String {
+    retries
+        .map(|n| format!(" ({n} tries left)"))
+        .unwrap_or_default()
 }
 
 impl Error {
+    /// A stable, machine-readable code for this error (the daemon API's
+    /// `error.code`, docs/API.md). Codes never change meaning once
+    /// published; new variants get new codes.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::DecryptionFailed | Self::UnwrapFailed => "decryption-failed",
+            Self::InvalidSignature => "invalid-signature",
+            Self::Malformed { .. }
+            | Self::UnsupportedFormat { .. }
+            | Self::InvalidPublicKey { .. } => "malformed",
+            Self::Truncated => "truncated",
+            Self::Random => "internal",
+            Self::StoreNotFound { .. }
+            | Self::StoreExists { .. }
+            | Self::NotAKeystore { .. }
+            | Self::StoreCorrupt { .. }
+            | Self::StoreTooNew { .. }
+            | Self::UnsafePermissions { .. }
+            | Self::Database(_)
+            | Self::Io { .. } => "store",
+            Self::StoreBusy => "busy",
+            Self::KeyNotFound { .. } => "key-not-found",
+            Self::KeyExists { .. } => "key-exists",
+            Self::VersionNotFound { .. } => "version-not-found",
+            Self::VersionRetired { .. } => "version-retired",
+            Self::WrongPurpose { .. } => "wrong-purpose",
+            Self::InvalidKeyName { .. } => "invalid-key-name",
+            Self::UsageLimit { .. } => "usage-limit",
+            Self::ClassPolicy { .. } => "class-policy",
+            Self::Locked => "locked",
+            Self::NoSuchProtectorKind { .. } | Self::ProtectorNotFound { .. } => {
+                "protector-not-found"
+            }
+            Self::LastProtector => "last-protector",
+            Self::WrongPassphrase => "wrong-passphrase",
+            Self::WrongRecoveryKey | Self::RecoveryKeyFormat { .. } => "wrong-recovery-key",
+            Self::DeviceNotFound { .. } => "device-not-found",
+            Self::WrongDevice { .. } => "wrong-device",
+            Self::WrongPin { .. } => "wrong-pin",
+            Self::PinBlocked => "pin-blocked",
+            Self::Lockout { .. } => "lockout",
+            Self::TouchTimeout => "touch-timeout",
+            Self::DeviceRemoved => "device-removed",
+            Self::Cancelled => "cancelled",
+            Self::NotSupported { .. } => "not-supported",
+            Self::Device { .. } => "device",
+            Self::AuditWrite(_) => "audit-write",
+            Self::AuditTampered { .. } => "audit-tampered",
+            Self::Replay { .. } => "replay",
+            Self::NotFresh { .. } => "not-fresh",
+            Self::InvalidArgument { .. } | Self::WeakPassphrase { .. } => "invalid-argument",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden { .. } => "forbidden",
+            Self::ClientExists { .. } => "client-exists",
+            Self::ClientNotFound { .. } => "client-not-found",
+            Self::SecretRequired { .. } => "secret-required",
+        }
+    }
+
     /// Builds an [`Error::Io`] with the operation that failed.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Self::Io {

@@ -34,6 +34,7 @@
 
 pub mod audit;
 pub mod backend;
+pub mod clients;
 pub mod crypto;
 pub mod error;
 pub mod keys;

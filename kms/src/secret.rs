@@ -2,6 +2,7 @@
 //! `Clone`, `Copy`, `PartialEq` or `Serialize`.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use zeroize::{Zeroize, Zeroizing};
 
@@ -22,13 +23,14 @@ impl Secret32 {
     /// [`Error::Random`] if the OS refuses to provide randomness.
     pub fn random() -> Result<Self> {
         let mut bytes = Box::new([0u8; 32]);
+        lock_pages(bytes.as_ptr(), 32);
         getrandom::fill(&mut bytes[..]).map_err(|_| Error::Random)?;
         Ok(Self(bytes))
     }
 
     /// Takes ownership of `bytes` and zeroizes the caller's copy.
     pub fn from_bytes(bytes: &mut [u8; 32]) -> Self {
-        let out = Self(Box::new(*bytes));
+        let out = Self::boxed(bytes);
         bytes.zeroize();
         out
     }
@@ -41,7 +43,14 @@ impl Secret32 {
         let arr: &[u8; 32] = bytes.try_into().map_err(|_| Error::Malformed {
             what: "secret of wrong length",
         })?;
-        Ok(Self(Box::new(*arr)))
+        Ok(Self::boxed(arr))
+    }
+
+    fn boxed(bytes: &[u8; 32]) -> Self {
+        let mut b = Box::new([0u8; 32]);
+        lock_pages(b.as_ptr(), 32);
+        b.copy_from_slice(bytes);
+        Self(b)
     }
 
     /// The secret bytes. Every call site is a place a reviewer should read.
@@ -68,6 +77,9 @@ pub struct SecretBytes(Zeroizing<Vec<u8>>);
 impl SecretBytes {
     /// Wraps `bytes`; they are zeroized when the value is dropped.
     pub fn new(bytes: Vec<u8>) -> Self {
+        // The bytes are already there: locking now keeps them from being
+        // swapped out from here on (the daemon's cached keys and plaintext).
+        lock_pages(bytes.as_ptr(), bytes.capacity());
         Self(Zeroizing::new(bytes))
     }
 
@@ -85,6 +97,52 @@ impl SecretBytes {
 impl fmt::Debug for SecretBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SecretBytes([REDACTED; {}])", self.0.len())
+    }
+}
+
+static LOCK_PAGES: AtomicBool = AtomicBool::new(false);
+static LOCK_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// From now on, keeps the memory page of every new secret out of swap with
+/// `mlock(2)`; returns whether locking works here. A long-running daemon
+/// calls this once at start-up, before it reads any secret.
+///
+/// Pages stay locked until the process exits: `munlock` is never called,
+/// because a page can hold several secrets and locks do not nest. Locking
+/// is best effort beyond the first check (the `RLIMIT_MEMLOCK` budget may
+/// run out); [`memory_lock_failures`] counts the pages that could not be
+/// locked.
+pub fn lock_secrets_in_memory() -> bool {
+    let probe = Box::new([0u8; 32]);
+    match region::lock(probe.as_ptr(), probe.len()) {
+        Ok(guard) => {
+            std::mem::forget(guard);
+            LOCK_PAGES.store(true, Ordering::SeqCst);
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot lock memory (mlock); secrets may be swapped out");
+            false
+        }
+    }
+}
+
+/// How many secret allocations could not be locked in memory since
+/// [`lock_secrets_in_memory`] was called.
+pub fn memory_lock_failures() -> u64 {
+    LOCK_FAILURES.load(Ordering::Relaxed)
+}
+
+fn lock_pages(ptr: *const u8, len: usize) {
+    if len == 0 || !LOCK_PAGES.load(Ordering::Relaxed) {
+        return;
+    }
+    match region::lock(ptr, len) {
+        // Never unlocked (see `lock_secrets_in_memory`).
+        Ok(guard) => std::mem::forget(guard),
+        Err(_) => {
+            LOCK_FAILURES.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 

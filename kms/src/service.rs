@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use base64::Engine as _;
 use serde::Serialize;
@@ -18,10 +18,11 @@ use serde_json::json;
 
 use crate::audit::{self, AuditRecord, AuditSummary};
 use crate::backend::{Backend, BackendKind, Callbacks, EnrollRequest, Enrollment, Wrapped};
+use crate::clients::{self, ClientInfo, Operation};
 use crate::crypto::kw::{self, DekLabel};
 use crate::crypto::{envelope, signing, stream};
 use crate::keys::{DataClass, KeyName, KeyPurpose, MasterKey};
-use crate::secret::{Secret32, SecretBytes};
+use crate::secret::{Secret32, SecretBytes, SecretString};
 use crate::store::{Db, KeyRow, ProtectorRow, Store, VersionRow, now};
 use crate::{Error, Result};
 
@@ -260,6 +261,64 @@ pub fn mk_wrap_aad(
     aad
 }
 
+/// A ciphertext moved to its key's primary version ([`Service::rewrap`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rewrapped {
+    /// The new ciphertext (one-shot format).
+    #[serde(skip)]
+    pub ciphertext: Vec<u8>,
+    /// Key name.
+    pub key: KeyName,
+    /// The version it is now under.
+    pub version: u32,
+    /// The version it was under.
+    pub from_version: u32,
+}
+
+/// A fresh data key for envelope encryption ([`Service::datakey_generate`]).
+#[derive(Debug)]
+pub struct DataKey {
+    /// The 256-bit key, for the caller to use and forget.
+    pub plaintext: SecretBytes,
+    /// The same key encrypted under the named key (one-shot format), to
+    /// store beside the data and unwrap later.
+    pub wrapped: Vec<u8>,
+    /// Key name.
+    pub key: KeyName,
+    /// Version the key is wrapped under.
+    pub version: u32,
+}
+
+/// A key rotated by the scheduler ([`Service::rotate_due`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rotated {
+    /// Key name.
+    pub key: KeyName,
+    /// The new primary version.
+    pub version: u32,
+    /// Why: `period` (its rotation period elapsed).
+    pub reason: &'static str,
+}
+
+/// Encryptions reserved in the store per block in daemon mode: one durable
+/// commit per this many encryptions (DESIGN.md: "reserve blocks, never
+/// under-count"). A crash loses at most the unused rest of a block, which
+/// only over-counts.
+pub const RESERVATION_BLOCK: u64 = 4096;
+
+/// What a long-running daemon keeps between requests (all of it forgotten
+/// on lock).
+#[derive(Debug, Default)]
+struct DaemonCache {
+    /// Unwrapped data keys by (name, version), with the 40-byte wrap they
+    /// came from: an entry is used only while the stored wrap is the same.
+    deks: HashMap<(KeyName, u32), (Vec<u8>, Secret32)>,
+    /// Reserved, unused encryptions per (name, version): `next..end`.
+    reserved: HashMap<(KeyName, u32), (u64, u64)>,
+    /// WAL checkpoints off the request path.
+    _checkpointer: Option<crate::store::Checkpointer>,
+}
+
 /// A `secret`-class key: same shape as a stored key, but only in memory.
 #[derive(Debug)]
 struct MemoryKey {
@@ -275,6 +334,7 @@ pub struct Service {
     master: Option<MasterKey>,
     actor: Actor,
     memory_keys: Option<BTreeMap<KeyName, MemoryKey>>,
+    daemon: Option<DaemonCache>,
 }
 
 impl Service {
@@ -298,6 +358,7 @@ impl Service {
             master: None,
             actor: Actor::current(),
             memory_keys: None,
+            daemon: None,
         };
         let result = (|| {
             let master = MasterKey::generate(1)?;
@@ -355,6 +416,7 @@ impl Service {
             master: None,
             actor: Actor::current(),
             memory_keys: None,
+            daemon: None,
         })
     }
 
@@ -363,6 +425,31 @@ impl Service {
     /// should enable this.
     pub fn enable_memory_keys(&mut self) {
         self.memory_keys.get_or_insert_with(BTreeMap::new);
+    }
+
+    /// Switches to the daemon's way of working: `secret`-class keys in
+    /// memory ([`Service::enable_memory_keys`]), unwrapped data keys cached
+    /// until lock, encryptions reserved in blocks of [`RESERVATION_BLOCK`],
+    /// WAL checkpoints on a background thread,
+    /// and the audit record of each use of a key committed without `fsync`
+    /// (it survives a crash of the daemon; the next change of state makes
+    /// it durable against power loss). Changes of key state stay fully
+    /// durable.
+    pub fn enable_daemon_mode(&mut self) {
+        self.enable_memory_keys();
+        if self.daemon.is_none() {
+            let checkpointer = self
+                .store
+                .start_checkpointer(std::time::Duration::from_millis(500))
+                .inspect_err(|e| {
+                    tracing::warn!(error = %e, "WAL checkpoints stay on the request path");
+                })
+                .ok();
+            self.daemon = Some(DaemonCache {
+                _checkpointer: checkpointer,
+                ..DaemonCache::default()
+            });
+        }
     }
 
     /// Sets who is acting (the daemon sets the client per request).
@@ -481,12 +568,40 @@ impl Service {
         Err(last_err.unwrap_or(Error::Locked))
     }
 
-    /// Forgets the master key (and every `secret`-class key).
+    /// Forgets the master key, every `secret`-class key and every cached
+    /// data key, and ends the backends' device sessions (PKCS#11 logout,
+    /// PIV card released, TPM connection closed). Writes no audit record:
+    /// a short-lived process that exits calls this; the daemon calls
+    /// [`Service::lock_because`].
     pub fn lock(&mut self) {
         self.master = None;
         if let Some(keys) = self.memory_keys.as_mut() {
             keys.clear();
         }
+        if let Some(cache) = self.daemon.as_mut() {
+            cache.deks.clear();
+            cache.reserved.clear();
+        }
+        for backend in &self.backends.0 {
+            backend.end_session();
+        }
+    }
+
+    /// Locks as [`Service::lock`] does and, if the service was unlocked,
+    /// records a `lock` audit record with `reason` first (best effort: the
+    /// lock happens even if the record cannot be written).
+    pub fn lock_because(&mut self, reason: &str) {
+        if self.master.is_some() {
+            let fields = json!({ "reason": reason, "actor": self.actor_json() });
+            let mac = self.mac().ok();
+            if let Err(e) = self
+                .store
+                .write(|db| audit::append(db, "lock", true, &fields, mac.as_ref()))
+            {
+                tracing::warn!(error = %e, "could not record the lock in the audit log");
+            }
+        }
+        self.lock();
     }
 
     /// Enrolled protectors.
@@ -814,6 +929,10 @@ impl Service {
     /// # Errors
     /// `DecryptionFailed`, `VersionRetired`, `KeyNotFound`, `Locked`.
     pub fn decrypt(&mut self, context: &[u8], ciphertext: &[u8]) -> Result<Decrypted> {
+        self.decrypt_as("decrypt", context, ciphertext)
+    }
+
+    fn decrypt_as(&mut self, action: &str, context: &[u8], ciphertext: &[u8]) -> Result<Decrypted> {
         let (header, _) = envelope::parse_header(ciphertext)?;
         if header.mode != envelope::Mode::OneShot {
             return Err(Error::Malformed {
@@ -823,7 +942,7 @@ impl Service {
         let (key, dek) = self.decryption_key(&header.key, header.version)?;
         let result = envelope::open(&dek, key.class, context, ciphertext);
         self.audit_use(
-            "decrypt",
+            action,
             &header.key,
             header.version,
             key.class,
@@ -835,6 +954,225 @@ impl Service {
             key: header.key,
             version: header.version,
         })
+    }
+
+    /// Decrypts a one-shot ciphertext and encrypts the same plaintext under
+    /// the key's primary version, without returning the plaintext (Vault
+    /// transit `rewrap`, AWS KMS `ReEncrypt`). The context stays the same.
+    ///
+    /// # Errors
+    /// As [`Service::decrypt`] and [`Service::encrypt`].
+    pub fn rewrap(&mut self, context: &[u8], ciphertext: &[u8]) -> Result<Rewrapped> {
+        let old = self.decrypt_as("rewrap", context, ciphertext)?;
+        let (key, version, dek) = self.reserve_encryption(
+            &old.key,
+            "rewrap.encrypt",
+            Some(old.plaintext.expose().len() as u64),
+        )?;
+        let ciphertext = envelope::seal(
+            &dek,
+            &old.key,
+            version,
+            key.class,
+            context,
+            old.plaintext.expose(),
+        )?;
+        Ok(Rewrapped {
+            ciphertext,
+            key: old.key,
+            version,
+            from_version: old.version,
+        })
+    }
+
+    /// Generates a random 256-bit data key and returns it together with its
+    /// encryption under `name` (AWS KMS `GenerateDataKey`): the caller
+    /// encrypts its data with the plaintext key, forgets it, and stores the
+    /// wrapped copy to unwrap with [`Service::datakey_unwrap`].
+    ///
+    /// # Errors
+    /// As [`Service::encrypt`].
+    pub fn datakey_generate(&mut self, name: &KeyName, context: &[u8]) -> Result<DataKey> {
+        let mut raw = zeroize::Zeroizing::new(vec![0u8; 32]);
+        crate::secret::random_bytes(&mut raw)?;
+        let plaintext = SecretBytes::new(std::mem::take(&mut *raw));
+        let (key, version, dek) = self.reserve_encryption(name, "datakey.generate", Some(32))?;
+        let wrapped = envelope::seal(&dek, name, version, key.class, context, plaintext.expose())?;
+        Ok(DataKey {
+            plaintext,
+            wrapped,
+            key: name.clone(),
+            version,
+        })
+    }
+
+    /// Unwraps a data key made by [`Service::datakey_generate`] (AWS KMS
+    /// `Decrypt`).
+    ///
+    /// # Errors
+    /// As [`Service::decrypt`].
+    pub fn datakey_unwrap(&mut self, context: &[u8], wrapped: &[u8]) -> Result<Decrypted> {
+        self.decrypt_as("datakey.unwrap", context, wrapped)
+    }
+
+    /// Rotates every key whose rotation period has elapsed since its primary
+    /// version was created (the scheduler; `keyward rotate --due`).
+    ///
+    /// # Errors
+    /// `Locked`; the first rotation that fails (earlier ones stay done).
+    pub fn rotate_due(&mut self) -> Result<Vec<Rotated>> {
+        if self.master.is_none() {
+            return Err(Error::Locked);
+        }
+        let now = now();
+        let mut due = Vec::new();
+        for key in self.keys()? {
+            let Some(period) = key.rotation_period else {
+                continue;
+            };
+            let primary_created = key
+                .versions
+                .iter()
+                .find(|v| v.version == key.primary_version)
+                .map_or(key.created_at, |v| v.created_at);
+            let period = i64::try_from(period).unwrap_or(i64::MAX);
+            if primary_created.saturating_add(period) <= now {
+                due.push(key.name);
+            }
+        }
+        let mut rotated = Vec::new();
+        for name in due {
+            let version = self.rotate_key_because(&name, "period")?;
+            tracing::info!(key = %name, version, "rotated: its rotation period elapsed");
+            rotated.push(Rotated {
+                key: name,
+                version,
+                reason: "period",
+            });
+        }
+        Ok(rotated)
+    }
+
+    /// Records an event that happened outside the service (the daemon's
+    /// refused peers, bursts of refused requests, a tampered socket) in the
+    /// audit log, authenticated with the master key when unlocked.
+    ///
+    /// # Errors
+    /// `AuditWrite`.
+    pub fn record_event(
+        &mut self,
+        action: &str,
+        ok: bool,
+        fields: &serde_json::Value,
+    ) -> Result<u64> {
+        let mac = self.mac().ok();
+        self.store
+            .write(|db| audit::append(db, action, ok, fields, mac.as_ref()))
+    }
+
+    /// Adds a daemon client with a grant and returns it with its token,
+    /// which is shown only now (the store keeps its SHA-256).
+    ///
+    /// # Errors
+    /// `InvalidArgument` (name, empty grant), `InvalidKeyName`,
+    /// `ClientExists`.
+    pub fn client_add(
+        &mut self,
+        name: &str,
+        allow: &[Operation],
+        keys: &[String],
+    ) -> Result<(ClientInfo, SecretString)> {
+        clients::check_name(name)?;
+        let (allow, keys) = clients::check_grant(allow, keys)?;
+        let token = clients::new_token()?;
+        let info = ClientInfo {
+            name: name.to_owned(),
+            allow,
+            keys,
+            created_at: now(),
+            last_used_at: None,
+            revoked_at: None,
+        };
+        let fields = json!({ "client": name, "allow": info.allow, "keys": info.keys,
+                             "actor": self.actor_json() });
+        let mac = self.mac().ok();
+        let hash = clients::token_hash(&token);
+        self.store.write(|db| {
+            db.insert_client(&info, &hash)?;
+            audit::append(db, "client.add", true, &fields, mac.as_ref())?;
+            Ok(())
+        })?;
+        Ok((info, token))
+    }
+
+    /// Every client, revoked ones included.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn clients(&self) -> Result<Vec<ClientInfo>> {
+        self.store.db().clients()
+    }
+
+    /// Revokes one client: its token stops working at once.
+    ///
+    /// # Errors
+    /// `ClientNotFound` (no such active client).
+    pub fn client_revoke(&mut self, name: &str) -> Result<()> {
+        let fields = json!({ "client": name, "actor": self.actor_json() });
+        let mac = self.mac().ok();
+        self.store.write(|db| {
+            if db.revoke_clients(Some(name), now())? == 0 {
+                return Err(Error::ClientNotFound {
+                    name: name.to_owned(),
+                });
+            }
+            audit::append(db, "client.revoke", true, &fields, mac.as_ref())?;
+            Ok(())
+        })
+    }
+
+    /// Revokes every client ("revoke all sessions"); returns how many.
+    ///
+    /// # Errors
+    /// `AuditWrite`.
+    pub fn client_revoke_all(&mut self) -> Result<usize> {
+        let actor = self.actor_json();
+        let mac = self.mac().ok();
+        self.store.write(|db| {
+            let n = db.revoke_clients(None, now())?;
+            audit::append(
+                db,
+                "client.revoke_all",
+                true,
+                &json!({ "revoked": n, "actor": actor }),
+                mac.as_ref(),
+            )?;
+            Ok(n)
+        })
+    }
+
+    /// The active client holding `token`. Records the use at most once a
+    /// minute (without `fsync`).
+    ///
+    /// # Errors
+    /// `Unauthorized` for a malformed, unknown or revoked token.
+    pub fn authenticate(&mut self, token: &str) -> Result<ClientInfo> {
+        if !clients::looks_like_token(token) {
+            return Err(Error::Unauthorized);
+        }
+        let hash = clients::token_hash(&SecretString::from(token.to_owned()));
+        let mut info = self
+            .store
+            .db()
+            .client_by_token(&hash)?
+            .ok_or(Error::Unauthorized)?;
+        let now = now();
+        if info.last_used_at.is_none_or(|t| now - t >= 60) {
+            self.store
+                .write_relaxed(|db| db.touch_client(&info.name, now))?;
+            info.last_used_at = Some(now);
+        }
+        Ok(info)
     }
 
     /// Encrypts a stream of any length in constant memory.
@@ -957,7 +1295,7 @@ impl Service {
                 .write(|db| audit::append(db, "sign", true, &fields, Some(&mac)))?;
             (m.key.clone(), v, m.key.sign_counter)
         } else {
-            self.store.write(|db| {
+            write_use(&mut self.store, self.daemon.is_some(), |db| {
                 let key = db.key(name)?;
                 require_purpose(&key, KeyPurpose::Sign)?;
                 let v = db.version(name, key.primary_version)?;
@@ -1207,6 +1545,15 @@ impl Service {
             let dek = unwrap_version(master, &store_id, &m.key, v)?;
             return Ok((m.key.clone(), v.version, dek));
         }
+        if self.daemon.is_some() {
+            let (key, v) = self.take_reserved(name)?;
+            let fields = json!({ "key": name, "version": v.version, "class": key.class,
+                                 "size": size, "actor": actor });
+            self.store
+                .write_relaxed(|db| audit::append(db, action, true, &fields, Some(&mac)))?;
+            let dek = self.dek(&key, &v)?;
+            return Ok((key, v.version, dek));
+        }
         let (key, v) = self.store.write(|db| {
             let mut key = db.key(name)?;
             require_purpose(&key, KeyPurpose::Encrypt)?;
@@ -1239,9 +1586,83 @@ impl Service {
         Ok((key, v.version, dek))
     }
 
-    /// The data key for decrypting data written under `name` v`version`.
-    fn decryption_key(&self, name: &KeyName, version: u32) -> Result<(KeyRow, Secret32)> {
+    /// Daemon mode: takes one encryption from the current block of the
+    /// primary version, reserving a new block (one durable commit, rotating
+    /// first at the usage limit) when the block is used up.
+    fn take_reserved(&mut self, name: &KeyName) -> Result<(KeyRow, VersionRow)> {
         let master = self.master.as_ref().ok_or(Error::Locked)?;
+        let key = self.store.db().key(name)?;
+        require_purpose(&key, KeyPurpose::Encrypt)?;
+        let cache = self.daemon.as_mut().ok_or(Error::Locked)?;
+        if let Some((next, end)) = cache.reserved.get_mut(&(name.clone(), key.primary_version)) {
+            if *next < *end {
+                *next += 1;
+                let v = self.store.db().version(name, key.primary_version)?;
+                return Ok((key, v));
+            }
+        }
+        let store_id = *self.store.store_id();
+        let mac = audit::mac_key(master.secret(), &store_id);
+        let actor = self.actor_json();
+        let (key, v, start, end) = self.store.write(|db| {
+            let mut key = db.key(name)?;
+            require_purpose(&key, KeyPurpose::Encrypt)?;
+            let mut v = db.version(name, key.primary_version)?;
+            if v.uses_reserved >= key.usage_limit {
+                let version =
+                    rotate_in_tx(db, master, &store_id, name, "usage-limit", &actor, &mac)?;
+                key = db.key(name)?;
+                v = db.version(name, version)?;
+            }
+            if v.uses_reserved >= HARD_USAGE_LIMIT {
+                return Err(Error::UsageLimit {
+                    name: name.to_string(),
+                    version: v.version,
+                });
+            }
+            let start = v.uses_reserved;
+            let end = (start + RESERVATION_BLOCK)
+                .min(key.usage_limit.max(start + 1))
+                .min(HARD_USAGE_LIMIT);
+            db.set_uses_reserved(name, v.version, end)?;
+            Ok((key, v, start, end))
+        })?;
+        if let Some(cache) = self.daemon.as_mut() {
+            cache
+                .reserved
+                .insert((name.clone(), v.version), (start + 1, end));
+        }
+        Ok((key, v))
+    }
+
+    /// A version's data key: from the daemon's cache when the stored wrap
+    /// is the one it was unwrapped from, else unwrapped (and cached in
+    /// daemon mode).
+    fn dek(&mut self, key: &KeyRow, v: &VersionRow) -> Result<Secret32> {
+        let master = self.master.as_ref().ok_or(Error::Locked)?;
+        let store_id = *self.store.store_id();
+        let Some(cache) = self.daemon.as_mut() else {
+            return unwrap_version(master, &store_id, key, v);
+        };
+        let slot = (key.name.clone(), v.version);
+        if let Some((wrapped, dek)) = cache.deks.get(&slot) {
+            if *wrapped == v.wrapped {
+                return Secret32::try_from_slice(dek.expose());
+            }
+        }
+        let dek = unwrap_version(master, &store_id, key, v)?;
+        cache.deks.insert(
+            slot,
+            (v.wrapped.clone(), Secret32::try_from_slice(dek.expose())?),
+        );
+        Ok(dek)
+    }
+
+    /// The data key for decrypting data written under `name` v`version`.
+    fn decryption_key(&mut self, name: &KeyName, version: u32) -> Result<(KeyRow, Secret32)> {
+        if self.master.is_none() {
+            return Err(Error::Locked);
+        }
         let (key, v) = self.key_version(name, Some(version))?;
         require_purpose(&key, KeyPurpose::Encrypt)?;
         if version < key.min_decryption_version {
@@ -1251,7 +1672,7 @@ impl Service {
                 min_decryption_version: key.min_decryption_version,
             });
         }
-        let dek = unwrap_version(master, self.store.store_id(), &key, &v)?;
+        let dek = self.dek(&key, &v)?;
         Ok((key, dek))
     }
 
@@ -1354,9 +1775,23 @@ impl Service {
         let mac = self.mac()?;
         let fields = json!({ "key": name, "version": version, "class": class, "size": size,
                              "actor": self.actor_json() });
-        self.store
-            .write(|db| audit::append(db, action, ok, &fields, Some(&mac)))?;
+        write_use(&mut self.store, self.daemon.is_some(), |db| {
+            audit::append(db, action, ok, &fields, Some(&mac))
+        })?;
         Ok(())
+    }
+}
+
+/// Commits `f` relaxed (daemon mode, [`Store::write_relaxed`]) or fully.
+fn write_use<T>(
+    store: &mut Store,
+    relaxed: bool,
+    f: impl FnOnce(&Db<'_>) -> Result<T>,
+) -> Result<T> {
+    if relaxed {
+        store.write_relaxed(f)
+    } else {
+        store.write(f)
     }
 }
 

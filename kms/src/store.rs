@@ -16,6 +16,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use crate::backend::Enrollment;
+use crate::clients::ClientInfo;
 use crate::keys::{DataClass, KeyName, KeyPurpose};
 use crate::{Error, Result};
 
@@ -25,7 +26,7 @@ pub const APPLICATION_ID: i32 = 0x4B57_4B53;
 
 /// Schema version this build writes. Older stores are migrated on open; a
 /// newer one is refused.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Migration `i` takes a store from schema version `i` to `i + 1`.
 const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
@@ -75,6 +76,17 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
          signer      BLOB NOT NULL,
          max_counter INTEGER NOT NULL,
          PRIMARY KEY (key_name, signer)
+     ) STRICT;",
+    // v3: daemon clients — a name, the SHA-256 of its token and its grant
+    // (JSON arrays of operations and key names).
+    "CREATE TABLE clients (
+         name         TEXT PRIMARY KEY,
+         token_hash   BLOB NOT NULL UNIQUE CHECK (length(token_hash) = 32),
+         allow        TEXT NOT NULL,
+         keys         TEXT NOT NULL,
+         created_at   INTEGER NOT NULL,
+         last_used_at INTEGER,
+         revoked_at   INTEGER
      ) STRICT;",
 ];
 
@@ -309,6 +321,86 @@ impl Store {
         tx.commit().map_err(busy)?;
         Ok(out)
     }
+
+    /// As [`Store::write`], but the commit does not wait for `fsync`
+    /// (`synchronous=NORMAL` in WAL mode): it survives a crash of this
+    /// process, and the next ordinary [`Store::write`] makes it durable
+    /// against power loss too. The daemon records uses of keys this way;
+    /// every change of key state goes through [`Store::write`].
+    ///
+    /// # Errors
+    /// As [`Store::write`].
+    pub fn write_relaxed<T>(&mut self, f: impl FnOnce(&Db<'_>) -> Result<T>) -> Result<T> {
+        self.set_synchronous("NORMAL")?;
+        let out = self.write(f);
+        let restored = self.set_synchronous("FULL");
+        let out = out?;
+        restored?;
+        Ok(out)
+    }
+
+    fn set_synchronous(&self, level: &'static str) -> Result<()> {
+        let sql = match level {
+            "NORMAL" => "PRAGMA synchronous = NORMAL",
+            _ => "PRAGMA synchronous = FULL",
+        };
+        self.conn.prepare_cached(sql)?.execute([])?;
+        Ok(())
+    }
+
+    /// Moves WAL checkpoints (and their `fsync`s) off this connection: a
+    /// background thread with its own connection checkpoints every
+    /// `interval` without blocking readers or writers (`PASSIVE`), and this
+    /// connection checkpoints by itself only if the log grows past 10,000
+    /// pages (the thread fell behind). The thread stops when the returned
+    /// handle is dropped.
+    ///
+    /// # Errors
+    /// `Database` if the second connection cannot be opened.
+    pub fn start_checkpointer(&self, interval: Duration) -> Result<Checkpointer> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        self.conn
+            .pragma_update(None, "wal_autocheckpoint", 10_000)?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("keyward-checkpoint".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(interval)
+                {
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(error = %e, "background WAL checkpoint failed");
+                    }
+                }
+            })
+            .map_err(|e| Error::io("cannot start the checkpoint thread", e))?;
+        Ok(Checkpointer {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+/// The background checkpoint thread of [`Store::start_checkpointer`];
+/// stopped (after one last checkpoint pass at most) when dropped.
+#[derive(Debug)]
+pub struct Checkpointer {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Typed queries on a connection or an open transaction.
@@ -351,11 +443,12 @@ impl Db<'_> {
     /// # Errors
     /// `Database`.
     pub fn set_meta(&self, name: &str, value: &dyn rusqlite::ToSql) -> Result<()> {
-        self.0.execute(
-            "INSERT INTO meta (name, value) VALUES (?1, ?2)
+        self.0
+            .prepare_cached(
+                "INSERT INTO meta (name, value) VALUES (?1, ?2)
              ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-            params![name, value],
-        )?;
+            )?
+            .execute(params![name, value])?;
         Ok(())
     }
 
@@ -390,10 +483,8 @@ impl Db<'_> {
         let enrollment = serde_json::to_string(&row.enrollment).map_err(|_| Error::Malformed {
             what: "enrollment does not serialise",
         })?;
-        self.0.execute(
-            "INSERT INTO protectors (id, kind, label, enrollment, wrapped_mk, mk_epoch, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
+        self.0.prepare_cached("INSERT INTO protectors (id, kind, label, enrollment, wrapped_mk, mk_epoch, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?.execute(params![
                 row.id,
                 row.enrollment.kind.as_str(),
                 row.label,
@@ -411,10 +502,9 @@ impl Db<'_> {
     /// # Errors
     /// `Database`.
     pub fn update_protector_wrap(&self, id: u32, wrapped_mk: &[u8], mk_epoch: u32) -> Result<()> {
-        self.0.execute(
-            "UPDATE protectors SET wrapped_mk = ?2, mk_epoch = ?3 WHERE id = ?1",
-            params![id, wrapped_mk, mk_epoch],
-        )?;
+        self.0
+            .prepare_cached("UPDATE protectors SET wrapped_mk = ?2, mk_epoch = ?3 WHERE id = ?1")?
+            .execute(params![id, wrapped_mk, mk_epoch])?;
         Ok(())
     }
 
@@ -434,7 +524,7 @@ impl Db<'_> {
     /// # Errors
     /// `Database`, `Malformed` for an unreadable descriptor.
     pub fn protectors(&self) -> Result<Vec<ProtectorRow>> {
-        let mut stmt = self.0.prepare(
+        let mut stmt = self.0.prepare_cached(
             "SELECT id, label, enrollment, wrapped_mk, mk_epoch, created_at
              FROM protectors ORDER BY id",
         )?;
@@ -471,11 +561,14 @@ impl Db<'_> {
     /// # Errors
     /// `KeyExists`, `Database`.
     pub fn insert_key(&self, key: &KeyRow) -> Result<()> {
-        let n = self.0.execute(
-            "INSERT INTO keys (name, purpose, class, primary_version, min_decryption_version,
+        let n = self
+            .0
+            .prepare_cached(
+                "INSERT INTO keys (name, purpose, class, primary_version, min_decryption_version,
                                rotation_period, usage_limit, created_at, sign_counter)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (name) DO NOTHING",
-            params![
+            )?
+            .execute(params![
                 key.name.as_str(),
                 key.purpose.as_str(),
                 key.class.as_str(),
@@ -485,8 +578,7 @@ impl Db<'_> {
                 key.usage_limit,
                 key.created_at,
                 key.sign_counter
-            ],
-        )?;
+            ])?;
         if n == 0 {
             return Err(Error::KeyExists {
                 name: key.name.to_string(),
@@ -501,13 +593,12 @@ impl Db<'_> {
     /// `KeyNotFound`, `Database`.
     pub fn key(&self, name: &KeyName) -> Result<KeyRow> {
         self.0
-            .query_row(
+            .prepare_cached(
                 "SELECT name, purpose, class, primary_version, min_decryption_version,
                         rotation_period, usage_limit, created_at, sign_counter
                  FROM keys WHERE name = ?1",
-                [name.as_str()],
-                key_from_row,
-            )
+            )?
+            .query_row([name.as_str()], key_from_row)
             .optional()?
             .ok_or_else(|| Error::KeyNotFound {
                 name: name.to_string(),
@@ -519,7 +610,7 @@ impl Db<'_> {
     /// # Errors
     /// `Database`.
     pub fn keys(&self) -> Result<Vec<KeyRow>> {
-        let mut stmt = self.0.prepare(
+        let mut stmt = self.0.prepare_cached(
             "SELECT name, purpose, class, primary_version, min_decryption_version,
                     rotation_period, usage_limit, created_at, sign_counter
              FROM keys ORDER BY name",
@@ -537,10 +628,11 @@ impl Db<'_> {
     /// # Errors
     /// `Database`.
     pub fn set_versions(&self, name: &KeyName, primary: u32, min_decryption: u32) -> Result<()> {
-        self.0.execute(
-            "UPDATE keys SET primary_version = ?2, min_decryption_version = ?3 WHERE name = ?1",
-            params![name.as_str(), primary, min_decryption],
-        )?;
+        self.0
+            .prepare_cached(
+                "UPDATE keys SET primary_version = ?2, min_decryption_version = ?3 WHERE name = ?1",
+            )?
+            .execute(params![name.as_str(), primary, min_decryption])?;
         Ok(())
     }
 
@@ -549,12 +641,13 @@ impl Db<'_> {
     /// # Errors
     /// `Database`.
     pub fn next_sign_counter(&self, name: &KeyName) -> Result<u64> {
-        Ok(self.0.query_row(
-            "UPDATE keys SET sign_counter = sign_counter + 1 WHERE name = ?1
+        Ok(self
+            .0
+            .prepare_cached(
+                "UPDATE keys SET sign_counter = sign_counter + 1 WHERE name = ?1
              RETURNING sign_counter",
-            [name.as_str()],
-            |r| r.get(0),
-        )?)
+            )?
+            .query_row([name.as_str()], |r| r.get(0))?)
     }
 
     /// Inserts a key version.
@@ -562,19 +655,20 @@ impl Db<'_> {
     /// # Errors
     /// `Database`.
     pub fn insert_version(&self, name: &KeyName, v: &VersionRow) -> Result<()> {
-        self.0.execute(
-            "INSERT INTO key_versions (key_name, version, wrapped, public_key, created_at,
+        self.0
+            .prepare_cached(
+                "INSERT INTO key_versions (key_name, version, wrapped, public_key, created_at,
                                        uses_reserved)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
+            )?
+            .execute(params![
                 name.as_str(),
                 v.version,
                 v.wrapped,
                 v.public_key,
                 v.created_at,
                 v.uses_reserved
-            ],
-        )?;
+            ])?;
         Ok(())
     }
 
@@ -584,12 +678,11 @@ impl Db<'_> {
     /// `VersionNotFound`, `Database`.
     pub fn version(&self, name: &KeyName, version: u32) -> Result<VersionRow> {
         self.0
-            .query_row(
+            .prepare_cached(
                 "SELECT version, wrapped, public_key, created_at, uses_reserved
                  FROM key_versions WHERE key_name = ?1 AND version = ?2",
-                params![name.as_str(), version],
-                version_from_row,
-            )
+            )?
+            .query_row(params![name.as_str(), version], version_from_row)
             .optional()?
             .ok_or_else(|| Error::VersionNotFound {
                 name: name.to_string(),
@@ -602,7 +695,7 @@ impl Db<'_> {
     /// # Errors
     /// `Database`.
     pub fn versions(&self, name: &KeyName) -> Result<Vec<VersionRow>> {
-        let mut stmt = self.0.prepare(
+        let mut stmt = self.0.prepare_cached(
             "SELECT version, wrapped, public_key, created_at, uses_reserved
              FROM key_versions WHERE key_name = ?1 ORDER BY version",
         )?;
@@ -630,10 +723,11 @@ impl Db<'_> {
     /// # Errors
     /// `Database`.
     pub fn update_version_wrap(&self, name: &KeyName, version: u32, wrapped: &[u8]) -> Result<()> {
-        self.0.execute(
-            "UPDATE key_versions SET wrapped = ?3 WHERE key_name = ?1 AND version = ?2",
-            params![name.as_str(), version, wrapped],
-        )?;
+        self.0
+            .prepare_cached(
+                "UPDATE key_versions SET wrapped = ?3 WHERE key_name = ?1 AND version = ?2",
+            )?
+            .execute(params![name.as_str(), version, wrapped])?;
         Ok(())
     }
 
@@ -642,11 +736,12 @@ impl Db<'_> {
     /// # Errors
     /// `Database`.
     pub fn set_uses_reserved(&self, name: &KeyName, version: u32, reserved: u64) -> Result<()> {
-        self.0.execute(
-            "UPDATE key_versions SET uses_reserved = max(uses_reserved, ?3)
+        self.0
+            .prepare_cached(
+                "UPDATE key_versions SET uses_reserved = max(uses_reserved, ?3)
              WHERE key_name = ?1 AND version = ?2",
-            params![name.as_str(), version, reserved],
-        )?;
+            )?
+            .execute(params![name.as_str(), version, reserved])?;
         Ok(())
     }
 
@@ -670,13 +765,154 @@ impl Db<'_> {
     /// # Errors
     /// `Database`.
     pub fn set_replay_counter(&self, key: &KeyName, signer: &[u8], counter: u64) -> Result<()> {
-        self.0.execute(
-            "INSERT INTO replay (key_name, signer, max_counter) VALUES (?1, ?2, ?3)
+        self.0
+            .prepare_cached(
+                "INSERT INTO replay (key_name, signer, max_counter) VALUES (?1, ?2, ?3)
              ON CONFLICT (key_name, signer) DO UPDATE SET max_counter = excluded.max_counter",
-            params![key.as_str(), signer, counter],
-        )?;
+            )?
+            .execute(params![key.as_str(), signer, counter])?;
         Ok(())
     }
+}
+
+/// Client rows (docs/API.md; the grant is checked in `clients`).
+impl Db<'_> {
+    /// Inserts a client, replacing a revoked one of the same name.
+    ///
+    /// # Errors
+    /// `ClientExists` if an active client has the name; `Database`.
+    pub fn insert_client(&self, info: &ClientInfo, token_hash: &[u8; 32]) -> Result<()> {
+        if self
+            .client(&info.name)?
+            .is_some_and(|c| c.revoked_at.is_none())
+        {
+            return Err(Error::ClientExists {
+                name: info.name.clone(),
+            });
+        }
+        self.0
+            .prepare_cached("DELETE FROM clients WHERE name = ?1")?
+            .execute(params![info.name])?;
+        self.0
+            .prepare_cached(
+                "INSERT INTO clients (name, token_hash, allow, keys, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                info.name,
+                &token_hash[..],
+                serde_json::to_string(&info.allow).map_err(|e| json_err(&e))?,
+                serde_json::to_string(&info.keys).map_err(|e| json_err(&e))?,
+                info.created_at
+            ])?;
+        Ok(())
+    }
+
+    /// One client by name.
+    ///
+    /// # Errors
+    /// `Database`, `StoreCorrupt`-like errors for an unreadable grant.
+    pub fn client(&self, name: &str) -> Result<Option<ClientInfo>> {
+        self.0
+            .prepare_cached(&format!("{CLIENT_COLUMNS} WHERE name = ?1"))?
+            .query_row(params![name], client_from_row)
+            .optional()?
+            .transpose()
+    }
+
+    /// The active client whose token hashes to `hash`.
+    ///
+    /// # Errors
+    /// `Database`.
+    pub fn client_by_token(&self, hash: &[u8; 32]) -> Result<Option<ClientInfo>> {
+        self.0
+            .prepare_cached(&format!(
+                "{CLIENT_COLUMNS} WHERE token_hash = ?1 AND revoked_at IS NULL"
+            ))?
+            .query_row(params![&hash[..]], client_from_row)
+            .optional()?
+            .transpose()
+    }
+
+    /// Every client, revoked ones included, by name.
+    ///
+    /// # Errors
+    /// `Database`.
+    pub fn clients(&self) -> Result<Vec<ClientInfo>> {
+        let mut stmt = self
+            .0
+            .prepare_cached(&format!("{CLIENT_COLUMNS} ORDER BY name"))?;
+        let rows = stmt.query_map([], client_from_row)?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row??);
+        }
+        Ok(out)
+    }
+
+    /// Revokes one active client (`name`) or all of them (`None`); returns
+    /// how many were revoked.
+    ///
+    /// # Errors
+    /// `Database`.
+    pub fn revoke_clients(&self, name: Option<&str>, at: i64) -> Result<usize> {
+        Ok(match name {
+            Some(name) => self
+                .0
+                .prepare_cached(
+                    "UPDATE clients SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
+                )?
+                .execute(params![name, at])?,
+            None => self
+                .0
+                .prepare_cached("UPDATE clients SET revoked_at = ?1 WHERE revoked_at IS NULL")?
+                .execute(params![at])?,
+        })
+    }
+
+    /// Records that a client was used at `at`.
+    ///
+    /// # Errors
+    /// `Database`.
+    pub fn touch_client(&self, name: &str, at: i64) -> Result<()> {
+        self.0
+            .prepare_cached("UPDATE clients SET last_used_at = ?2 WHERE name = ?1")?
+            .execute(params![name, at])?;
+        Ok(())
+    }
+}
+
+const CLIENT_COLUMNS: &str =
+    "SELECT name, allow, keys, created_at, last_used_at, revoked_at FROM clients";
+
+fn json_err(e: &serde_json::Error) -> Error {
+    Error::InvalidArgument {
+        what: format!("cannot encode a client grant: {e}"),
+    }
+}
+
+fn client_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ClientInfo>> {
+    let name: String = r.get(0)?;
+    let allow: String = r.get(1)?;
+    let keys: String = r.get(2)?;
+    let (created_at, last_used_at, revoked_at) = (r.get(3)?, r.get(4)?, r.get(5)?);
+    let parse = || -> std::result::Result<ClientInfo, serde_json::Error> {
+        Ok(ClientInfo {
+            allow: serde_json::from_str(&allow)?,
+            keys: serde_json::from_str(&keys)?,
+            name: name.clone(),
+            created_at,
+            last_used_at,
+            revoked_at,
+        })
+    };
+    Ok(parse().map_err(|e| Error::Malformed {
+        what: if e.is_data() {
+            "a client grant in the store names an unknown operation"
+        } else {
+            "a client grant in the store is not valid JSON"
+        },
+    }))
 }
 
 fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<KeyRow>> {
@@ -711,6 +947,7 @@ fn version_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRow> {
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(64);
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;

@@ -23,6 +23,7 @@
 //! Everything here panics on unexpected failure, with what it was doing:
 //! it is test code.
 
+use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -338,10 +339,10 @@ impl Daemon {
                     all.push_str(&line);
                     all.push('\n');
                 }
-                if line.starts_with("keyward: serving ") {
-                    if let Some(tx) = ready.take() {
-                        let _ = tx.send(());
-                    }
+                if line.starts_with("keyward: serving ")
+                    && let Some(tx) = ready.take()
+                {
+                    let _ = tx.send(());
                 }
             }
         });
@@ -509,12 +510,12 @@ impl Daemon {
 
     /// Kills the daemon with SIGKILL (as a crash would) and waits for it.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if self.exited.is_none() {
-                let _ = child.kill();
-                if let Ok(status) = child.wait() {
-                    self.exited = Some(status);
-                }
+        if let Some(mut child) = self.child.take()
+            && self.exited.is_none()
+        {
+            let _ = child.kill();
+            if let Ok(status) = child.wait() {
+                self.exited = Some(status);
             }
         }
     }
@@ -638,13 +639,14 @@ impl Client {
     ) -> io::Result<()> {
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: keyward\r\n");
         if let Some(token) = token {
-            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+            let _ = write!(head, "Authorization: Bearer {token}\r\n");
         }
         if let Some(body) = body {
-            head.push_str(&format!(
+            let _ = write!(
+                head,
                 "Content-Type: application/json\r\nContent-Length: {}\r\n",
                 body.len()
-            ));
+            );
         }
         head.push_str("\r\n");
         let mut bytes = head.into_bytes();

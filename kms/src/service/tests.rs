@@ -11,7 +11,7 @@ use crate::backend::{
     Capabilities, DeviceInfo, Health, Notice, SecretRequest, Signature, WrapMode,
 };
 use crate::crypto::ecies;
-use crate::secret::SecretString;
+use crate::secret::{ExposeSecret, SecretString};
 
 /// A software ECIES protector whose private key sits in the struct.
 #[derive(Debug)]
@@ -810,4 +810,277 @@ fn random_damage_to_the_store_file_never_panics() {
         }
     }
     println!("300 damaged stores: {refused} refused at open, {opened} opened");
+}
+
+/// The audit actions recorded so far, oldest first.
+fn actions(svc: &Service) -> Vec<String> {
+    svc.audit_records(0, 10_000)
+        .expect("records")
+        .into_iter()
+        .map(|r| r.action)
+        .collect()
+}
+
+#[test]
+fn daemon_mode_reserves_blocks_and_still_rotates_at_the_limit() {
+    let (fx, mut svc) = fixture();
+    svc.enable_daemon_mode();
+    let k = name("bulk");
+    svc.create_key(&k, &spec(KeyPurpose::Encrypt))
+        .expect("create");
+    let ct = svc.encrypt(&k, b"ctx", b"hello").expect("encrypt");
+    // One durable reservation of a whole block, counted before any use.
+    assert_eq!(
+        svc.key(&k).expect("key").versions[0].uses,
+        RESERVATION_BLOCK
+    );
+    for _ in 0..10 {
+        svc.encrypt(&k, b"ctx", b"again").expect("encrypt");
+    }
+    assert_eq!(
+        svc.key(&k).expect("key").versions[0].uses,
+        RESERVATION_BLOCK
+    );
+    // Each use is still in the audit log, and the chain verifies.
+    let uses = actions(&svc).iter().filter(|a| *a == "encrypt").count();
+    assert_eq!(uses, 11);
+    svc.audit_verify().expect("chain verifies");
+    // A fresh process (no reservation in memory) sees the over-count and
+    // decrypts what the daemon wrote.
+    drop(svc);
+    let mut other = Service::open(&fx.path, fx.backends.clone()).expect("open");
+    other.unlock(UnlockWith::Any, &NoUi).expect("unlock");
+    let d = other.decrypt(b"ctx", &ct).expect("decrypt");
+    assert_eq!(d.plaintext.expose(), b"hello");
+
+    // A small usage limit: blocks never cross it, so rotation happens at
+    // exactly the limit, as without daemon mode.
+    other.enable_daemon_mode();
+    let small = name("small");
+    other
+        .create_key(
+            &small,
+            &KeySpec {
+                usage_limit: Some(3),
+                ..spec(KeyPurpose::Encrypt)
+            },
+        )
+        .expect("create");
+    let mut versions = Vec::new();
+    for _ in 0..7 {
+        let (_, version, _) = other
+            .reserve_encryption(&small, "encrypt", None)
+            .expect("reserve");
+        versions.push(version);
+    }
+    assert_eq!(versions, [1, 1, 1, 2, 2, 2, 3]);
+}
+
+#[test]
+fn daemon_lock_forgets_cached_keys_and_is_audited() {
+    let (_fx, mut svc) = fixture();
+    svc.enable_daemon_mode();
+    let k = name("k");
+    svc.create_key(&k, &spec(KeyPurpose::Encrypt))
+        .expect("create");
+    let ct = svc.encrypt(&k, b"", b"secret").expect("encrypt");
+    svc.decrypt(b"", &ct).expect("decrypt warms the cache");
+    assert!(!svc.daemon.as_ref().expect("daemon").deks.is_empty());
+    svc.lock_because("idle");
+    assert!(svc.daemon.as_ref().expect("daemon").deks.is_empty());
+    assert!(svc.daemon.as_ref().expect("daemon").reserved.is_empty());
+    assert!(matches!(svc.decrypt(b"", &ct), Err(Error::Locked)));
+    let last = svc.audit_records(0, 10_000).expect("records");
+    let lock = last.last().expect("a record");
+    assert_eq!(lock.action, "lock");
+    assert_eq!(lock.fields["reason"], "idle");
+    // Locking again records nothing more.
+    let n = last.len();
+    svc.lock_because("request");
+    assert_eq!(svc.audit_records(0, 10_000).expect("records").len(), n);
+}
+
+#[test]
+fn cached_data_key_is_not_used_after_its_wrap_changes() {
+    let (_fx, mut svc) = fixture();
+    svc.enable_daemon_mode();
+    let k = name("k");
+    svc.create_key(&k, &spec(KeyPurpose::Encrypt))
+        .expect("create");
+    let ct = svc.encrypt(&k, b"", b"data").expect("encrypt");
+    // Master rotation re-wraps every version; the cache follows.
+    svc.rotate_master().expect("rotate master");
+    assert_eq!(
+        svc.decrypt(b"", &ct).expect("decrypt").plaintext.expose(),
+        b"data"
+    );
+    // A wrap swapped in the store is not papered over by the cache.
+    svc.store
+        .write(|db| {
+            db.conn().execute(
+                "UPDATE key_versions SET wrapped = zeroblob(40) WHERE key_name = 'k'",
+                [],
+            )?;
+            Ok(())
+        })
+        .expect("tamper");
+    assert!(matches!(
+        svc.decrypt(b"", &ct),
+        Err(Error::UnwrapFailed | Error::DecryptionFailed)
+    ));
+}
+
+#[test]
+fn rewrap_moves_to_the_primary_version_with_the_same_plaintext() {
+    let (_fx, mut svc) = fixture();
+    let k = name("k");
+    svc.create_key(&k, &spec(KeyPurpose::Encrypt))
+        .expect("create");
+    let v1 = svc.encrypt(&k, b"ctx", b"keep me").expect("encrypt");
+    svc.rotate_key(&k).expect("rotate");
+    let r = svc.rewrap(b"ctx", &v1).expect("rewrap");
+    assert_eq!((r.from_version, r.version), (1, 2));
+    let d = svc.decrypt(b"ctx", &r.ciphertext).expect("decrypt");
+    assert_eq!((d.plaintext.expose(), d.version), (&b"keep me"[..], 2));
+    assert!(matches!(
+        svc.rewrap(b"other", &v1),
+        Err(Error::DecryptionFailed)
+    ));
+    svc.retire(&k, 2).expect("retire v1");
+    assert!(matches!(
+        svc.rewrap(b"ctx", &v1),
+        Err(Error::VersionRetired { .. })
+    ));
+}
+
+#[test]
+fn datakeys_round_trip_and_are_bound_to_their_context() {
+    let (_fx, mut svc) = fixture();
+    let k = name("store");
+    svc.create_key(&k, &spec(KeyPurpose::Encrypt))
+        .expect("create");
+    let dk = svc.datakey_generate(&k, b"db:1").expect("generate");
+    assert_eq!(dk.plaintext.expose().len(), 32);
+    assert_ne!(dk.plaintext.expose(), &[0u8; 32][..]);
+    let again = svc.datakey_unwrap(b"db:1", &dk.wrapped).expect("unwrap");
+    assert_eq!(again.plaintext.expose(), dk.plaintext.expose());
+    assert!(matches!(
+        svc.datakey_unwrap(b"db:2", &dk.wrapped),
+        Err(Error::DecryptionFailed)
+    ));
+    let acts = actions(&svc);
+    assert!(acts.iter().any(|a| a == "datakey.generate"));
+    assert!(acts.iter().any(|a| a == "datakey.unwrap"));
+}
+
+#[test]
+fn rotate_due_rotates_only_keys_whose_period_elapsed() {
+    let (_fx, mut svc) = fixture();
+    let due = name("due");
+    let fresh = name("fresh");
+    let never = name("never");
+    for (k, period) in [(&due, Some(60)), (&fresh, Some(3600)), (&never, None)] {
+        svc.create_key(
+            k,
+            &KeySpec {
+                rotation_period: period,
+                ..spec(KeyPurpose::Encrypt)
+            },
+        )
+        .expect("create");
+    }
+    assert!(svc.rotate_due().expect("nothing due yet").is_empty());
+    let ct = svc.encrypt(&due, b"", b"old data").expect("encrypt");
+    // Age every version by two minutes.
+    svc.store
+        .write(|db| {
+            db.conn()
+                .execute("UPDATE key_versions SET created_at = created_at - 120", [])?;
+            Ok(())
+        })
+        .expect("age");
+    let rotated = svc.rotate_due().expect("rotate due");
+    assert_eq!(
+        rotated,
+        [Rotated {
+            key: due.clone(),
+            version: 2,
+            reason: "period"
+        }]
+    );
+    assert!(
+        svc.rotate_due()
+            .expect("the new version is fresh")
+            .is_empty()
+    );
+    assert_eq!(
+        svc.decrypt(b"", &ct).expect("old data").plaintext.expose(),
+        b"old data"
+    );
+    svc.lock();
+    assert!(matches!(svc.rotate_due(), Err(Error::Locked)));
+}
+
+#[test]
+fn clients_authenticate_until_revoked() {
+    let (fx, mut svc) = fixture();
+    let (info, token) = svc
+        .client_add("assistant", &[Operation::Decrypt], &["store".into()])
+        .expect("add");
+    assert_eq!(info.allow, [Operation::Decrypt]);
+    let got = svc
+        .authenticate(token.expose_secret())
+        .expect("authenticates");
+    assert_eq!(got.name, "assistant");
+    assert!(got.last_used_at.is_some());
+    assert!(got.permits(Operation::Decrypt, Some(&name("store"))));
+    assert!(!got.permits(Operation::Decrypt, Some(&name("health"))));
+    assert!(matches!(
+        svc.client_add("assistant", &[Operation::Keys], &["*".into()]),
+        Err(Error::ClientExists { .. })
+    ));
+    for bad in ["", "kwt_", "Bearer x", &format!("kwt_{}", "A".repeat(43))] {
+        assert!(
+            matches!(svc.authenticate(bad), Err(Error::Unauthorized)),
+            "{bad:?}"
+        );
+    }
+    // The token is never stored in clear.
+    let bytes = std::fs::read(&fx.path).expect("read store");
+    let wal = std::fs::read(format!("{}-wal", fx.path.display())).unwrap_or_default();
+    let needle = token.expose_secret().as_bytes();
+    for haystack in [&bytes, &wal] {
+        assert!(!haystack.windows(needle.len()).any(|w| w == needle));
+    }
+    svc.client_revoke("assistant").expect("revoke");
+    assert!(matches!(
+        svc.authenticate(token.expose_secret()),
+        Err(Error::Unauthorized)
+    ));
+    assert!(matches!(
+        svc.client_revoke("assistant"),
+        Err(Error::ClientNotFound { .. })
+    ));
+    // The name can be reused after revocation, with a new token.
+    let (_, t2) = svc
+        .client_add("assistant", &[Operation::Keys], &["*".into()])
+        .expect("re-add");
+    let (_, t3) = svc
+        .client_add("backup", &[Operation::Encrypt], &["store".into()])
+        .expect("add");
+    assert_eq!(svc.client_revoke_all().expect("revoke all"), 2);
+    for t in [&t2, &t3] {
+        assert!(matches!(
+            svc.authenticate(t.expose_secret()),
+            Err(Error::Unauthorized)
+        ));
+    }
+    let listed = svc.clients().expect("list");
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|c| c.revoked_at.is_some()));
+    let acts = actions(&svc);
+    for a in ["client.add", "client.revoke", "client.revoke_all"] {
+        assert!(acts.iter().any(|x| x == a), "{a}");
+    }
+    svc.audit_verify().expect("chain verifies");
 }

@@ -1,0 +1,143 @@
+//! The routes of `/v1` (docs/API.md, "Endpoints") and what they share.
+//!
+//! Every handler takes the daemon's one lock, authenticates the requester
+//! under it ([`Core::enter`]), checks the grant, and calls the Service.
+//! Operations that may take long (unlock, which may wait for a touch;
+//! master-key rotation; verifying the whole audit log) run on a blocking
+//! thread, so that they never stall the async workers; everything else is
+//! microseconds to a few milliseconds and runs in place. Unknown routes and
+//! methods answer with the JSON error body too.
+//!
+//! - [`data`]: encrypt, decrypt (and batches), rewrap, data keys, sign,
+//!   verify.
+//! - [`keys`]: list, show, export, create, rotate, retire, rotate-due,
+//!   master rotation.
+//! - [`admin`]: status, unlock, lock, clients, audit, events.
+
+mod admin;
+mod data;
+mod keys;
+pub(crate) mod wire;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::Response;
+use axum::routing::{delete, get, post};
+use keyward_kms::KeyName;
+use serde::Serialize;
+
+use crate::daemon::Daemon;
+use crate::daemon::error::ApiError;
+use crate::daemon::session::Core;
+
+/// The daemon as handlers see it.
+pub(crate) type Shared = State<Arc<Daemon>>;
+
+/// Every route of the API.
+pub(crate) fn router(daemon: Arc<Daemon>) -> Router {
+    Router::new()
+        .route("/v1/status", get(admin::status))
+        .route("/v1/unlock", post(admin::unlock))
+        .route("/v1/lock", post(admin::lock))
+        .route("/v1/encrypt", post(data::encrypt))
+        .route("/v1/decrypt", post(data::decrypt))
+        .route("/v1/encrypt/batch", post(data::encrypt_batch))
+        .route("/v1/decrypt/batch", post(data::decrypt_batch))
+        .route("/v1/rewrap", post(data::rewrap))
+        .route("/v1/datakey/generate", post(data::datakey_generate))
+        .route("/v1/datakey/unwrap", post(data::datakey_unwrap))
+        .route("/v1/sign", post(data::sign))
+        .route("/v1/verify", post(data::verify))
+        .route("/v1/keys", get(keys::list).post(keys::create))
+        .route("/v1/keys/{name}", get(keys::show))
+        .route("/v1/keys/{name}/public", get(keys::public))
+        .route("/v1/keys/{name}/rotate", post(keys::rotate))
+        .route("/v1/keys/{name}/retire", post(keys::retire))
+        .route("/v1/rotate-due", post(keys::rotate_due))
+        .route("/v1/master/rotate", post(keys::master_rotate))
+        .route("/v1/clients", get(admin::clients).post(admin::client_add))
+        .route("/v1/clients/revoke-all", post(admin::client_revoke_all))
+        .route("/v1/clients/{name}", delete(admin::client_revoke))
+        .route("/v1/audit", get(admin::audit))
+        .route("/v1/audit/verify", get(admin::audit_verify))
+        .route("/v1/events", get(admin::events))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .with_state(daemon)
+}
+
+/// 404 for every path no route serves.
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::no_route(method.as_str(), uri.path())
+}
+
+/// 405 for a known path with another method.
+async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::method_not_allowed(method.as_str(), uri.path())
+}
+
+/// A JSON response.
+pub(crate) fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    json_sized(status, value, 0)
+}
+
+/// A `200` JSON response.
+pub(crate) fn ok<T: Serialize>(value: &T) -> Response {
+    json_sized(StatusCode::OK, value, 0)
+}
+
+/// A JSON response whose body is about `hint` bytes (sized up front so
+/// that a body holding plaintext is never copied by a reallocation).
+pub(crate) fn json_sized<T: Serialize>(status: StatusCode, value: &T, hint: usize) -> Response {
+    let mut response = Response::new(Body::from(wire::to_json_bytes(value, hint)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The key name of a `/v1/keys/{name}` route.
+///
+/// # Errors
+/// `400 invalid-key-name`.
+fn key_name(path: Result<Path<String>, PathRejection>) -> Result<KeyName, ApiError> {
+    let Path(name) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    Ok(KeyName::new(&name)?)
+}
+
+/// A key name given in a body.
+///
+/// # Errors
+/// `400 invalid-key-name`.
+fn parse_key(name: &str) -> Result<KeyName, ApiError> {
+    Ok(KeyName::new(name)?)
+}
+
+/// Runs `work` with the daemon's lock held on a blocking thread (for
+/// operations that may take long).
+///
+/// # Errors
+/// Whatever `work` returns; `500 internal` if it panicked.
+async fn blocking<T, F>(daemon: &Arc<Daemon>, work: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Core) -> Result<T, ApiError> + Send + 'static,
+{
+    let daemon = Arc::clone(daemon);
+    tokio::task::spawn_blocking(move || {
+        let mut core = daemon.core.blocking_lock();
+        work(&mut core)
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "a blocking operation failed");
+        ApiError::internal("the operation failed unexpectedly")
+    })?
+}

@@ -1,0 +1,221 @@
+//! Session, client and audit endpoints: status (any client), and the
+//! owner's unlock, lock, clients, audit and events.
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::response::Response;
+use keyward_kms::clients::{ClientInfo, Operation};
+use keyward_kms::{SecretString, Service};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::json;
+
+use super::wire::{JsonBody, Query};
+use super::{Shared, blocking, ok};
+use crate::daemon::auth::Requester;
+use crate::daemon::error::ApiError;
+use crate::daemon::events;
+use crate::daemon::session::{self, UnlockRequest};
+use crate::failure::Exit;
+
+/// Most audit records in one answer.
+const MAX_AUDIT_RECORDS: u64 = 10_000;
+
+/// `GET /v1/status`.
+pub(crate) async fn status(
+    State(daemon): Shared,
+    requester: Requester,
+) -> Result<Response, ApiError> {
+    let mut core = daemon.core.lock().await;
+    core.enter(&requester)?;
+    let status = core.service.status()?;
+    let clients = active_clients(&core.service)?;
+    let session = core.session.as_ref().map(session::Session::to_json);
+    drop(core);
+    Ok(ok(&json!({
+        "unlocked": status.unlocked,
+        "store": status.path,
+        "store_id": status.store_id,
+        "mk_epoch": status.mk_epoch,
+        "keys": status.keys,
+        "protectors": status.protectors,
+        "clients": clients,
+        "memory_locked": daemon.memory_locked,
+        "pid": std::process::id(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "session": session,
+    })))
+}
+
+/// Clients that are not revoked.
+fn active_clients(service: &Service) -> Result<usize, ApiError> {
+    Ok(service
+        .clients()?
+        .iter()
+        .filter(|c| c.revoked_at.is_none())
+        .count())
+}
+
+/// `POST /v1/unlock` (on a blocking thread: a protector may wait for a
+/// device).
+pub(crate) async fn unlock(
+    State(daemon): Shared,
+    requester: Requester,
+    JsonBody(request): JsonBody<UnlockRequest>,
+) -> Result<Response, ApiError> {
+    let defaults = daemon.timeouts;
+    let body = blocking(&daemon, move |core| {
+        core.enter(&requester)?.require_owner()?;
+        session::unlock(core, request, defaults)
+    })
+    .await?;
+    Ok(ok(&body))
+}
+
+/// `POST /v1/lock`.
+pub(crate) async fn lock(
+    State(daemon): Shared,
+    requester: Requester,
+) -> Result<Response, ApiError> {
+    let mut core = daemon.core.lock().await;
+    core.enter(&requester)?.require_owner()?;
+    if core.session.is_some() {
+        tracing::info!("locked on request");
+    }
+    core.lock("request");
+    drop(core);
+    Ok(ok(&json!({ "locked": true })))
+}
+
+/// `POST /v1/clients`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AddClient {
+    name: String,
+    allow: Vec<Operation>,
+    keys: Vec<String>,
+}
+
+/// A new client with its token, shown only in this answer.
+#[derive(Serialize)]
+struct Added<'a> {
+    client: &'a ClientInfo,
+    #[serde(serialize_with = "expose")]
+    token: &'a SecretString,
+}
+
+fn expose<S: Serializer>(token: &&SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(token.expose_secret())
+}
+
+/// `POST /v1/clients`.
+pub(crate) async fn client_add(
+    State(daemon): Shared,
+    requester: Requester,
+    JsonBody(request): JsonBody<AddClient>,
+) -> Result<Response, ApiError> {
+    let mut core = daemon.core.lock().await;
+    core.enter(&requester)?.require_owner()?;
+    let (client, token) = core
+        .service
+        .client_add(&request.name, &request.allow, &request.keys)?;
+    drop(core);
+    tracing::info!(client = %client.name, "client added");
+    Ok(ok(&Added {
+        client: &client,
+        token: &token,
+    }))
+}
+
+/// `GET /v1/clients`.
+pub(crate) async fn clients(
+    State(daemon): Shared,
+    requester: Requester,
+) -> Result<Response, ApiError> {
+    let mut core = daemon.core.lock().await;
+    core.enter(&requester)?.require_owner()?;
+    let clients = core.service.clients()?;
+    drop(core);
+    Ok(ok(&json!({ "clients": clients })))
+}
+
+/// `DELETE /v1/clients/{name}`.
+pub(crate) async fn client_revoke(
+    State(daemon): Shared,
+    requester: Requester,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(name) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let mut core = daemon.core.lock().await;
+    core.enter(&requester)?.require_owner()?;
+    core.service.client_revoke(&name)?;
+    drop(core);
+    tracing::info!(client = %name, "client revoked");
+    Ok(ok(&json!({ "revoked": name })))
+}
+
+/// `POST /v1/clients/revoke-all`.
+pub(crate) async fn client_revoke_all(
+    State(daemon): Shared,
+    requester: Requester,
+) -> Result<Response, ApiError> {
+    let mut core = daemon.core.lock().await;
+    core.enter(&requester)?.require_owner()?;
+    let revoked = core.service.client_revoke_all()?;
+    drop(core);
+    tracing::info!(revoked, "every client revoked");
+    Ok(ok(&json!({ "revoked": revoked })))
+}
+
+/// `GET /v1/audit?since=SEQ&limit=N`.
+pub(crate) async fn audit(
+    State(daemon): Shared,
+    requester: Requester,
+    query: Query,
+) -> Result<Response, ApiError> {
+    let since = query.since.unwrap_or(1);
+    let limit = query.limit.unwrap_or(1000);
+    if limit == 0 || limit > MAX_AUDIT_RECORDS {
+        return Err(ApiError::new(
+            "invalid-argument",
+            Exit::Usage,
+            format!("limit must be between 1 and {MAX_AUDIT_RECORDS}"),
+        ));
+    }
+    let mut core = daemon.core.lock().await;
+    core.enter(&requester)?.require_owner()?;
+    let records = core
+        .service
+        .audit_records(since, usize::try_from(limit).unwrap_or(usize::MAX))?;
+    drop(core);
+    Ok(ok(&json!({ "records": records })))
+}
+
+/// `GET /v1/audit/verify` (linear in the log: a blocking thread).
+pub(crate) async fn audit_verify(
+    State(daemon): Shared,
+    requester: Requester,
+) -> Result<Response, ApiError> {
+    let summary = blocking(&daemon, move |core| {
+        core.enter(&requester)?.require_owner()?;
+        Ok(core.service.audit_verify()?)
+    })
+    .await?;
+    Ok(ok(&summary))
+}
+
+/// `GET /v1/events?since=SEQ`.
+pub(crate) async fn events(
+    State(daemon): Shared,
+    requester: Requester,
+    query: Query,
+) -> Result<Response, ApiError> {
+    let mut core = daemon.core.lock().await;
+    core.enter(&requester)?.require_owner()?;
+    let since = match query.since {
+        Some(since) => since,
+        None => core.service.status()?.audit_records + 1,
+    };
+    drop(core);
+    Ok(events::stream(daemon, since))
+}
