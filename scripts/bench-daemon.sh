@@ -14,8 +14,8 @@
 #    of 100, and prints a markdown table. DESIGN.md's target: tens of
 #    thousands of single decrypts per second, p99 under a millisecond.
 # 4. Stops the daemon (SIGTERM), then measures the same decrypt in process
-#    with kms/examples/inprocess_decrypt.rs, for the ratio, when that
-#    example exists; otherwise it says so (no number is made up).
+#    with kms/examples/inprocess_decrypt.rs, for the ratio (if that example
+#    is missing or fails, the output says so; no number is made up).
 #
 # On these 2-core machines the bench clients and the daemon share the
 # cores: read the numbers as ratios within one run.
@@ -132,20 +132,17 @@ single_1=$(sed -n 's/.*"req_per_s":\([0-9.]*\).*/\1/p' <<<"${rows[0]}")
 step "stop the daemon"
 stop_daemon
 
-# The in-process baseline. Its interface (the lead's example): run with
-# KEYWARD_PASSPHRASE set as
-#   inprocess_decrypt --store PATH --ciphertext-file FILE --seconds S
-# it decrypts FILE (base64, as /v1/encrypt returns it) in a loop through
-# keyward_kms::Service and prints one JSON line with "ops_per_s".
+# The in-process baseline: kms/examples/inprocess_decrypt.rs makes its own
+# keystore, decrypts the same size of message through keyward_kms::Service
+# in daemon mode for as long, and prints one JSON line with "req_per_s".
 inprocess=
 if [ -f kms/examples/inprocess_decrypt.rs ]; then
   step "in-process decrypt (kms/examples/inprocess_decrypt.rs)"
   cargo build --release -p keyward-kms --example inprocess_decrypt
-  if out=$(KEYWARD_PASSPHRASE=$passphrase kw "$target_dir/release/examples/inprocess_decrypt" \
-      --store "$store" --ciphertext-file "$tmp/ciphertext.b64" --seconds "$RUN_SECONDS"); then
+  if out=$(kw "$target_dir/release/examples/inprocess_decrypt" "$MESSAGE_BYTES" "$RUN_SECONDS"); then
     printf '%s\n' "$out" >&2
-    inprocess=$(sed -n 's/.*"ops_per_s":\([0-9.]*\).*/\1/p' <<<"$out" | head -n 1)
-    [ -n "$inprocess" ] || echo "warning: inprocess_decrypt printed no \"ops_per_s\"" >&2
+    inprocess=$(sed -n 's/.*"req_per_s":\([0-9.]*\).*/\1/p' <<<"$out" | head -n 1)
+    [ -n "$inprocess" ] || echo "warning: inprocess_decrypt printed no \"req_per_s\"" >&2
   else
     echo "warning: inprocess_decrypt failed; see above" >&2
   fi

@@ -268,14 +268,16 @@ impl Store {
             conn,
             db: db.to_owned(),
         };
-        // SQLCipher logs a wrong key to stderr ("hmac check failed"); we
-        // report it ourselves, as Error::WrongKey. Then memory security:
-        // SQLCipher wipes (and locks) every allocation SQLite frees from
-        // now on, the parsed key pragma included.
+        // Memory security: from here on SQLCipher wipes (and locks) the
+        // allocations SQLite frees. Then the key. Then logging off:
+        // SQLCipher logs a wrong key to stderr ("hmac check failed") and we
+        // report it ourselves, as Error::WrongKey; the setting must come
+        // after the key, whose codec set-up installs the default logger.
         store
             .conn
-            .execute_batch("PRAGMA cipher_log_level = NONE; PRAGMA cipher_memory_security = ON;")
+            .execute_batch("PRAGMA cipher_memory_security = ON;")
             .and_then(|()| store.conn.execute_batch(&key_pragma(key)))
+            .and_then(|()| store.conn.execute_batch("PRAGMA cipher_log = off;"))
             .map_err(|e| store.error(e))?;
         let cipher: Option<String> = store
             .conn
