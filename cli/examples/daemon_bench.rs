@@ -553,8 +553,8 @@ fn run() -> Result<bool, Error> {
         "items": items,
         "errors": errors,
         "reconnects": reconnects,
-        "req_per_s": round(requests as f64 / elapsed, 0),
-        "items_per_s": round(items as f64 / elapsed, 0),
+        "req_per_s": per_second(requests, elapsed),
+        "items_per_s": per_second(items, elapsed),
         "p50_us": round(micros(50), 1),
         "p99_us": round(micros(99), 1),
         "max_us": round(micros(100), 1),
@@ -581,7 +581,19 @@ fn run() -> Result<bool, Error> {
 /// empty).
 fn percentile(sorted: &[u64], p: usize) -> u64 {
     let rank = (p * sorted.len()).div_ceil(100);
-    rank.checked_sub(1).and_then(|i| sorted.get(i)).copied().unwrap_or(0)
+    rank.checked_sub(1)
+        .and_then(|i| sorted.get(i))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// `count` per second over `elapsed` seconds, rounded to a whole number.
+#[expect(
+    clippy::cast_sign_loss,
+    reason = "a count over a duration is never negative"
+)]
+fn per_second(count: u64, elapsed: f64) -> u64 {
+    (count as f64 / elapsed).round() as u64
 }
 
 /// `value` rounded to `digits` decimals, for the JSON line.
