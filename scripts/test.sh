@@ -39,6 +39,13 @@ cargo test --doc --workspace
 step "cargo build --workspace --bins"
 cargo build --workspace --bins
 
+# The assistant-store example (its own workspace: it links OpenSSL), built
+# into the same target directory, where tests/daemon_assistant_store finds
+# target/debug/assistant-store; and its unit tests.
+step "assistant-store (examples/assistant-store)"
+cargo build --manifest-path examples/assistant-store/Cargo.toml --target-dir "${CARGO_TARGET_DIR:-target}"
+cargo test --manifest-path examples/assistant-store/Cargo.toml --target-dir "${CARGO_TARGET_DIR:-target}"
+
 if cargo nextest --version >/dev/null 2>&1; then
   step "cargo nextest run --workspace"
   cargo nextest run --workspace --no-fail-fast

@@ -1,0 +1,603 @@
+//! `daemon_bench`: a load generator for a running, unlocked `keyward serve`.
+//!
+//! `--clients N` threads each keep one keep-alive connection and send the
+//! same small `POST /v1/decrypt` (or, with `--batch K`, a
+//! `POST /v1/decrypt/batch` of K copies) back to back, for `--seconds S` or
+//! `--requests N` per client. It prints one line of JSON (throughput in
+//! requests and items per second; p50, p99 and max latency per request in
+//! microseconds) and then the same as a sentence.
+//!
+//! Requests carry no `Authorization` header: the bench runs as the daemon's
+//! owner (same uid). Every response is checked (status 200, a plaintext of
+//! `--size` bytes per item); any failure is counted, and a run with
+//! failures exits 1. scripts/bench-daemon.sh prepares the daemon and the
+//! ciphertext and runs this.
+//!
+//! ```sh
+//! cargo run --release -p keyward --example daemon_bench -- \
+//!     --socket /tmp/kw/keyward.sock --ciphertext-file ct.b64 --size 64 \
+//!     --clients 16 --seconds 5 --batch 100
+//! ```
+//!
+//! What it is not: a correctness test (the daemon's tests are), or a
+//! measure of anything but this machine right now: read numbers as ratios
+//! within one run (DESIGN.md, performance targets).
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::ops::Range;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Value, json};
+
+/// Requests each client sends before the measurement starts (connection
+/// set-up, the daemon's caches and the CPU's).
+const WARMUP: u32 = 20;
+/// Read/write timeout on each connection: a daemon that stops answering
+/// ends the run with an error instead of hanging it.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest response we read (a batch of 1000 small plaintexts is
+/// about 100 KiB).
+const MAX_RESPONSE: usize = 64 << 20;
+/// The most items `/v1/decrypt/batch` takes (docs/API.md).
+const MAX_BATCH: usize = 1000;
+
+const USAGE: &str = "\
+usage: daemon_bench --ciphertext-file FILE [--socket PATH] [--clients N]
+                    [--seconds S | --requests N] [--batch K] [--size BYTES]
+                    [--context BASE64]
+
+  --ciphertext-file FILE  the ciphertext to decrypt, base64 as /v1/encrypt returns it
+  --socket PATH           the daemon's socket (default: KEYWARD_SOCKET, else
+                          $XDG_RUNTIME_DIR/keyward/keyward.sock)
+  --clients N             concurrent clients, one connection each (default 1)
+  --seconds S             how long to measure (default 5)
+  --requests N            requests per client instead of a duration
+  --batch K               send /v1/decrypt/batch with K items (1..1000) instead of /v1/decrypt
+  --size BYTES            the plaintext size every item must decrypt to (default 64)
+  --context BASE64        the context the ciphertext was made with (default empty)
+";
+
+/// Why the bench could not run or finish.
+#[derive(Debug)]
+enum Error {
+    /// A bad command line.
+    Usage(String),
+    /// Reading the ciphertext file or talking to the daemon failed.
+    Io {
+        /// What we were doing.
+        what: String,
+        /// Why it failed.
+        source: io::Error,
+    },
+    /// The daemon answered, but not what a decrypt should get.
+    Answer(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Usage(text) => write!(f, "{text}\n\n{USAGE}"),
+            Self::Io { what, source } => write!(f, "cannot {what}: {source}"),
+            Self::Answer(text) => f.write_str(text),
+        }
+    }
+}
+
+/// What to measure.
+#[derive(Debug)]
+struct Options {
+    socket: PathBuf,
+    clients: usize,
+    /// Stop after this long, or
+    seconds: f64,
+    /// after this many requests per client.
+    requests: Option<u64>,
+    /// `None`: `/v1/decrypt`; `Some(k)`: `/v1/decrypt/batch` with k items.
+    batch: Option<usize>,
+    size: usize,
+    ciphertext: String,
+    context: String,
+}
+
+impl Options {
+    fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Self>, Error> {
+        let mut socket = std::env::var_os("KEYWARD_SOCKET")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from);
+        let mut clients = 1;
+        let mut seconds = 5.0;
+        let mut requests = None;
+        let mut batch = None;
+        let mut size = 64;
+        let mut ciphertext_file = None;
+        let mut context = String::new();
+        while let Some(arg) = args.next() {
+            if arg == "-h" || arg == "--help" {
+                return Ok(None);
+            }
+            let mut value = || {
+                args.next()
+                    .ok_or_else(|| Error::Usage(format!("{arg} needs a value")))
+            };
+            match arg.as_str() {
+                "--socket" => socket = Some(PathBuf::from(value()?)),
+                "--clients" => clients = number(&arg, &value()?, 1, 512)?,
+                "--seconds" => {
+                    let text = value()?;
+                    seconds = text
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 3600.0)
+                        .ok_or_else(|| {
+                            Error::Usage(format!("--seconds {text}: give 0 < S <= 3600"))
+                        })?;
+                }
+                "--requests" => requests = Some(number(&arg, &value()?, 1, 100_000_000)? as u64),
+                "--batch" => batch = Some(number(&arg, &value()?, 1, MAX_BATCH)?),
+                "--size" => size = number(&arg, &value()?, 0, 1 << 20)?,
+                "--ciphertext-file" => ciphertext_file = Some(PathBuf::from(value()?)),
+                "--context" => context = value()?,
+                other => return Err(Error::Usage(format!("unknown argument {other}"))),
+            }
+        }
+        let socket = socket.unwrap_or_else(default_socket);
+        let path =
+            ciphertext_file.ok_or_else(|| Error::Usage("--ciphertext-file is required".into()))?;
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+            what: format!("read {}", path.display()),
+            source,
+        })?;
+        let ciphertext = text.trim().to_owned();
+        if STANDARD.decode(&ciphertext).is_err() {
+            return Err(Error::Usage(format!(
+                "{} does not hold base64 (the `ciphertext` of a /v1/encrypt answer)",
+                path.display()
+            )));
+        }
+        if STANDARD.decode(&context).is_err() {
+            return Err(Error::Usage("--context is not base64".into()));
+        }
+        Ok(Some(Self {
+            socket,
+            clients,
+            seconds,
+            requests,
+            batch,
+            size,
+            ciphertext,
+            context,
+        }))
+    }
+
+    /// `POST /v1/decrypt` or `/v1/decrypt/batch`, ready to send as is.
+    fn request(&self) -> Vec<u8> {
+        let item = json!({ "ciphertext": self.ciphertext, "context": self.context });
+        let (path, body) = match self.batch {
+            None => ("/v1/decrypt", item),
+            Some(k) => ("/v1/decrypt/batch", json!({ "items": vec![item; k] })),
+        };
+        let body = serde_json::to_vec(&body).expect("a JSON value serialises");
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nHost: keyward\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(&body);
+        request
+    }
+
+    /// Items per request.
+    fn items(&self) -> usize {
+        self.batch.unwrap_or(1)
+    }
+}
+
+/// `text` as a number in `min..=max`.
+fn number(option: &str, text: &str, min: usize, max: usize) -> Result<usize, Error> {
+    text.parse::<usize>()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "{option} {text}: give a number from {min} to {max}"
+            ))
+        })
+}
+
+/// `$XDG_RUNTIME_DIR/keyward/keyward.sock`, else
+/// `/run/user/$UID/keyward/keyward.sock` (docs/API.md); our uid is the
+/// owner of `/proc/self` (no libc: `unsafe` is forbidden).
+fn default_socket() -> PathBuf {
+    use std::os::unix::fs::MetadataExt as _;
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|s| !s.is_empty())
+        .map_or_else(
+            || {
+                let uid = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
+                PathBuf::from(format!("/run/user/{uid}"))
+            },
+            PathBuf::from,
+        );
+    runtime.join("keyward").join("keyward.sock")
+}
+
+/// One client's connection and read buffer.
+struct Connection {
+    stream: UnixStream,
+    buffer: Vec<u8>,
+    /// Bytes of `buffer` that hold data.
+    filled: usize,
+}
+
+/// One response in a [`Connection`]'s buffer.
+struct Answer {
+    status: u16,
+    /// Where the body is in the buffer.
+    body: Range<usize>,
+    /// The daemon closes the connection after this response.
+    close: bool,
+}
+
+impl Connection {
+    fn open(options: &Options) -> Result<Self, Error> {
+        let io_error = |source| Error::Io {
+            what: format!("connect to {}", options.socket.display()),
+            source,
+        };
+        let stream = UnixStream::connect(&options.socket).map_err(io_error)?;
+        stream
+            .set_read_timeout(Some(IO_TIMEOUT))
+            .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)))
+            .map_err(io_error)?;
+        Ok(Self {
+            stream,
+            buffer: vec![0; 64 * 1024],
+            filled: 0,
+        })
+    }
+
+    /// Sends `request` and reads the whole response into the buffer.
+    fn exchange(&mut self, request: &[u8]) -> io::Result<Answer> {
+        self.stream.write_all(request)?;
+        let answer = loop {
+            if let Some(answer) = parse_head(&self.buffer[..self.filled])? {
+                break answer;
+            }
+            self.fill()?;
+        };
+        if answer.body.end > MAX_RESPONSE {
+            return Err(invalid("response larger than 64 MiB"));
+        }
+        if answer.body.end > self.buffer.len() {
+            self.buffer.resize(answer.body.end, 0);
+        }
+        while self.filled < answer.body.end {
+            self.fill()?;
+        }
+        Ok(answer)
+    }
+
+    /// The body of `answer`.
+    fn body(&self, answer: &Answer) -> &[u8] {
+        &self.buffer[answer.body.clone()]
+    }
+
+    /// Drops `answer` from the buffer, keeping anything read past it.
+    fn consume(&mut self, answer: &Answer) {
+        self.buffer.copy_within(answer.body.end..self.filled, 0);
+        self.filled -= answer.body.end;
+    }
+
+    fn fill(&mut self) -> io::Result<()> {
+        if self.filled == self.buffer.len() {
+            let len = self.buffer.len();
+            self.buffer.resize(2 * len, 0);
+        }
+        let n = self.stream.read(&mut self.buffer[self.filled..])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the daemon closed the connection",
+            ));
+        }
+        self.filled += n;
+        Ok(())
+    }
+}
+
+/// The response whose head starts `data`, once the head is complete.
+fn parse_head(data: &[u8]) -> io::Result<Option<Answer>> {
+    let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Ok(None);
+    };
+    let head =
+        std::str::from_utf8(&data[..end]).map_err(|_| invalid("response head is not text"))?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.strip_prefix("HTTP/1.1 "))
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or_else(|| invalid("not an HTTP/1.1 status line"))?;
+    let mut length = None;
+    let mut close = false;
+    for line in lines {
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| invalid("malformed header"))?;
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            length = Some(
+                value
+                    .parse::<usize>()
+                    .map_err(|_| invalid("bad Content-Length"))?,
+            );
+        } else if name.eq_ignore_ascii_case("connection") {
+            close = value.eq_ignore_ascii_case("close");
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(invalid(
+                "chunked response (the bench reads Content-Length bodies)",
+            ));
+        }
+    }
+    let length = length.ok_or_else(|| invalid("response without Content-Length"))?;
+    Ok(Some(Answer {
+        status,
+        body: end + 4..end + 4 + length,
+        close,
+    }))
+}
+
+fn invalid(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+/// Checks a whole answer the slow way (JSON): `items` plaintexts of `size`
+/// bytes. Run on each client's first answer.
+fn check_fully(status: u16, body: &[u8], options: &Options) -> Result<(), Error> {
+    let text = String::from_utf8_lossy(body);
+    if status != 200 {
+        return Err(Error::Answer(format!(
+            "the daemon answered {status}: {text}"
+        )));
+    }
+    let answer: Value = serde_json::from_slice(body)
+        .map_err(|e| Error::Answer(format!("the answer is not JSON ({e}): {text}")))?;
+    let results: Vec<&Value> = match options.batch {
+        None => vec![&answer],
+        Some(_) => answer["results"]
+            .as_array()
+            .map(|r| r.iter().collect())
+            .unwrap_or_default(),
+    };
+    if results.len() != options.items() {
+        return Err(Error::Answer(format!(
+            "expected {} results: {text}",
+            options.items()
+        )));
+    }
+    for result in results {
+        let plaintext = result["plaintext"]
+            .as_str()
+            .and_then(|p| STANDARD.decode(p).ok())
+            .ok_or_else(|| Error::Answer(format!("a result without a plaintext: {result}")))?;
+        if plaintext.len() != options.size {
+            return Err(Error::Answer(format!(
+                "the plaintext is {} bytes, not --size {}",
+                plaintext.len(),
+                options.size
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The cheap check on every answer: status 200, as many plaintexts as
+/// items and no per-item error. (Their length was checked on the first
+/// answer; the bench sends the same request every time.)
+fn check_quickly(status: u16, body: &[u8], items: usize) -> bool {
+    status == 200 && count(body, b"\"plaintext\":") == items && count(body, b"\"error\"") == 0
+}
+
+/// Non-overlapping occurrences of `needle` in `haystack`.
+fn count(haystack: &[u8], needle: &[u8]) -> usize {
+    let mut n = 0;
+    let mut rest = haystack;
+    while let Some(at) = rest.windows(needle.len()).position(|w| w == needle) {
+        n += 1;
+        rest = &rest[at + needle.len()..];
+    }
+    n
+}
+
+/// What one client measured.
+#[derive(Debug, Default)]
+struct Sample {
+    /// Latency of each measured request, in nanoseconds.
+    latencies: Vec<u64>,
+    /// Requests whose answer failed the check.
+    errors: u64,
+    /// Connections re-opened after the daemon closed one.
+    reconnects: u64,
+}
+
+/// One client: warm up, wait for the others, then measure.
+///
+/// Every client reaches the barrier, even one whose warm-up failed (it
+/// reports its error afterwards): the others and `run` wait there.
+fn client(options: &Options, request: &[u8], start: &Barrier) -> Result<Sample, Error> {
+    let warmed_up =
+        Connection::open(options).and_then(|connection| warm_up(connection, options, request));
+    start.wait();
+    let mut connection = warmed_up?;
+    let mut sample = Sample::default();
+    let deadline = Instant::now() + Duration::from_secs_f64(options.seconds);
+    let mut sent = 0_u64;
+    loop {
+        match options.requests {
+            Some(n) if sent >= n => break,
+            None if Instant::now() >= deadline => break,
+            _ => {}
+        }
+        let began = Instant::now();
+        let answer = connection.exchange(request).map_err(exchange_error)?;
+        let elapsed = began.elapsed();
+        if !check_quickly(answer.status, connection.body(&answer), options.items()) {
+            sample.errors += 1;
+        }
+        connection.consume(&answer);
+        sample
+            .latencies
+            .push(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
+        sent += 1;
+        if answer.close {
+            connection = Connection::open(options)?;
+            sample.reconnects += 1;
+        }
+    }
+    Ok(sample)
+}
+
+/// [`WARMUP`] requests, the first one checked in full.
+fn warm_up(
+    mut connection: Connection,
+    options: &Options,
+    request: &[u8],
+) -> Result<Connection, Error> {
+    for i in 0..WARMUP {
+        let answer = connection.exchange(request).map_err(exchange_error)?;
+        if i == 0 {
+            check_fully(answer.status, connection.body(&answer), options)?;
+        }
+        connection.consume(&answer);
+        if answer.close {
+            connection = Connection::open(options)?;
+        }
+    }
+    Ok(connection)
+}
+
+fn exchange_error(source: io::Error) -> Error {
+    Error::Io {
+        what: "exchange a request with the daemon".into(),
+        source,
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("daemon_bench: {error}");
+            ExitCode::from(if matches!(error, Error::Usage(_)) {
+                2
+            } else {
+                1
+            })
+        }
+    }
+}
+
+/// Runs the bench; `Ok(false)` when some answers failed their check.
+fn run() -> Result<bool, Error> {
+    let Some(options) = Options::parse(std::env::args().skip(1))? else {
+        print!("{USAGE}");
+        return Ok(true);
+    };
+    let options = Arc::new(options);
+    let request: Arc<[u8]> = options.request().into();
+    let start = Arc::new(Barrier::new(options.clients + 1));
+    let workers: Vec<_> = (0..options.clients)
+        .map(|_| {
+            let (options, request, start) = (
+                Arc::clone(&options),
+                Arc::clone(&request),
+                Arc::clone(&start),
+            );
+            thread::spawn(move || client(&options, &request, &start))
+        })
+        .collect();
+    start.wait();
+    let began = Instant::now();
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    let mut reconnects = 0;
+    for worker in workers {
+        let sample = worker.join().expect("a client thread does not panic")?;
+        latencies.extend(sample.latencies);
+        errors += sample.errors;
+        reconnects += sample.reconnects;
+    }
+    let elapsed = began.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let requests = latencies.len() as u64;
+    let items = requests * options.items() as u64;
+    let micros = |p: usize| percentile(&latencies, p) as f64 / 1000.0;
+    let report = json!({
+        "clients": options.clients,
+        "mode": if options.batch.is_some() { "batch" } else { "single" },
+        "batch": options.items(),
+        "size": options.size,
+        "seconds": round(elapsed, 3),
+        "requests": requests,
+        "items": items,
+        "errors": errors,
+        "reconnects": reconnects,
+        "req_per_s": per_second(requests, elapsed),
+        "items_per_s": per_second(items, elapsed),
+        "p50_us": round(micros(50), 1),
+        "p99_us": round(micros(99), 1),
+        "max_us": round(micros(100), 1),
+    });
+    println!("{report}");
+    println!(
+        "{} client{}, {}: {:.0} req/s ({:.0} items/s), latency p50 {:.1} µs, p99 {:.1} µs, \
+         max {:.1} µs; {requests} requests in {elapsed:.2} s, {errors} errors",
+        options.clients,
+        if options.clients == 1 { "" } else { "s" },
+        options
+            .batch
+            .map_or_else(|| "single decrypt".to_owned(), |k| format!("batch of {k}")),
+        requests as f64 / elapsed,
+        items as f64 / elapsed,
+        micros(50),
+        micros(99),
+        micros(100),
+    );
+    Ok(errors == 0)
+}
+
+/// The nearest-rank `p`th percentile (`p` in 1..=100) of `sorted` (0 when
+/// empty).
+fn percentile(sorted: &[u64], p: usize) -> u64 {
+    let rank = (p * sorted.len()).div_ceil(100);
+    rank.checked_sub(1)
+        .and_then(|i| sorted.get(i))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// `count` per second over `elapsed` seconds, rounded to a whole number.
+#[expect(
+    clippy::cast_sign_loss,
+    reason = "a count over a duration is never negative"
+)]
+fn per_second(count: u64, elapsed: f64) -> u64 {
+    (count as f64 / elapsed).round() as u64
+}
+
+/// `value` rounded to `digits` decimals, for the JSON line.
+fn round(value: f64, digits: i32) -> f64 {
+    let scale = 10_f64.powi(digits);
+    (value * scale).round() / scale
+}
