@@ -228,8 +228,8 @@ impl Error {
         let hint = match self {
             Self::Usage(_) => "run `assistant-store --help` for usage".to_owned(),
             Self::NoToken => "point KEYWARD_CLIENT_TOKEN_FILE at a file holding the client \
-                token (kwt_…) the key service owner created for the assistant \
-                (`POST /v1/clients`, granted `datakey` on the store's key)"
+                token (kwt_…) the key service owner created for the assistant (`keyward \
+                client add NAME --allow datakey --keys KEY --token-out FILE`)"
                 .to_owned(),
             Self::TokenFile { .. } => {
                 "check KEYWARD_CLIENT_TOKEN_FILE: it must name a readable file holding \
@@ -258,13 +258,13 @@ impl Error {
                 timeout): unlock it, then run this command again"
                 .to_owned(),
             Self::Unauthorized(_) => "the token is unknown or was revoked: ask the key \
-                service owner for a new client token (`POST /v1/clients`) and store it \
+                service owner for a new client token (`keyward client add`) and store it \
                 in KEYWARD_CLIENT_TOKEN_FILE"
                 .to_owned(),
             Self::Forbidden { key, .. } => format!(
                 "use the token of a client granted `datakey` on key \"{key}\", or have the \
-                 key service owner add one (`POST /v1/clients` with \"allow\": \
-                 [\"datakey\"], \"keys\": [\"{key}\"])"
+                 key service owner add one (`keyward client add NAME --allow datakey --keys \
+                 {key}`)"
             ),
             Self::Daemon { hint, .. } => return hint.clone(),
             Self::Exists { .. } => {
