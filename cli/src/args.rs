@@ -142,9 +142,151 @@ pub(crate) enum Command {
     /// YubiKey maintenance
     #[command(subcommand)]
     Yubikey(YubikeyCommand),
+    /// Unlock the running daemon (`keyward serve`) for a session
+    Unlock(UnlockArgs),
+    /// Lock the running daemon: it forgets the master key and every cached
+    /// key, and logs out of its devices
+    Lock,
+    /// Add, list and revoke the daemon's client applications
+    #[command(subcommand)]
+    Client(ClientCommand),
+    /// Rotate every key whose rotation period has elapsed (for cron or a
+    /// systemd timer)
+    Rotate(RotateArgs),
+    /// Follow the daemon's security events (unlocks, failures, enrollments,
+    /// rotations, clients)
+    Events(EventsArgs),
+    /// Re-encrypt keyward data to its key's primary version without
+    /// showing the plaintext
+    Rewrap(RewrapArgs),
+    /// Generate or unwrap data keys (envelope encryption)
+    #[command(subcommand)]
+    Datakey(DatakeyCommand),
     /// Run the key service for this keystore on a Unix socket (HTTP/JSON
     /// API, docs/API.md); starts locked
     Serve(ServeArgs),
+}
+
+/// `keyward unlock`.
+#[derive(Debug, Args)]
+pub(crate) struct UnlockArgs {
+    /// Lock again after this long without a key operation (e.g. 10m);
+    /// only shorter than the daemon's own setting
+    #[arg(long, value_name = "DUR", value_parser = crate::render::parse_duration)]
+    pub(crate) idle_timeout: Option<u64>,
+    /// Lock again this long after unlocking, whatever happens (e.g. 2h);
+    /// only shorter than the daemon's own setting
+    #[arg(long, value_name = "DUR", value_parser = crate::render::parse_duration)]
+    pub(crate) absolute_timeout: Option<u64>,
+}
+
+/// `keyward client ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClientCommand {
+    /// Add a client and print its token (shown once; give it to the
+    /// application through a file or its environment)
+    Add {
+        /// Client name (1-64 of A-Z a-z 0-9 . _ -)
+        name: String,
+        /// Operations it may perform: encrypt, decrypt, rewrap, datakey,
+        /// sign, verify, keys (comma-separated)
+        #[arg(long, value_name = "OPS", value_delimiter = ',', required = true)]
+        allow: Vec<String>,
+        /// Keys it may use (comma-separated; '*' for every key)
+        #[arg(long, value_name = "KEYS", value_delimiter = ',', required = true)]
+        keys: Vec<String>,
+        /// Write the token to FILE (mode 0600, never overwritten) instead
+        /// of standard output
+        #[arg(long, value_name = "FILE")]
+        token_out: Option<PathBuf>,
+    },
+    /// List clients and their grants
+    List,
+    /// Revoke a client's token, or every client's (--all); takes effect at
+    /// once, on open connections too
+    Revoke {
+        /// Client name
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        name: Option<String>,
+        /// Revoke every client
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// `keyward rotate`.
+#[derive(Debug, Args)]
+pub(crate) struct RotateArgs {
+    /// Rotate the keys whose rotation period has elapsed (the only mode)
+    #[arg(long, required = true)]
+    pub(crate) due: bool,
+}
+
+/// `keyward events`.
+#[derive(Debug, Args)]
+pub(crate) struct EventsArgs {
+    /// Start after this audit sequence number [default: only new events]
+    #[arg(long, value_name = "SEQ")]
+    pub(crate) since: Option<u64>,
+    /// Stop after this many events
+    #[arg(long, value_name = "N")]
+    pub(crate) count: Option<u64>,
+}
+
+/// `keyward rewrap`.
+#[derive(Debug, Args)]
+pub(crate) struct RewrapArgs {
+    /// Context given at encryption (kept)
+    #[arg(long, default_value = "", value_name = "STR")]
+    pub(crate) context: String,
+    /// Input file [default: stdin]
+    #[arg(short, long, value_name = "IN")]
+    pub(crate) input: Option<PathBuf>,
+    /// Output file, written atomically [default: stdout]
+    #[arg(short, long, value_name = "OUT")]
+    pub(crate) output: Option<PathBuf>,
+    /// Write binary output even when stdout is a terminal
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+/// `keyward datakey ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum DatakeyCommand {
+    /// Make a random 256-bit data key: the key (raw bytes) to -o or stdout,
+    /// and the key encrypted under KEY to --wrapped-out
+    Generate {
+        /// Key that wraps the data key
+        #[arg(long, value_parser = parse_key_name)]
+        key: KeyName,
+        /// Context bound to the wrapped key; unwrap needs the same one
+        #[arg(long, default_value = "", value_name = "STR")]
+        context: String,
+        /// Where to write the wrapped key (created 0600, never overwritten)
+        #[arg(long, value_name = "FILE")]
+        wrapped_out: PathBuf,
+        /// Where to write the plaintext key [default: stdout]
+        #[arg(short, long, value_name = "OUT")]
+        output: Option<PathBuf>,
+        /// Write the key even when stdout is a terminal
+        #[arg(long)]
+        force: bool,
+    },
+    /// Recover a data key from its wrapped form
+    Unwrap {
+        /// Context given at generation
+        #[arg(long, default_value = "", value_name = "STR")]
+        context: String,
+        /// The wrapped key [default: stdin]
+        #[arg(short, long, value_name = "IN")]
+        input: Option<PathBuf>,
+        /// Where to write the plaintext key [default: stdout]
+        #[arg(short, long, value_name = "OUT")]
+        output: Option<PathBuf>,
+        /// Write the key even when stdout is a terminal
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// `keyward serve`.

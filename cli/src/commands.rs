@@ -2,10 +2,12 @@
 //! when the operation needs the master key, and prints the result.
 
 mod audit;
+mod clients;
 mod data;
 mod device;
 mod keys;
 mod serve;
+mod session;
 mod setup;
 mod yubikey;
 
@@ -155,6 +157,13 @@ pub(crate) fn run(cli: &Cli) -> Result<(), Failure> {
         Command::ExportPublic(args) => data::export_public(&ctx, args),
         Command::Audit(cmd) => audit::run(&ctx, cmd),
         Command::Yubikey(cmd) => yubikey::run(&ctx, cmd),
+        Command::Unlock(args) => session::unlock(&ctx, args),
+        Command::Lock => session::lock(&ctx),
+        Command::Events(args) => session::events(&ctx, args),
+        Command::Client(cmd) => clients::run(&ctx, cmd),
+        Command::Rotate(args) => keys::rotate_due(&ctx, args),
+        Command::Rewrap(args) => data::rewrap(&ctx, args),
+        Command::Datakey(cmd) => data::datakey(&ctx, cmd),
         Command::Serve(args) => serve::run(&ctx, args),
     }
 }
@@ -232,8 +241,17 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// The daemon serving this keystore, if one runs (docs/API.md). The
+    /// owner's commands go through it; they never send a token.
+    ///
+    /// # Errors
+    /// An untrusted socket, a daemon that does not answer.
+    pub(crate) fn daemon(&self) -> Result<Option<crate::client::Daemon>, Failure> {
+        crate::client::Daemon::for_store(&self.path)
+    }
+
     /// Which protector(s) to unlock with.
-    fn unlock_choice(
+    pub(crate) fn unlock_choice(
         &self,
         protectors: &[ProtectorInfo],
         reserve: Reserve,

@@ -219,6 +219,33 @@ pub(crate) fn sync_parent(path: &Path) {
 
 /// Writes to stderr, ignoring failure: `eprint!` would panic when stderr
 /// is closed, and a message nobody can read must not fail the command.
+/// Writes `bytes` to a new file at `path`, created with mode 0600 (never
+/// overwriting anything), synced to disk.
+///
+/// # Errors
+/// The file exists or cannot be written.
+pub(crate) fn write_new_private(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            let f = Failure::io(format_args!("cannot create {}", path.display()), &e);
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                f.hint("keyward never overwrites this file; choose a new name")
+            } else {
+                f
+            }
+        })?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Failure::io(format_args!("cannot write {}", path.display()), &e))?;
+    sync_parent(path);
+    Ok(())
+}
+
 pub(crate) fn to_stderr(args: std::fmt::Arguments<'_>) {
     let mut err = io::stderr().lock();
     let _ = err.write_fmt(args);

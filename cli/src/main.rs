@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod args;
+mod client;
 mod commands;
 mod daemon;
 mod failure;

@@ -61,7 +61,7 @@ struct Stored<'a> {
 }
 
 /// Result of verifying the chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditSummary {
     /// Records checked.
     pub records: u64,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::collections::{BTreeMap, HashMap};
 
 use base64::Engine as _;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::audit::{self, AuditRecord, AuditSummary};
@@ -134,7 +134,7 @@ pub struct ProtectorInfo {
 }
 
 /// One version of a named key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionInfo {
     /// Version number (1-based).
     pub version: u32,
@@ -143,11 +143,11 @@ pub struct VersionInfo {
     /// Encryptions reserved so far (never below the real count).
     pub uses: u64,
     /// `primary`, `active` (decrypts) or `retired`.
-    pub state: &'static str,
+    pub state: String,
 }
 
 /// A named key as listed (no secrets).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyInfo {
     /// Name.
     pub name: KeyName,
@@ -213,7 +213,7 @@ pub struct StreamSummary {
 }
 
 /// A verified signature.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verified {
     /// Key name.
     pub key: KeyName,
@@ -228,7 +228,7 @@ pub struct Verified {
 }
 
 /// An exported public key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublicKeyExport {
     /// Key name.
     pub key: KeyName,
@@ -935,8 +935,20 @@ impl Service {
     fn decrypt_as(&mut self, action: &str, context: &[u8], ciphertext: &[u8]) -> Result<Decrypted> {
         let (header, _) = envelope::parse_header(ciphertext)?;
         if header.mode != envelope::Mode::OneShot {
-            return Err(Error::Malformed {
-                what: "this is a stream ciphertext; decrypt it as a stream",
+            // A stream ciphertext that is all here (the CLI writes this
+            // format, and the daemon gets whole small files): decrypt it as
+            // the stream it is, into memory.
+            let mut plaintext = zeroize::Zeroizing::new(Vec::with_capacity(ciphertext.len()));
+            let summary = self.decrypt_stream(
+                context,
+                &mut std::io::Cursor::new(ciphertext),
+                &mut *plaintext,
+                &mut |_| {},
+            )?;
+            return Ok(Decrypted {
+                plaintext: SecretBytes::new(std::mem::take(&mut *plaintext)),
+                key: summary.key,
+                version: summary.version,
             });
         }
         let (key, dek) = self.decryption_key(&header.key, header.version)?;
@@ -1051,6 +1063,33 @@ impl Service {
             });
         }
         Ok(rotated)
+    }
+
+    /// Signs `message` with the key of a device protector (the TPM's or
+    /// token's signing key, not a keyward signing key): ECDSA P-256 (DER)
+    /// or Ed25519, as the enrollment has. The daemon keeps the device
+    /// session of the unlock open, so no PIN is asked again while unlocked.
+    ///
+    /// # Errors
+    /// `ProtectorNotFound`, `NotSupported` (a protector that cannot sign),
+    /// the device's errors; `AuditWrite`.
+    pub fn device_sign(
+        &mut self,
+        id: u32,
+        message: &[u8],
+        ui: &dyn Callbacks,
+    ) -> Result<crate::backend::Signature> {
+        let enrollment = self.enrollment(id)?;
+        let backend = backend_for(&self.backends, enrollment.kind)?.clone();
+        let signature = backend.sign(&enrollment, message, ui)?;
+        let fields = json!({ "protector": id, "kind": enrollment.kind,
+                             "algorithm": format!("{:?}", signature.algorithm),
+                             "size": message.len(), "actor": self.actor_json() });
+        let mac = self.mac().ok();
+        write_use(&mut self.store, self.daemon.is_some(), |db| {
+            audit::append(db, "device.sign", true, &fields, mac.as_ref())
+        })?;
+        Ok(signature)
     }
 
     /// Records an event that happened outside the service (the daemon's
@@ -1968,7 +2007,8 @@ fn key_info(key: &KeyRow, versions: &[VersionRow]) -> KeyInfo {
                     "retired"
                 } else {
                     "active"
-                },
+                }
+                .to_owned(),
             })
             .collect(),
     }

@@ -1,11 +1,19 @@
 //! `encrypt`, `decrypt`, `sign`, `verify`, `export-public`.
 
-use std::io::{Read, Write};
+use std::io::{Cursor, Read, Write};
 
-use keyward_kms::service::StreamSummary;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use keyward_kms::KeyName;
+use keyward_kms::service::{PublicKeyExport, StreamSummary, Verified};
+use serde_json::{Value, json};
+use zeroize::{Zeroize as _, Zeroizing};
 
 use super::Ctx;
-use crate::args::{DecryptArgs, EncryptArgs, ExportPublicArgs, SignArgs, VerifyArgs};
+use super::keys::decode;
+use crate::args::{
+    DatakeyCommand, DecryptArgs, EncryptArgs, ExportPublicArgs, RewrapArgs, SignArgs, VerifyArgs,
+};
 use crate::failure::{Exit, Failure};
 use crate::files::{Content, Input, Output, Progress, print, print_json};
 use crate::render::format_time;
@@ -30,9 +38,26 @@ fn report_summary(ctx: &Ctx<'_>, summary: &StreamSummary) -> Result<(), Failure>
 pub(super) fn encrypt(ctx: &Ctx<'_>, args: &EncryptArgs) -> Result<(), Failure> {
     let mut input = Input::open(args.input.as_deref())?;
     let mut output = Output::create(args.output.as_deref(), Content::Binary, args.force)?;
+    let (head, small) = read_head(&mut input)?;
+    if small {
+        if let Some(mut daemon) = ctx.daemon()? {
+            let mut body = json!({ "key": args.key, "plaintext": B64.encode(&head[..]),
+                                   "context": B64.encode(args.context.as_bytes()) });
+            let answer = daemon.call("POST", "/v1/encrypt", Some(&body));
+            zeroize_strings(&mut body);
+            let answer = answer?;
+            let ciphertext = field_bytes(&answer, "ciphertext")?;
+            output
+                .write_all(&ciphertext)
+                .map_err(|e| Failure::io("cannot write the ciphertext", &e))?;
+            output.commit()?;
+            return report_summary(ctx, &summary_of(&answer, head.len())?);
+        }
+    }
     let mut service = ctx.open()?;
     ctx.unlock(&mut service, Reserve::Nothing)?;
     let mut progress = Progress::new("encrypted", input.len());
+    let mut input = Cursor::new(head).chain(input);
     let summary = ctx.check(service.encrypt_stream(
         &args.key,
         args.context.as_bytes(),
@@ -49,9 +74,30 @@ pub(super) fn encrypt(ctx: &Ctx<'_>, args: &EncryptArgs) -> Result<(), Failure> 
 pub(super) fn decrypt(ctx: &Ctx<'_>, args: &DecryptArgs) -> Result<(), Failure> {
     let mut input = Input::open(args.input.as_deref())?;
     let mut output = Output::create(args.output.as_deref(), Content::Plaintext, args.force)?;
+    let (head, small) = read_head(&mut input)?;
+    if small {
+        if let Some(mut daemon) = ctx.daemon()? {
+            let answer = daemon.call(
+                "POST",
+                "/v1/decrypt",
+                Some(&json!({ "ciphertext": B64.encode(&head[..]),
+                              "context": B64.encode(args.context.as_bytes()) })),
+            );
+            let mut answer = answer?;
+            let plaintext = field_bytes(&answer, "plaintext");
+            zeroize_strings(&mut answer["plaintext"]);
+            let plaintext = plaintext?;
+            output
+                .write_all(&plaintext)
+                .map_err(|e| Failure::io("cannot write the plaintext", &e))?;
+            output.commit()?;
+            return report_summary(ctx, &summary_of(&answer, plaintext.len())?);
+        }
+    }
     let mut service = ctx.open()?;
     ctx.unlock(&mut service, Reserve::Nothing)?;
     let mut progress = Progress::new("decrypted", input.len());
+    let mut input = Cursor::new(head).chain(input);
     let summary = ctx.check(service.decrypt_stream(
         args.context.as_bytes(),
         &mut input,
@@ -72,10 +118,25 @@ pub(super) fn sign(ctx: &Ctx<'_>, args: &SignArgs) -> Result<(), Failure> {
     };
     let mut input = Input::open(args.input.as_deref())?;
     let mut output = Output::create(args.output.as_deref(), Content::Binary, args.force)?;
-    let mut service = ctx.open()?;
-    ctx.unlock(&mut service, Reserve::Nothing)?;
     let audience = args.audience.as_deref().unwrap_or_default();
-    let signature = ctx.check(service.sign(key, audience, &mut input))?;
+    let (head, small) = read_head(&mut input)?;
+    let signature = match ctx.daemon()? {
+        Some(mut daemon) if small => {
+            let answer = daemon.call(
+                "POST",
+                "/v1/sign",
+                Some(&json!({ "key": key, "message": B64.encode(&head[..]),
+                              "audience": audience })),
+            )?;
+            field_bytes(&answer, "signature")?.to_vec()
+        }
+        _ => {
+            let mut service = ctx.open()?;
+            ctx.unlock(&mut service, Reserve::Nothing)?;
+            let mut input = Cursor::new(head).chain(input);
+            ctx.check(service.sign(key, audience, &mut input))?
+        }
+    };
     output
         .write_all(&signature)
         .map_err(|e| Failure::io("cannot write the signature", &e))?;
@@ -86,8 +147,21 @@ pub(super) fn sign(ctx: &Ctx<'_>, args: &SignArgs) -> Result<(), Failure> {
 pub(super) fn verify(ctx: &Ctx<'_>, args: &VerifyArgs) -> Result<(), Failure> {
     let signature = read_signature(&args.signature)?;
     let mut input = Input::open(args.input.as_deref())?;
-    let mut service = ctx.open()?;
-    let verified = ctx.check(service.verify(&args.audience, &signature, &mut input))?;
+    let (head, small) = read_head(&mut input)?;
+    let verified: Verified = match ctx.daemon()? {
+        Some(mut daemon) if small => decode(daemon.call(
+            "POST",
+            "/v1/verify",
+            Some(&json!({ "message": B64.encode(&head[..]),
+                          "signature": B64.encode(&signature),
+                          "audience": args.audience, "fresh": false })),
+        )?)?,
+        _ => {
+            let mut service = ctx.open()?;
+            let mut input = Cursor::new(head).chain(input);
+            ctx.check(service.verify(&args.audience, &signature, &mut input))?
+        }
+    };
     if ctx.json() {
         return print_json(&verified);
     }
@@ -131,8 +205,16 @@ pub(super) fn export_public(ctx: &Ctx<'_>, args: &ExportPublicArgs) -> Result<()
             "export-public takes a key NAME or --protector ID, not both",
         ));
     }
-    let service = ctx.open()?;
-    let export = ctx.check(service.export_public(name, args.version))?;
+    let export: PublicKeyExport = match ctx.daemon()? {
+        Some(mut daemon) => {
+            let path = match args.version {
+                Some(v) => format!("/v1/keys/{name}/public?version={v}"),
+                None => format!("/v1/keys/{name}/public"),
+            };
+            decode(daemon.call("GET", &path, None)?)?
+        }
+        None => ctx.check(ctx.open()?.export_public(name, args.version))?,
+    };
     if ctx.json() {
         return print_json(&export);
     }
@@ -141,4 +223,187 @@ pub(super) fn export_public(ctx: &Ctx<'_>, args: &ExportPublicArgs) -> Result<()
         pem.push('\n');
     }
     print(&pem)
+}
+
+/// The most the CLI sends the daemon in one request: larger data is
+/// streamed on the store directly (the API's one-shot bodies are at most
+/// 1 MiB, and base64 adds a third).
+const DAEMON_MAX_INPUT: usize = 700 * 1024;
+
+/// Reads up to [`DAEMON_MAX_INPUT`] bytes; `true` if that was all of the
+/// input. The bytes are zeroized when dropped (they may be plaintext).
+fn read_head(input: &mut Input) -> Result<(Zeroizing<Vec<u8>>, bool), Failure> {
+    let mut head = Zeroizing::new(Vec::with_capacity(
+        input
+            .len()
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(64 * 1024)
+            .min(DAEMON_MAX_INPUT + 1),
+    ));
+    input
+        .take(DAEMON_MAX_INPUT as u64 + 1)
+        .read_to_end(&mut head)
+        .map_err(|e| Failure::io("cannot read the input", &e))?;
+    let small = head.len() <= DAEMON_MAX_INPUT;
+    Ok((head, small))
+}
+
+/// A base64 field of a daemon answer, decoded.
+fn field_bytes(answer: &Value, name: &str) -> Result<Zeroizing<Vec<u8>>, Failure> {
+    answer[name]
+        .as_str()
+        .and_then(|s| B64.decode(s).ok())
+        .map(Zeroizing::new)
+        .ok_or_else(|| {
+            Failure::new(
+                Exit::Failure,
+                format!("the daemon's answer has no valid '{name}'"),
+            )
+        })
+}
+
+fn summary_of(answer: &Value, bytes: usize) -> Result<StreamSummary, Failure> {
+    let key = answer["key"]
+        .as_str()
+        .and_then(|k| KeyName::new(k).ok())
+        .ok_or_else(|| Failure::new(Exit::Failure, "the daemon's answer names no key"))?;
+    Ok(StreamSummary {
+        key,
+        version: answer["version"]
+            .as_u64()
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(0),
+        bytes: bytes as u64,
+    })
+}
+
+/// Overwrites every string in a request or answer that held a secret.
+fn zeroize_strings(v: &mut Value) {
+    match v {
+        Value::String(s) => s.zeroize(),
+        Value::Array(a) => a.iter_mut().for_each(zeroize_strings),
+        Value::Object(o) => o.iter_mut().for_each(|(_, v)| zeroize_strings(v)),
+        _ => {}
+    }
+}
+
+/// `keyward rewrap`.
+pub(super) fn rewrap(ctx: &Ctx<'_>, args: &RewrapArgs) -> Result<(), Failure> {
+    let mut input = Input::open(args.input.as_deref())?;
+    let mut output = Output::create(args.output.as_deref(), Content::Binary, args.force)?;
+    let (ciphertext, small) = read_head(&mut input)?;
+    if !small {
+        return Err(Failure::new(
+            Exit::Usage,
+            "rewrap takes one-shot ciphertexts (up to 700 KiB); this input is larger",
+        )
+        .hint("re-encrypt large data with `keyward decrypt | keyward encrypt`"));
+    }
+    let (ciphertext, key, version, from) = if let Some(mut daemon) = ctx.daemon()? {
+        let answer = daemon.call(
+            "POST",
+            "/v1/rewrap",
+            Some(&json!({ "ciphertext": B64.encode(&ciphertext[..]),
+                          "context": B64.encode(args.context.as_bytes()) })),
+        )?;
+        (
+            field_bytes(&answer, "ciphertext")?.to_vec(),
+            answer["key"].as_str().unwrap_or_default().to_owned(),
+            answer["version"].as_u64().unwrap_or(0),
+            answer["from_version"].as_u64().unwrap_or(0),
+        )
+    } else {
+        let mut service = ctx.open()?;
+        ctx.unlock(&mut service, Reserve::Nothing)?;
+        let r = ctx.check(service.rewrap(args.context.as_bytes(), &ciphertext))?;
+        (
+            r.ciphertext,
+            r.key.to_string(),
+            u64::from(r.version),
+            u64::from(r.from_version),
+        )
+    };
+    output
+        .write_all(&ciphertext)
+        .map_err(|e| Failure::io("cannot write the ciphertext", &e))?;
+    output.commit()?;
+    if ctx.json() {
+        let text = json!({ "key": key, "version": version, "from_version": from }).to_string();
+        crate::files::to_stderr(format_args!("{text}\n"));
+    }
+    tracing::info!(key, from, version, "rewrapped");
+    Ok(())
+}
+
+/// `keyward datakey generate|unwrap`.
+pub(super) fn datakey(ctx: &Ctx<'_>, cmd: &DatakeyCommand) -> Result<(), Failure> {
+    match cmd {
+        DatakeyCommand::Generate {
+            key,
+            context,
+            wrapped_out,
+            output,
+            force,
+        } => {
+            let mut out = Output::create(output.as_deref(), Content::Plaintext, *force)?;
+            let (plaintext, wrapped) = if let Some(mut daemon) = ctx.daemon()? {
+                let mut answer = daemon.call(
+                    "POST",
+                    "/v1/datakey/generate",
+                    Some(&json!({ "key": key, "context": B64.encode(context.as_bytes()) })),
+                )?;
+                let plaintext = field_bytes(&answer, "plaintext");
+                let wrapped = field_bytes(&answer, "wrapped");
+                zeroize_strings(&mut answer);
+                (plaintext?, wrapped?.to_vec())
+            } else {
+                let mut service = ctx.open()?;
+                ctx.unlock(&mut service, Reserve::Nothing)?;
+                let dk = ctx.check(service.datakey_generate(key, context.as_bytes()))?;
+                (dk.plaintext.into_inner(), dk.wrapped)
+            };
+            // The wrapped key first: a plaintext key whose wrapped form was
+            // lost would encrypt data nobody can decrypt later.
+            crate::files::write_new_private(wrapped_out, &wrapped)?;
+            out.write_all(&plaintext)
+                .map_err(|e| Failure::io("cannot write the data key", &e))?;
+            out.commit()
+        }
+        DatakeyCommand::Unwrap {
+            context,
+            input,
+            output,
+            force,
+        } => {
+            let mut inp = Input::open(input.as_deref())?;
+            let mut out = Output::create(output.as_deref(), Content::Plaintext, *force)?;
+            let (wrapped, small) = read_head(&mut inp)?;
+            if !small {
+                return Err(Failure::new(
+                    Exit::Integrity,
+                    "the input is far too large to be a wrapped data key",
+                ));
+            }
+            let plaintext = if let Some(mut daemon) = ctx.daemon()? {
+                let mut answer = daemon.call(
+                    "POST",
+                    "/v1/datakey/unwrap",
+                    Some(&json!({ "wrapped": B64.encode(&wrapped[..]),
+                                  "context": B64.encode(context.as_bytes()) })),
+                )?;
+                let plaintext = field_bytes(&answer, "plaintext");
+                zeroize_strings(&mut answer);
+                plaintext?
+            } else {
+                let mut service = ctx.open()?;
+                ctx.unlock(&mut service, Reserve::Nothing)?;
+                ctx.check(service.datakey_unwrap(context.as_bytes(), &wrapped))?
+                    .plaintext
+                    .into_inner()
+            };
+            out.write_all(&plaintext)
+                .map_err(|e| Failure::io("cannot write the data key", &e))?;
+            out.commit()
+        }
+    }
 }

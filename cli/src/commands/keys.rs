@@ -3,11 +3,13 @@
 use std::fmt::Write as _;
 
 use keyward_kms::service::{KeyInfo, KeySpec};
-use keyward_kms::{DataClass, Error};
+use keyward_kms::{DataClass, Error, KeyPurpose};
+use serde_json::json;
 
 use super::Ctx;
-use crate::args::KeyCommand;
-use crate::failure::Failure;
+use crate::args::{KeyCommand, RotateArgs};
+use crate::client::Daemon;
+use crate::failure::{Exit, Failure};
 use crate::files::{print, print_json};
 use crate::render::{format_duration, format_time};
 use crate::ui::Reserve;
@@ -16,8 +18,79 @@ use crate::ui::Reserve;
 pub(crate) const SECRET_CLASS_HINT: &str = "secret keys live only in the memory of `keyward \
      serve`; use --class sensitive, private or general for a key kept in the keystore";
 
-/// Runs a `key` subcommand.
+/// Runs a `key` subcommand: through the daemon when one serves the
+/// keystore, else on the store.
 pub(super) fn run(ctx: &Ctx<'_>, cmd: &KeyCommand) -> Result<(), Failure> {
+    let info = match ctx.daemon()? {
+        Some(mut daemon) => match via_daemon(&mut daemon, cmd)? {
+            Ok(info) => info,
+            Err(keys) => return list(ctx, &keys),
+        },
+        None => match direct(ctx, cmd)? {
+            Ok(info) => info,
+            Err(keys) => return list(ctx, &keys),
+        },
+    };
+    render(ctx, cmd, &info)
+}
+
+/// A key, or (for `list`) every key.
+type Outcome = Result<KeyInfo, Vec<KeyInfo>>;
+
+fn list(ctx: &Ctx<'_>, keys: &[KeyInfo]) -> Result<(), Failure> {
+    if ctx.json() {
+        return print_json(&keys);
+    }
+    print(&key_table(keys))
+}
+
+fn via_daemon(daemon: &mut Daemon, cmd: &KeyCommand) -> Result<Outcome, Failure> {
+    let answer = match cmd {
+        KeyCommand::Create {
+            name,
+            purpose,
+            class,
+            rotation_period,
+            usage_limit,
+        } => daemon.call(
+            "POST",
+            "/v1/keys",
+            Some(&json!({
+                "name": name,
+                "purpose": KeyPurpose::from(*purpose),
+                "class": DataClass::from(*class),
+                "rotation_period": rotation_period,
+                "usage_limit": usage_limit,
+            })),
+        )?,
+        KeyCommand::List => {
+            let mut answer = daemon.call("GET", "/v1/keys", None)?;
+            return Ok(Err(decode(answer["keys"].take())?));
+        }
+        KeyCommand::Show { name } => daemon.call("GET", &format!("/v1/keys/{name}"), None)?,
+        KeyCommand::Rotate { name } => {
+            daemon.call("POST", &format!("/v1/keys/{name}/rotate"), Some(&json!({})))?
+        }
+        KeyCommand::Retire { name, min_version } => daemon.call(
+            "POST",
+            &format!("/v1/keys/{name}/retire"),
+            Some(&json!({ "min_decryption_version": min_version })),
+        )?,
+    };
+    Ok(Ok(decode(answer)?))
+}
+
+/// Reads a daemon answer into a kms type.
+pub(super) fn decode<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, Failure> {
+    serde_json::from_value(v).map_err(|e| {
+        Failure::new(
+            Exit::Failure,
+            format!("the daemon sent an unexpected answer ({e})"),
+        )
+    })
+}
+
+fn direct(ctx: &Ctx<'_>, cmd: &KeyCommand) -> Result<Outcome, Failure> {
     let mut service = ctx.open()?;
     let info = match cmd {
         KeyCommand::Create {
@@ -42,13 +115,7 @@ pub(super) fn run(ctx: &Ctx<'_>, cmd: &KeyCommand) -> Result<(), Failure> {
                 Err(e) => return Err(ctx.ui.explain(e)),
             }
         }
-        KeyCommand::List => {
-            let keys = ctx.check(service.keys())?;
-            if ctx.json() {
-                return print_json(&keys);
-            }
-            return print(&key_table(&keys));
-        }
+        KeyCommand::List => return Ok(Err(ctx.check(service.keys())?)),
         KeyCommand::Show { name } => ctx.check(service.key(name))?,
         KeyCommand::Rotate { name } => {
             ctx.unlock(&mut service, Reserve::Nothing)?;
@@ -58,8 +125,12 @@ pub(super) fn run(ctx: &Ctx<'_>, cmd: &KeyCommand) -> Result<(), Failure> {
             ctx.with_unlock(&mut service, |s| s.retire(name, *min_version))?
         }
     };
+    Ok(Ok(info))
+}
+
+fn render(ctx: &Ctx<'_>, cmd: &KeyCommand, info: &KeyInfo) -> Result<(), Failure> {
     if ctx.json() {
-        return print_json(&info);
+        return print_json(info);
     }
     let headline = match cmd {
         KeyCommand::Create { .. } => format!("created key {}\n", info.name),
@@ -76,7 +147,54 @@ pub(super) fn run(ctx: &Ctx<'_>, cmd: &KeyCommand) -> Result<(), Failure> {
         ),
         KeyCommand::Show { .. } | KeyCommand::List => String::new(),
     };
-    print(&(headline + &key_details(&info)))
+    print(&(headline + &key_details(info)))
+}
+
+/// `keyward rotate --due`: through the daemon when one runs, else on the
+/// store (unlocking it).
+pub(super) fn rotate_due(ctx: &Ctx<'_>, _args: &RotateArgs) -> Result<(), Failure> {
+    let rotated: Vec<Rotated> = if let Some(mut daemon) = ctx.daemon()? {
+        let mut answer = daemon.call("POST", "/v1/rotate-due", Some(&json!({})))?;
+        decode_rotated(answer["rotated"].take())?
+    } else {
+        let mut service = ctx.open()?;
+        ctx.unlock(&mut service, Reserve::Nothing)?;
+        ctx.check(service.rotate_due())?
+            .into_iter()
+            .map(|r| Rotated {
+                key: r.key.to_string(),
+                version: r.version,
+                reason: r.reason.to_owned(),
+            })
+            .collect()
+    };
+    if ctx.json() {
+        return print_json(&json!({ "rotated": rotated }));
+    }
+    if rotated.is_empty() {
+        return print("no key is due for rotation\n");
+    }
+    let mut text = String::new();
+    for r in &rotated {
+        let _ = writeln!(
+            text,
+            "rotated {}: version {} is now primary ({})",
+            r.key, r.version, r.reason
+        );
+    }
+    print(&text)
+}
+
+/// A rotation as reported (the daemon's JSON or the service's value).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Rotated {
+    key: String,
+    version: u32,
+    reason: String,
+}
+
+fn decode_rotated(v: serde_json::Value) -> Result<Vec<Rotated>, Failure> {
+    decode(v)
 }
 
 /// One line per key.

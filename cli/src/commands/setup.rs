@@ -150,25 +150,47 @@ pub(super) fn init(ctx: &mut Ctx<'_>, args: &InitArgs) -> Result<(), Failure> {
 pub(super) fn status(ctx: &Ctx<'_>) -> Result<(), Failure> {
     let service = ctx.open()?;
     let status = ctx.check(service.status())?;
+    let daemon = ctx.daemon()?.map(|d| d.status);
     if ctx.json() {
-        return print_json(&status);
+        let mut value = serde_json::to_value(&status).unwrap_or_default();
+        value["daemon"] = daemon.unwrap_or(serde_json::Value::Null);
+        return print_json(&value);
     }
-    print(&format!(
-        "keystore          {}\n\
+    let daemon_line = match &daemon {
+        None => "daemon            not running (commands work on the store directly)\n".to_owned(),
+        Some(d) if d["unlocked"].as_bool() == Some(true) => format!(
+            "daemon            pid {}, unlocked until {} (idle) / {} (at the latest)\n",
+            d["pid"],
+            d["session"]["idle_expires_at"]
+                .as_i64()
+                .map_or_else(|| "-".to_owned(), format_time),
+            d["session"]["absolute_expires_at"]
+                .as_i64()
+                .map_or_else(|| "-".to_owned(), format_time),
+        ),
+        Some(d) => format!(
+            "daemon            pid {}, locked (keyward unlock)\n",
+            d["pid"]
+        ),
+    };
+    print(
+        &(format!(
+            "keystore          {}\n\
          store id          {}\n\
          schema version    {}\n\
          master key epoch  {}\n\
          protectors        {}\n\
          keys              {}\n\
          audit records     {}\n",
-        status.path.display(),
-        status.store_id,
-        status.schema_version,
-        status.mk_epoch,
-        status.protectors,
-        status.keys,
-        status.audit_records,
-    ))
+            status.path.display(),
+            status.store_id,
+            status.schema_version,
+            status.mk_epoch,
+            status.protectors,
+            status.keys,
+            status.audit_records,
+        ) + &daemon_line),
+    )
 }
 
 /// Checks that the PIN of a device being enrolled can be had: from a
@@ -397,9 +419,16 @@ pub(super) fn protectors(ctx: &Ctx<'_>, cmd: &ProtectorsCommand) -> Result<(), F
 pub(super) fn master(ctx: &Ctx<'_>, cmd: &MasterCommand) -> Result<(), Failure> {
     match cmd {
         MasterCommand::Rotate => {
-            let mut service = ctx.open()?;
-            ctx.unlock(&mut service, Reserve::Nothing)?;
-            let epoch = ctx.check(service.rotate_master())?;
+            let epoch = if let Some(mut daemon) = ctx.daemon()? {
+                // The daemon holds the master key: it must be the one to
+                // replace it, or it would keep using the old one.
+                let answer = daemon.call("POST", "/v1/master/rotate", Some(&json!({})))?;
+                answer["epoch"].as_u64().unwrap_or(0)
+            } else {
+                let mut service = ctx.open()?;
+                ctx.unlock(&mut service, Reserve::Nothing)?;
+                u64::from(ctx.check(service.rotate_master())?)
+            };
             if ctx.json() {
                 return print_json(&json!({ "mk_epoch": epoch }));
             }

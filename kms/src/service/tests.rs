@@ -17,12 +17,14 @@ use crate::secret::{ExposeSecret, SecretString};
 #[derive(Debug)]
 struct TestBackend {
     key: Mutex<Option<SecretKey>>,
+    sessions_ended: std::sync::atomic::AtomicUsize,
 }
 
 impl TestBackend {
     fn new() -> Self {
         Self {
             key: Mutex::new(None),
+            sessions_ended: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 }
@@ -76,6 +78,10 @@ impl Backend for TestBackend {
             kind: "mock".into(),
             what: "signing",
         })
+    }
+    fn end_session(&self) {
+        self.sessions_ended
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
     fn health(&self, _: &Enrollment) -> Result<Health> {
         Ok(Health {
@@ -233,7 +239,10 @@ fn key_lifecycle_rotate_and_retire() {
     let info = svc.rotate_key(&k).expect("rotate");
     assert_eq!(info.primary_version, 2);
     assert_eq!(
-        info.versions.iter().map(|v| v.state).collect::<Vec<_>>(),
+        info.versions
+            .iter()
+            .map(|v| v.state.as_str())
+            .collect::<Vec<_>>(),
         ["active", "primary"]
     );
     assert_ne!(dek(&svc, "assistant-store", 2), v1);
@@ -1083,4 +1092,52 @@ fn clients_authenticate_until_revoked() {
         assert!(acts.iter().any(|x| x == a), "{a}");
     }
     svc.audit_verify().expect("chain verifies");
+}
+
+#[test]
+fn lock_ends_every_backend_session() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("keystore.db");
+    let backend = Arc::new(TestBackend::new());
+    let mut backends = Backends::new();
+    backends.add(backend.clone());
+    let (mut svc, _) =
+        Service::init(&path, backends, BackendKind::Mock, &req("first"), &NoUi).expect("init");
+    let ended = || {
+        backend
+            .sessions_ended
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    assert_eq!(ended(), 0);
+    svc.lock();
+    assert_eq!(ended(), 1);
+    svc.unlock(UnlockWith::Any, &NoUi).expect("unlock");
+    svc.lock_because("idle");
+    assert_eq!(ended(), 2);
+}
+
+#[test]
+fn decrypt_takes_a_whole_stream_ciphertext_too() {
+    let (_fx, mut svc) = fixture();
+    let k = name("k");
+    svc.create_key(&k, &spec(KeyPurpose::Encrypt))
+        .expect("create");
+    let mut ct = Vec::new();
+    svc.encrypt_stream(
+        &k,
+        b"ctx",
+        &mut &b"streamed, then sent whole"[..],
+        &mut ct,
+        &mut |_| {},
+    )
+    .expect("encrypt stream");
+    let d = svc.decrypt(b"ctx", &ct).expect("decrypt");
+    assert_eq!(d.plaintext.expose(), b"streamed, then sent whole");
+    assert_eq!((d.key, d.version), (k, 1));
+    assert!(matches!(
+        svc.decrypt(b"other", &ct),
+        Err(Error::DecryptionFailed)
+    ));
+    ct.truncate(ct.len() - 1);
+    assert!(svc.decrypt(b"ctx", &ct).is_err());
 }
