@@ -70,7 +70,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(60);
 pub fn keyward_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("KEYWARD_TEST_BIN") {
+        if let Some(bin) = std::env::var_os("KEYWARD_TEST_BIN").filter(|b| !b.is_empty()) {
             return std::fs::canonicalize(&bin).unwrap_or_else(|e| {
                 panic!("KEYWARD_TEST_BIN={}: {e}", PathBuf::from(&bin).display())
             });

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! cargo build -p keyward --release
-//! KEYWARD_TEST_BIN=target/release/keyward \
+//! KEYWARD_TEST_BIN=$PWD/target/release/keyward \
 //!   cargo nextest run -p keyward-tests --test daemon_bench --run-ignored only --no-capture
 //! ```
 //!
@@ -133,10 +133,7 @@ fn small_decrypt_over_the_socket() {
     let items: Vec<_> = (0..100)
         .map(|_| json!({ "ciphertext": ciphertext }))
         .collect();
-    let batch = raw_request(
-        "/v1/decrypt/batch",
-        &json!({ "items": items }).to_string(),
-    );
+    let batch = raw_request("/v1/decrypt/batch", &json!({ "items": items }).to_string());
     for connections in [1, 2] {
         measure(&daemon, "decrypt-batch-100x64B", connections, &batch, 100);
     }
