@@ -53,6 +53,7 @@ pub(crate) fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/datakey/unwrap", post(data::datakey_unwrap))
         .route("/v1/sign", post(data::sign))
         .route("/v1/verify", post(data::verify))
+        .route("/v1/device/sign", post(keys::device_sign))
         .route("/v1/keys", get(keys::list).post(keys::create))
         .route("/v1/keys/{name}", get(keys::show))
         .route("/v1/keys/{name}/public", get(keys::public))

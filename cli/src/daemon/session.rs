@@ -304,6 +304,12 @@ pub(crate) struct ApiCallbacks {
 }
 
 impl ApiCallbacks {
+    /// Callbacks with no secret at all: a device that asks for one gets
+    /// `428 secret-required` (device signing while unlocked).
+    pub(crate) fn without_secrets() -> Self {
+        Self::new(Secrets::default())
+    }
+
     fn new(secrets: Secrets) -> Self {
         Self {
             pin: Mutex::new(secrets.pin.map(|s| s.0)),

@@ -12,7 +12,7 @@ use keyward_kms::{DataClass, KeyPurpose};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::wire::{JsonBody, Query};
+use super::wire::{Base64, JsonBody, Query};
 use super::{Shared, blocking, key_name, ok, parse_key};
 use crate::daemon::auth::Requester;
 use crate::daemon::error::ApiError;
@@ -190,4 +190,41 @@ pub(crate) async fn master_rotate(
     })
     .await?;
     Ok(ok(&json!({ "epoch": epoch })))
+}
+
+/// `POST /v1/device/sign`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeviceSignRequest {
+    protector: u32,
+    message: Base64,
+}
+
+/// `POST /v1/device/sign` (owner, unlocked): signs with the key of a
+/// device protector, through the device session the unlock opened (no PIN
+/// per signature; a device that wants one anyway gets `428`).
+pub(crate) async fn device_sign(
+    State(daemon): Shared,
+    requester: Requester,
+    JsonBody(request): JsonBody<DeviceSignRequest>,
+) -> Result<Response, ApiError> {
+    let protector = request.protector;
+    let signature = blocking(&daemon, move |core| {
+        core.enter(&requester)?.require_owner()?;
+        if !core.service.is_unlocked() {
+            return Err(keyward_kms::Error::Locked.into());
+        }
+        let ui = crate::daemon::session::ApiCallbacks::without_secrets();
+        let signature =
+            core.service
+                .device_sign(request.protector, request.message.bytes(), &ui)?;
+        core.used();
+        Ok(signature)
+    })
+    .await?;
+    Ok(ok(&json!({
+        "signature": super::wire::b64(&signature.bytes),
+        "algorithm": format!("{:?}", signature.algorithm).to_lowercase(),
+        "protector": protector,
+    })))
 }
