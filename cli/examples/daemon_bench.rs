@@ -61,6 +61,7 @@ usage: daemon_bench --ciphertext-file FILE [--socket PATH] [--clients N]
   --seconds S             how long to measure (default 5)
   --requests N            requests per client instead of a duration
   --batch K               send /v1/decrypt/batch with K items (1..1000) instead of /v1/decrypt
+  --device-sign ID        sign --size bytes with device protector ID (/v1/device/sign) instead
   --size BYTES            the plaintext size every item must decrypt to (default 64)
   --context BASE64        the context the ciphertext was made with (default empty)
 ";
@@ -105,6 +106,9 @@ struct Options {
     size: usize,
     ciphertext: String,
     context: String,
+    /// Sign with this device protector (`/v1/device/sign`) instead of
+    /// decrypting.
+    device_sign: Option<u32>,
 }
 
 impl Options {
@@ -119,6 +123,7 @@ impl Options {
         let mut size = 64;
         let mut ciphertext_file = None;
         let mut context = String::new();
+        let mut device_sign = None;
         while let Some(arg) = args.next() {
             if arg == "-h" || arg == "--help" {
                 return Ok(None);
@@ -145,10 +150,33 @@ impl Options {
                 "--size" => size = number(&arg, &value()?, 0, 1 << 20)?,
                 "--ciphertext-file" => ciphertext_file = Some(PathBuf::from(value()?)),
                 "--context" => context = value()?,
+                "--device-sign" => {
+                    let id = number(&arg, &value()?, 1, u32::MAX as usize)?;
+                    device_sign =
+                        Some(u32::try_from(id).map_err(|_| {
+                            Error::Usage("--device-sign takes a protector id".into())
+                        })?);
+                }
                 other => return Err(Error::Usage(format!("unknown argument {other}"))),
             }
         }
         let socket = socket.unwrap_or_else(default_socket);
+        if device_sign.is_some() {
+            if batch.is_some() {
+                return Err(Error::Usage("--device-sign has no batch form".into()));
+            }
+            return Ok(Some(Self {
+                socket,
+                clients,
+                seconds,
+                requests,
+                batch,
+                size,
+                ciphertext: String::new(),
+                context,
+                device_sign,
+            }));
+        }
         let path =
             ciphertext_file.ok_or_else(|| Error::Usage("--ciphertext-file is required".into()))?;
         let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
@@ -174,15 +202,20 @@ impl Options {
             size,
             ciphertext,
             context,
+            device_sign,
         }))
     }
 
     /// `POST /v1/decrypt` or `/v1/decrypt/batch`, ready to send as is.
     fn request(&self) -> Vec<u8> {
         let item = json!({ "ciphertext": self.ciphertext, "context": self.context });
-        let (path, body) = match self.batch {
-            None => ("/v1/decrypt", item),
-            Some(k) => ("/v1/decrypt/batch", json!({ "items": vec![item; k] })),
+        let (path, body) = match (self.device_sign, self.batch) {
+            (Some(id), _) => (
+                "/v1/device/sign",
+                json!({ "protector": id, "message": STANDARD.encode(vec![0x5a; self.size]) }),
+            ),
+            (None, None) => ("/v1/decrypt", item),
+            (None, Some(k)) => ("/v1/decrypt/batch", json!({ "items": vec![item; k] })),
         };
         let body = serde_json::to_vec(&body).expect("a JSON value serialises");
         let mut request = format!(
@@ -385,6 +418,14 @@ fn check_fully(status: u16, body: &[u8], options: &Options) -> Result<(), Error>
             options.items()
         )));
     }
+    if options.device_sign.is_some() {
+        return match answer["signature"].as_str().map(|s| STANDARD.decode(s)) {
+            Some(Ok(sig)) if !sig.is_empty() => Ok(()),
+            _ => Err(Error::Answer(format!(
+                "an answer without a signature: {text}"
+            ))),
+        };
+    }
     for result in results {
         let plaintext = result["plaintext"]
             .as_str()
@@ -405,7 +446,12 @@ fn check_fully(status: u16, body: &[u8], options: &Options) -> Result<(), Error>
 /// items and no per-item error. (Their length was checked on the first
 /// answer; the bench sends the same request every time.)
 fn check_quickly(status: u16, body: &[u8], items: usize) -> bool {
-    status == 200 && count(body, b"\"plaintext\":") == items && count(body, b"\"error\"") == 0
+    let field: &[u8] = if count(body, b"\"signature\":") == 1 {
+        b"\"signature\":"
+    } else {
+        b"\"plaintext\":"
+    };
+    status == 200 && count(body, field) == items && count(body, b"\"error\"") == 0
 }
 
 /// Non-overlapping occurrences of `needle` in `haystack`.
