@@ -335,6 +335,16 @@ pub struct Service {
     actor: Actor,
     memory_keys: Option<BTreeMap<KeyName, MemoryKey>>,
     daemon: Option<DaemonCache>,
+    /// Use records collected by [`Service::defer_uses`], not yet written.
+    pending_uses: Option<Vec<PendingUse>>,
+}
+
+/// The audit record of one key use, waiting for [`Service::commit_uses`].
+#[derive(Debug)]
+struct PendingUse {
+    action: String,
+    ok: bool,
+    fields: serde_json::Value,
 }
 
 impl Service {
@@ -359,6 +369,7 @@ impl Service {
             actor: Actor::current(),
             memory_keys: None,
             daemon: None,
+            pending_uses: None,
         };
         let result = (|| {
             let master = MasterKey::generate(1)?;
@@ -417,6 +428,7 @@ impl Service {
             actor: Actor::current(),
             memory_keys: None,
             daemon: None,
+            pending_uses: None,
         })
     }
 
@@ -450,6 +462,57 @@ impl Service {
                 ..DaemonCache::default()
             });
         }
+    }
+
+    /// From now until [`Service::commit_uses`], collects the audit records
+    /// of key uses (encrypt and decrypt in daemon mode, data keys, rewrap)
+    /// in memory instead of committing each on its own, so that a batch of
+    /// operations costs one transaction. **The results of the operations
+    /// made meanwhile must not be released before `commit_uses` returns
+    /// `Ok`**: an operation whose record was not written did not happen.
+    pub fn defer_uses(&mut self) {
+        self.pending_uses.get_or_insert_with(Vec::new);
+    }
+
+    /// Writes every use record collected since [`Service::defer_uses`] in
+    /// one transaction (relaxed in daemon mode) and stops collecting.
+    /// Returns how many were written.
+    ///
+    /// # Errors
+    /// `AuditWrite`: none was written, and none of the operations may be
+    /// reported as done.
+    pub fn commit_uses(&mut self) -> Result<usize> {
+        let Some(pending) = self.pending_uses.take() else {
+            return Ok(0);
+        };
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let mac = self.mac().ok();
+        write_use(&mut self.store, self.daemon.is_some(), |db| {
+            for p in &pending {
+                audit::append(db, &p.action, p.ok, &p.fields, mac.as_ref())?;
+            }
+            Ok(pending.len())
+        })
+    }
+
+    /// Records one use of a key: collected when deferring, else committed
+    /// now (relaxed in daemon mode).
+    fn record_use(&mut self, action: &str, ok: bool, fields: serde_json::Value) -> Result<()> {
+        if let Some(pending) = self.pending_uses.as_mut() {
+            pending.push(PendingUse {
+                action: action.to_owned(),
+                ok,
+                fields,
+            });
+            return Ok(());
+        }
+        let mac = self.mac()?;
+        write_use(&mut self.store, self.daemon.is_some(), |db| {
+            audit::append(db, action, ok, &fields, Some(&mac))
+        })?;
+        Ok(())
     }
 
     /// Sets who is acting (the daemon sets the client per request).
@@ -1588,8 +1651,7 @@ impl Service {
             let (key, v) = self.take_reserved(name)?;
             let fields = json!({ "key": name, "version": v.version, "class": key.class,
                                  "size": size, "actor": actor });
-            self.store
-                .write_relaxed(|db| audit::append(db, action, true, &fields, Some(&mac)))?;
+            self.record_use(action, true, fields)?;
             let dek = self.dek(&key, &v)?;
             return Ok((key, v.version, dek));
         }
@@ -1793,11 +1855,7 @@ impl Service {
             Err(e) => json!({ "key": name, "version": version, "error": e.to_string(),
                               "actor": self.actor_json() }),
         };
-        let mac = self.mac().ok();
-        if let Err(e) = self
-            .store
-            .write(|db| audit::append(db, action, result.is_ok(), &fields, mac.as_ref()))
-        {
+        if let Err(e) = self.record_use(action, result.is_ok(), fields) {
             tracing::warn!(error = %e, action, "could not record the end of a stream");
         }
     }
@@ -1811,13 +1869,9 @@ impl Service {
         size: Option<u64>,
         ok: bool,
     ) -> Result<()> {
-        let mac = self.mac()?;
         let fields = json!({ "key": name, "version": version, "class": class, "size": size,
                              "actor": self.actor_json() });
-        write_use(&mut self.store, self.daemon.is_some(), |db| {
-            audit::append(db, action, ok, &fields, Some(&mac))
-        })?;
-        Ok(())
+        self.record_use(action, ok, fields)
     }
 }
 

@@ -1141,3 +1141,45 @@ fn decrypt_takes_a_whole_stream_ciphertext_too() {
     ct.truncate(ct.len() - 1);
     assert!(svc.decrypt(b"ctx", &ct).is_err());
 }
+
+#[test]
+fn deferred_uses_are_written_in_one_go_or_not_at_all() {
+    let (fx, mut svc) = fixture();
+    svc.enable_daemon_mode();
+    let k = name("k");
+    svc.create_key(&k, &spec(KeyPurpose::Encrypt))
+        .expect("create");
+    let before = actions(&svc).len();
+    svc.defer_uses();
+    let cts: Vec<Vec<u8>> = (0..5)
+        .map(|i| svc.encrypt(&k, b"", &[i; 8]).expect("encrypt"))
+        .collect();
+    for ct in &cts {
+        svc.decrypt(b"", ct).expect("decrypt");
+    }
+    assert_eq!(
+        actions(&svc).len(),
+        before,
+        "nothing written while deferring"
+    );
+    assert_eq!(svc.commit_uses().expect("commit"), 10);
+    let acts = actions(&svc);
+    assert_eq!(acts.len(), before + 10);
+    assert_eq!(acts.iter().filter(|a| *a == "decrypt").count(), 5);
+    svc.audit_verify().expect("chain verifies");
+    // Not deferring any more: each use is written at once again.
+    svc.decrypt(b"", &cts[0]).expect("decrypt");
+    assert_eq!(actions(&svc).len(), before + 11);
+
+    // A failing commit writes none of the batch, and says so.
+    svc.defer_uses();
+    svc.decrypt(b"", &cts[1]).expect("decrypt");
+    Connection::open(&fx.path)
+        .expect("open raw")
+        .execute_batch(
+            "CREATE TRIGGER no_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(FAIL, 'disk full'); END;",
+        )
+        .expect("trigger");
+    assert!(matches!(svc.commit_uses(), Err(Error::AuditWrite(_))));
+    assert_eq!(actions(&svc).len(), before + 11);
+}

@@ -116,12 +116,17 @@ pub(crate) async fn encrypt_batch(
     check_batch(batch.items.len())?;
     let mut core = daemon.core.lock().await;
     let caller = core.enter(&requester)?;
-    let results: Vec<Item<Encrypted>> = batch
+    // One audit transaction for the whole batch; nothing is answered
+    // before it committed.
+    core.service.defer_uses();
+    let mut results: Vec<Result<Encrypted, ApiError>> = batch
         .items
         .iter()
-        .map(|item| Item::of(encrypt_one(&mut core, &caller, item)))
+        .map(|item| encrypt_one(&mut core, &caller, item))
         .collect();
+    commit_batch(&mut core, &mut results);
     drop(core);
+    let results: Vec<Item<Encrypted>> = results.into_iter().map(Item::of).collect();
     let size: usize = batch
         .items
         .iter()
@@ -176,11 +181,13 @@ pub(crate) async fn decrypt_batch(
     check_batch(batch.items.len())?;
     let mut core = daemon.core.lock().await;
     let caller = core.enter(&requester)?;
-    let results: Vec<Result<Decrypted, ApiError>> = batch
+    core.service.defer_uses();
+    let mut results: Vec<Result<Decrypted, ApiError>> = batch
         .items
         .iter()
         .map(|item| decrypt_one(&mut core, &caller, item))
         .collect();
+    commit_batch(&mut core, &mut results);
     drop(core);
     let size: usize = results
         .iter()
@@ -201,6 +208,23 @@ pub(crate) async fn decrypt_batch(
         &Results { results: items },
         size,
     ))
+}
+
+/// Writes the batch's use records in one transaction; if that fails, no
+/// item of the batch happened, and each says why.
+fn commit_batch<T>(core: &mut Core, results: &mut [Result<T, ApiError>]) {
+    if let Err(e) = core.service.commit_uses() {
+        tracing::error!(error = %e, "could not record a batch in the audit log");
+        let message = e.to_string();
+        for r in results.iter_mut().filter(|r| r.is_ok()) {
+            *r = Err(keyward_kms::Error::AuditWrite(Box::new(
+                keyward_kms::Error::InvalidArgument {
+                    what: message.clone(),
+                },
+            ))
+            .into());
+        }
+    }
 }
 
 /// The body of a batch answer.
