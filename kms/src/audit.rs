@@ -134,6 +134,50 @@ pub(crate) fn append(
     append_inner(db, action, ok, fields, mac).map_err(|e| Error::AuditWrite(Box::new(e)))
 }
 
+/// Appends several records in order inside the caller's transaction, as
+/// the same number of [`append`] calls would (same records, same chain), but
+/// reading the head once and recording the new head (and its checkpoint)
+/// once. Returns the last sequence number.
+///
+/// # Errors
+/// As [`append`].
+pub(crate) fn append_many<'r>(
+    db: &Db<'_>,
+    records: impl IntoIterator<Item = (&'r str, bool, &'r serde_json::Value)>,
+    mac: Option<&Secret32>,
+) -> Result<u64> {
+    append_many_inner(db, records, mac).map_err(|e| Error::AuditWrite(Box::new(e)))
+}
+
+fn append_many_inner<'r>(
+    db: &Db<'_>,
+    records: impl IntoIterator<Item = (&'r str, bool, &'r serde_json::Value)>,
+    mac: Option<&Secret32>,
+) -> Result<u64> {
+    let (mut seq, mut hash) = head(db)?;
+    let start = seq;
+    let now = crate::store::now();
+    let mut insert = db
+        .conn()
+        .prepare_cached("INSERT INTO audit (seq, record, hash) VALUES (?1, ?2, ?3)")?;
+    for (action, ok, fields) in records {
+        seq += 1;
+        let text = record_text(seq, now, action, ok, fields, &hex::encode(hash))?;
+        hash = record_hash(&text);
+        insert.execute(rusqlite::params![seq, text, &hash[..]])?;
+    }
+    drop(insert);
+    if seq > start {
+        db.set_meta("audit_head_seq", &seq)?;
+        db.set_meta("audit_head_hash", &&hash[..])?;
+        if let Some(key) = mac {
+            db.set_meta("audit_mac_seq", &seq)?;
+            db.set_meta("audit_mac", &&checkpoint_mac(key, seq, &hash)[..])?;
+        }
+    }
+    Ok(seq)
+}
+
 fn append_inner(
     db: &Db<'_>,
     action: &str,

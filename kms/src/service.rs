@@ -490,9 +490,11 @@ impl Service {
         }
         let mac = self.mac().ok();
         write_use(&mut self.store, self.daemon.is_some(), |db| {
-            for p in &pending {
-                audit::append(db, &p.action, p.ok, &p.fields, mac.as_ref())?;
-            }
+            audit::append_many(
+                db,
+                pending.iter().map(|p| (p.action.as_str(), p.ok, &p.fields)),
+                mac.as_ref(),
+            )?;
             Ok(pending.len())
         })
     }
