@@ -40,9 +40,14 @@ KEYWARD="$ROOT/target/release/keyward"
 
 WORK="$(mktemp -d)"
 SWTPM_PID=""
-# On any exit: stop the simulators the hardware part started, then delete
-# everything.
+DAEMON_PID=""
+# On any exit: stop the daemon and the simulators the hardware part
+# started, then delete everything.
 cleanup() {
+  if [ -n "$DAEMON_PID" ]; then
+    kill "$DAEMON_PID" 2>/dev/null || true
+    wait "$DAEMON_PID" 2>/dev/null || true
+  fi
   if [ -n "$SWTPM_PID" ]; then
     kill "$SWTPM_PID" 2>/dev/null || true
     wait "$SWTPM_PID" 2>/dev/null || true
@@ -238,7 +243,52 @@ KEYWARD_PIN="$TOKEN_PIN" kw --protector "$ECDH_ID" decrypt -i note2.kw
 KEYWARD_PIN="$TOKEN_PIN" kw --protector "$AES_ID" decrypt -i note2.kw
 kw audit verify
 
-say "22. Stop the simulators: keyward says what is missing, the recovery key still works"
+say "22. The daemon: unlock once with the TPM, then no PIN per operation"
+export KEYWARD_SOCKET="$WORK/run/keyward.sock"
+printf '$ %s\n' "keyward serve --socket $KEYWARD_SOCKET &" >&2
+"$KEYWARD" serve --socket "$KEYWARD_SOCKET" 2>"$WORK/serve.log" &
+DAEMON_PID=$!
+for _ in $(seq 100); do [ -S "$KEYWARD_SOCKET" ] && break; sleep 0.1; done
+cat "$WORK/serve.log"
+KEYWARD_PIN="$TPM_PIN" kw --protector "$TPM_ID" unlock --idle-timeout 10m
+kw status
+echo "no PIN from here on: the daemon decrypts"
+kw decrypt -i note2.kw
+
+say "23. The assistant's store: a client token that may only use one data key"
+kw key create assistant-store --class sensitive
+kw client add assistant --allow datakey --keys assistant-store --token-out "$WORK/assistant.token"
+kw client list
+run cargo build --release --manifest-path "$ROOT/examples/assistant-store/Cargo.toml" \
+  --target-dir "$ROOT/target"
+ASSISTANT="$ROOT/target/release/assistant-store"
+export KEYWARD_CLIENT_TOKEN_FILE="$WORK/assistant.token"
+run "$ASSISTANT" --db "$WORK/assistant.db" init --key assistant-store
+printf '$ %s\n' "printf 'blood pressure 118/76' | assistant-store --db assistant.db put health/bp" >&2
+printf 'blood pressure 118/76' | "$ASSISTANT" --db "$WORK/assistant.db" put health/bp
+run "$ASSISTANT" --db "$WORK/assistant.db" get health/bp
+echo
+echo "the database file holds no plaintext:"
+if grep -q "118/76" "$WORK/assistant.db"; then echo "demo: plaintext found in the database" >&2; exit 1; fi
+echo "(grep found nothing)"
+kw lock
+echo "locked: the assistant cannot open its store (exit 3)"
+expect_fail 3 "$ASSISTANT" --db "$WORK/assistant.db" get health/bp
+KEYWARD_PIN="$TPM_PIN" kw --protector "$TPM_ID" unlock
+run "$ASSISTANT" --db "$WORK/assistant.db" get health/bp
+echo
+kw client revoke --all
+echo "revoked: the token no longer works (exit 3)"
+expect_fail 3 "$ASSISTANT" --db "$WORK/assistant.db" get health/bp
+echo "the newest audit records (unlock, datakey, lock, revocation):"
+kw audit show | tail -n 8
+unset KEYWARD_CLIENT_TOKEN_FILE
+run kill -TERM "$DAEMON_PID"
+wait "$DAEMON_PID" 2>/dev/null || true
+DAEMON_PID=""
+unset KEYWARD_SOCKET
+
+say "24. Stop the simulators: keyward says what is missing, the recovery key still works"
 kill "$SWTPM_PID"
 wait "$SWTPM_PID" 2>/dev/null || true
 SWTPM_PID=""
