@@ -46,6 +46,21 @@ step "assistant-store (examples/assistant-store)"
 cargo build --manifest-path examples/assistant-store/Cargo.toml --target-dir "${CARGO_TARGET_DIR:-target}"
 cargo test --manifest-path examples/assistant-store/Cargo.toml --target-dir "${CARGO_TARGET_DIR:-target}"
 
+# The PIV simulator's pcscd gets its cards through vpcd on TCP 35963-35964
+# (fixed by the driver). Any TCP client of the suite (swtpm, the daemon's
+# tests) may be given one of those as its ephemeral port and leave it in
+# TIME_WAIT for a minute, and then no virtual card can attach: keep the
+# kernel from handing them out (until reboot; root only).
+if [ -w /proc/sys/net/ipv4/ip_local_reserved_ports ]; then
+  step "reserve the vpcd ports 35963-35964"
+  reserved=$(cat /proc/sys/net/ipv4/ip_local_reserved_ports)
+  case ",$reserved," in
+    *,35963-35964,*) ;;
+    *) echo "${reserved:+$reserved,}35963-35964" >/proc/sys/net/ipv4/ip_local_reserved_ports ;;
+  esac
+  cat /proc/sys/net/ipv4/ip_local_reserved_ports
+fi
+
 if cargo nextest --version >/dev/null 2>&1; then
   step "cargo nextest run --workspace"
   cargo nextest run --workspace --no-fail-fast
