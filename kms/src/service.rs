@@ -1492,11 +1492,16 @@ impl Service {
         Ok(v)
     }
 
-    /// The public key of a signing key version (primary if `None`).
+    /// The public key of a signing key version (primary if `None`). Every
+    /// export is audited (`key.export`, a security event of the daemon).
     ///
     /// # Errors
-    /// `KeyNotFound`, `VersionNotFound`, `WrongPurpose`.
-    pub fn export_public(&self, name: &KeyName, version: Option<u32>) -> Result<PublicKeyExport> {
+    /// `KeyNotFound`, `VersionNotFound`, `WrongPurpose`; `AuditWrite`.
+    pub fn export_public(
+        &mut self,
+        name: &KeyName,
+        version: Option<u32>,
+    ) -> Result<PublicKeyExport> {
         let (key, v) = self.key_version(name, version)?;
         require_purpose(&key, KeyPurpose::Sign)?;
         let public = self.public_key_of(&key, &v)?;
@@ -1505,6 +1510,11 @@ impl Service {
         let mut der = hex::decode("302a300506032b6570032100").expect("constant hex");
         der.extend_from_slice(&public);
         let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
+        let fields = json!({ "key": name, "version": v.version, "format": "spki-pem",
+                             "actor": self.actor_json() });
+        let mac = self.mac().ok();
+        self.store
+            .write(|db| audit::append(db, "key.export", true, &fields, mac.as_ref()))?;
         Ok(PublicKeyExport {
             key: name.clone(),
             version: v.version,

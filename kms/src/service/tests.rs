@@ -1183,3 +1183,17 @@ fn deferred_uses_are_written_in_one_go_or_not_at_all() {
     assert!(matches!(svc.commit_uses(), Err(Error::AuditWrite(_))));
     assert_eq!(actions(&svc).len(), before + 11);
 }
+
+#[test]
+fn public_key_exports_are_audited() {
+    let (_fx, mut svc) = fixture();
+    let k = name("signer");
+    svc.create_key(&k, &spec(KeyPurpose::Sign)).expect("create");
+    let export = svc.export_public(&k, None).expect("export");
+    let records = svc.audit_records(0, 10_000).expect("records");
+    let last = records.last().expect("a record");
+    assert_eq!(last.action, "key.export");
+    assert_eq!(last.fields["key"], "signer");
+    assert_eq!(last.fields["version"], export.version);
+    svc.audit_verify().expect("chain verifies");
+}
