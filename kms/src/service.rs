@@ -607,6 +607,9 @@ impl Service {
                     self.master = Some(master);
                     return Ok(protector_info(&p));
                 }
+                // Nothing was tried: the caller has yet to supply the
+                // secret (the daemon's 428), so there is no attempt to record.
+                Err(e @ Error::SecretRequired { .. }) => return Err(e),
                 Err(e) => {
                     let actor = self.actor_json();
                     // Best effort: a failed attempt is recorded if it can be;

@@ -144,6 +144,12 @@ fn wrong_passphrase_changes_nothing() {
 #[test]
 fn missing_secret_is_asked_for() {
     let daemon = Daemon::start();
+    let audit_len = || {
+        let (status, body) = daemon.request("GET", "/v1/audit?since=0&limit=10000", None, None);
+        assert_eq!(status, 200, "{body}");
+        body["records"].as_array().expect("records").len()
+    };
+    let before = audit_len();
     let (status, reply) = daemon.request(
         "POST",
         "/v1/unlock",
@@ -151,6 +157,11 @@ fn missing_secret_is_asked_for() {
         None,
     );
     assert_eq!((status, code(&reply)), (428, "secret-required"), "{reply}");
+    assert_eq!(
+        audit_len(),
+        before,
+        "asking for a secret is not a failed unlock"
+    );
     assert_eq!(reply["error"]["secret"], "passphrase");
     assert!(reply["error"]["description"].is_string(), "{reply}");
     assert!(reply["error"].get("tries_left").is_some(), "{reply}");
