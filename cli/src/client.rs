@@ -31,20 +31,14 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// An unlock may wait for a touch or a slow device.
 pub(crate) const UNLOCK_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The daemon's socket: `KEYWARD_SOCKET`, else
-/// `$XDG_RUNTIME_DIR/keyward/keyward.sock`, else
-/// `/run/user/$UID/keyward/keyward.sock`.
+/// The daemon's socket: `KEYWARD_SOCKET`, else the daemon's default
+/// (`$XDG_RUNTIME_DIR/keyward/keyward.sock` when that is absolute, else
+/// `/run/user/$EUID/keyward/keyward.sock`): one rule for both sides.
 pub(crate) fn socket_path() -> PathBuf {
     if let Some(p) = std::env::var_os(SOCKET_ENV).filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
-    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
-        .filter(|p| !p.is_empty())
-        .map_or_else(
-            || PathBuf::from(format!("/run/user/{}", rustix::process::getuid().as_raw())),
-            PathBuf::from,
-        );
-    runtime.join("keyward").join("keyward.sock")
+    crate::daemon::socket::default_path()
 }
 
 /// A connection to a running daemon.
@@ -423,7 +417,7 @@ fn exit_from_code(code: u64) -> Exit {
 /// Refuses a socket (or socket directory) that someone else could have
 /// put there or could replace.
 fn check_trusted(socket: &Path, meta: &std::fs::Metadata) -> Result<(), Failure> {
-    let uid = rustix::process::getuid().as_raw();
+    let uid = rustix::process::geteuid().as_raw();
     let untrusted = |what: String| {
         Failure::new(
             Exit::Refused,
