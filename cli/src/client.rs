@@ -392,6 +392,31 @@ pub(crate) fn api_failure(response: &Response) -> Failure {
     }
 }
 
+/// Reads a daemon answer into a kms type.
+///
+/// # Errors
+/// The answer does not have the expected shape.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, Failure> {
+    serde_json::from_value(v).map_err(|e| {
+        Failure::new(
+            Exit::Failure,
+            format!("the daemon sent an unexpected answer ({e})"),
+        )
+    })
+}
+
+/// Overwrites every string in a request or answer that held a secret (a
+/// PIN, plaintext, a data key).
+pub(crate) fn zeroize_json(v: &mut Value) {
+    use zeroize::Zeroize as _;
+    match v {
+        Value::String(s) => s.zeroize(),
+        Value::Array(a) => a.iter_mut().for_each(zeroize_json),
+        Value::Object(o) => o.iter_mut().for_each(|(_, v)| zeroize_json(v)),
+        _ => {}
+    }
+}
+
 /// The `error.code` of an answer, if it is an error.
 pub(crate) fn error_code(response: &Response) -> Option<&str> {
     response

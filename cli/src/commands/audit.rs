@@ -3,8 +3,8 @@
 use keyward_kms::audit::{AuditRecord, AuditSummary};
 
 use super::Ctx;
-use super::keys::decode;
 use crate::args::AuditCommand;
+use crate::client::decode;
 use crate::failure::{Exit, Failure};
 use crate::files::{print, print_json};
 use crate::render::format_time;

@@ -122,10 +122,11 @@ fn deliver_token(
             .join(","),
         info.keys.join(",")
     );
+    // The token and a newline, in a buffer that is zeroized.
+    let mut text = Zeroizing::new(String::with_capacity(token.expose_secret().len() + 1));
+    text.push_str(token.expose_secret());
+    text.push('\n');
     if let Some(path) = out {
-        let mut text = Zeroizing::new(String::with_capacity(token.expose_secret().len() + 1));
-        text.push_str(token.expose_secret());
-        text.push('\n');
         crate::files::write_new_private(path, text.as_bytes())?;
         crate::files::to_stderr(format_args!(
             "keyward: added client {} ({grant}); its token is in {} (mode 0600)\n",
@@ -143,9 +144,6 @@ fn deliver_token(
         info.name
     ));
     let mut out = std::io::stdout().lock();
-    let mut text = Zeroizing::new(String::with_capacity(token.expose_secret().len() + 1));
-    text.push_str(token.expose_secret());
-    text.push('\n');
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
         .map_err(|e| Failure::io("cannot write the token", &e))

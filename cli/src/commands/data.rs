@@ -7,13 +7,13 @@ use base64::engine::general_purpose::STANDARD as B64;
 use keyward_kms::KeyName;
 use keyward_kms::service::{PublicKeyExport, StreamSummary, Verified};
 use serde_json::{Value, json};
-use zeroize::{Zeroize as _, Zeroizing};
+use zeroize::Zeroizing;
 
 use super::Ctx;
-use super::keys::decode;
 use crate::args::{
     DatakeyCommand, DecryptArgs, EncryptArgs, ExportPublicArgs, RewrapArgs, SignArgs, VerifyArgs,
 };
+use crate::client::{decode, zeroize_json};
 use crate::failure::{Exit, Failure};
 use crate::files::{Content, Input, Output, Progress, print, print_json};
 use crate::render::format_time;
@@ -44,7 +44,7 @@ pub(super) fn encrypt(ctx: &Ctx<'_>, args: &EncryptArgs) -> Result<(), Failure> 
             let mut body = json!({ "key": args.key, "plaintext": B64.encode(&head[..]),
                                    "context": B64.encode(args.context.as_bytes()) });
             let answer = daemon.call("POST", "/v1/encrypt", Some(&body));
-            zeroize_strings(&mut body);
+            zeroize_json(&mut body);
             let answer = answer?;
             let ciphertext = field_bytes(&answer, "ciphertext")?;
             output
@@ -85,7 +85,7 @@ pub(super) fn decrypt(ctx: &Ctx<'_>, args: &DecryptArgs) -> Result<(), Failure> 
             );
             let mut answer = answer?;
             let plaintext = field_bytes(&answer, "plaintext");
-            zeroize_strings(&mut answer["plaintext"]);
+            zeroize_json(&mut answer["plaintext"]);
             let plaintext = plaintext?;
             output
                 .write_all(&plaintext)
@@ -277,16 +277,6 @@ fn summary_of(answer: &Value, bytes: usize) -> Result<StreamSummary, Failure> {
     })
 }
 
-/// Overwrites every string in a request or answer that held a secret.
-fn zeroize_strings(v: &mut Value) {
-    match v {
-        Value::String(s) => s.zeroize(),
-        Value::Array(a) => a.iter_mut().for_each(zeroize_strings),
-        Value::Object(o) => o.iter_mut().for_each(|(_, v)| zeroize_strings(v)),
-        _ => {}
-    }
-}
-
 /// `keyward rewrap`.
 pub(super) fn rewrap(ctx: &Ctx<'_>, args: &RewrapArgs) -> Result<(), Failure> {
     let mut input = Input::open(args.input.as_deref())?;
@@ -354,7 +344,7 @@ pub(super) fn datakey(ctx: &Ctx<'_>, cmd: &DatakeyCommand) -> Result<(), Failure
                 )?;
                 let plaintext = field_bytes(&answer, "plaintext");
                 let wrapped = field_bytes(&answer, "wrapped");
-                zeroize_strings(&mut answer);
+                zeroize_json(&mut answer);
                 (plaintext?, wrapped?.to_vec())
             } else {
                 let mut service = ctx.open()?;
@@ -392,7 +382,7 @@ pub(super) fn datakey(ctx: &Ctx<'_>, cmd: &DatakeyCommand) -> Result<(), Failure
                                   "context": B64.encode(context.as_bytes()) })),
                 )?;
                 let plaintext = field_bytes(&answer, "plaintext");
-                zeroize_strings(&mut answer);
+                zeroize_json(&mut answer);
                 plaintext?
             } else {
                 let mut service = ctx.open()?;

@@ -8,8 +8,8 @@ use serde_json::json;
 
 use super::Ctx;
 use crate::args::{KeyCommand, RotateArgs};
-use crate::client::Daemon;
-use crate::failure::{Exit, Failure};
+use crate::client::{Daemon, decode};
+use crate::failure::Failure;
 use crate::files::{print, print_json};
 use crate::render::{format_duration, format_time};
 use crate::ui::Reserve;
@@ -80,16 +80,6 @@ fn via_daemon(daemon: &mut Daemon, cmd: &KeyCommand) -> Result<Outcome, Failure>
     Ok(Ok(decode(answer)?))
 }
 
-/// Reads a daemon answer into a kms type.
-pub(super) fn decode<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, Failure> {
-    serde_json::from_value(v).map_err(|e| {
-        Failure::new(
-            Exit::Failure,
-            format!("the daemon sent an unexpected answer ({e})"),
-        )
-    })
-}
-
 fn direct(ctx: &Ctx<'_>, cmd: &KeyCommand) -> Result<Outcome, Failure> {
     let mut service = ctx.open()?;
     let info = match cmd {
@@ -155,7 +145,7 @@ fn render(ctx: &Ctx<'_>, cmd: &KeyCommand, info: &KeyInfo) -> Result<(), Failure
 pub(super) fn rotate_due(ctx: &Ctx<'_>, _args: &RotateArgs) -> Result<(), Failure> {
     let rotated: Vec<Rotated> = if let Some(mut daemon) = ctx.daemon()? {
         let mut answer = daemon.call("POST", "/v1/rotate-due", Some(&json!({})))?;
-        decode_rotated(answer["rotated"].take())?
+        decode(answer["rotated"].take())?
     } else {
         let mut service = ctx.open()?;
         ctx.unlock(&mut service, Reserve::Nothing)?;
@@ -191,10 +181,6 @@ struct Rotated {
     key: String,
     version: u32,
     reason: String,
-}
-
-fn decode_rotated(v: serde_json::Value) -> Result<Vec<Rotated>, Failure> {
-    decode(v)
 }
 
 /// One line per key.

@@ -5,11 +5,10 @@ use keyward_kms::service::UnlockWith;
 use keyward_kms::{Callbacks as _, SecretKind, SecretRequest};
 use secrecy::ExposeSecret as _;
 use serde_json::{Map, Value, json};
-use zeroize::Zeroize as _;
 
 use super::Ctx;
 use crate::args::{EventsArgs, UnlockArgs};
-use crate::client::{Daemon, UNLOCK_TIMEOUT, error_code};
+use crate::client::{Daemon, UNLOCK_TIMEOUT, error_code, zeroize_json};
 use crate::failure::{Exit, Failure};
 use crate::files::{print, print_json};
 use crate::render::format_time;
@@ -63,7 +62,7 @@ pub(super) fn unlock(ctx: &Ctx<'_>, args: &UnlockArgs) -> Result<(), Failure> {
                 body["absolute_timeout"] = json!(t);
             }
             let response = daemon.request("POST", "/v1/unlock", Some(&body));
-            zeroize_value(&mut body);
+            zeroize_json(&mut body);
             let response = response?;
             if (200..300).contains(&response.status) {
                 return Ok(response.body);
@@ -111,7 +110,7 @@ pub(super) fn unlock(ctx: &Ctx<'_>, args: &UnlockArgs) -> Result<(), Failure> {
         ))
     })();
     for (_, v) in &mut secrets {
-        zeroize_value(v);
+        zeroize_json(v);
     }
     let answer = result?;
     if ctx.json() {
@@ -189,14 +188,4 @@ fn event_line(e: &Value) -> String {
         e["status"].as_str().unwrap_or("?"),
         details.join(" ")
     )
-}
-
-/// Overwrites every string in `v` (a request that carried a secret).
-fn zeroize_value(v: &mut Value) {
-    match v {
-        Value::String(s) => s.zeroize(),
-        Value::Array(a) => a.iter_mut().for_each(zeroize_value),
-        Value::Object(o) => o.iter_mut().for_each(|(_, v)| zeroize_value(v)),
-        _ => {}
-    }
 }

@@ -9,82 +9,10 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
-use std::time::SystemTime;
 
-/// The passphrase every test keystore gets.
-pub(crate) const PASSPHRASE: &str = "correct horse battery staple";
-
-/// Small Argon2 parameters so a passphrase unlock takes milliseconds. Never
-/// use such values for a real keystore.
-pub(crate) const FAST_ARGON2: [&str; 6] = [
-    "--argon2-m-kib",
-    "8192",
-    "--argon2-t",
-    "1",
-    "--argon2-p",
-    "1",
-];
-
-/// The `keyward` binary next to this test executable
-/// (`target/<profile>/keyward`; the test itself is in `target/<profile>/deps/`).
-/// `cargo build --workspace` builds it (scripts/test.sh does so before the
-/// tests). `cargo test` alone does not rebuild another package's binary, so
-/// we refuse a binary older than the sources it is built from rather than
-/// test stale code.
-pub(crate) fn keyward_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("the test knows its own path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("tests run from target/<profile>/deps");
-        let bin = profile_dir.join("keyward");
-        let built = std::fs::metadata(&bin)
-            .and_then(|m| m.modified())
-            .unwrap_or_else(|_| {
-                panic!(
-                    "{} is missing: build it with `cargo build -p keyward`",
-                    bin.display()
-                )
-            });
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("tests/ is inside the workspace");
-        for dir in ["cli/src", "kms/src", "backends/src"] {
-            if let Some(newer) = newer_source(&workspace.join(dir), built) {
-                panic!(
-                    "{} is older than {}: rebuild it with `cargo build -p keyward`",
-                    bin.display(),
-                    newer.display()
-                );
-            }
-        }
-        bin
-    })
-    .clone()
-}
-
-/// A `.rs` file under `dir` modified after `than`, if any.
-fn newer_source(dir: &Path, than: SystemTime) -> Option<PathBuf> {
-    for entry in std::fs::read_dir(dir).ok()?.filter_map(Result::ok) {
-        let path = entry.path();
-        if path.is_dir() {
-            if let Some(found) = newer_source(&path, than) {
-                return Some(found);
-            }
-        } else if path.extension().is_some_and(|e| e == "rs")
-            && entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|m| m > than)
-        {
-            return Some(path);
-        }
-    }
-    None
-}
+// The keystore the tests make, and the binary they run, are the daemon
+// fixture's: one definition for every end-to-end test.
+pub(crate) use keyward_tests::daemon::{FAST_ARGON2, PASSPHRASE, keyward_bin};
 
 /// What one run of the binary did.
 #[derive(Debug)]
