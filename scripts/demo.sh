@@ -34,31 +34,43 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-say "Building keyward (release)"
-run cargo build --release -p keyward
+say "Building keyward and the PIV card simulator (release)"
+# One build, so that the crates both use are compiled once.
+run cargo build --release -p keyward -p keyward-hw-mocks --bin keyward --bin keyward-piv-sim
 KEYWARD="$ROOT/target/release/keyward"
+PIV_SIM="$ROOT/target/release/keyward-piv-sim"
 
 WORK="$(mktemp -d)"
 SWTPM_PID=""
 DAEMON_PID=""
+PIV_SIM_PID=""
+PCSCD_PID=""
+# Stops a process this script started: SIGTERM, SIGKILL after 3 s.
+stop() {
+  local pid=$1
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 30); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
 # On any exit: stop the daemon and the simulators the hardware part
-# started, then delete everything.
+# started (pcscd last, then its lock is released), then delete everything.
 cleanup() {
-  if [ -n "$DAEMON_PID" ]; then
-    kill "$DAEMON_PID" 2>/dev/null || true
-    wait "$DAEMON_PID" 2>/dev/null || true
-  fi
-  if [ -n "$SWTPM_PID" ]; then
-    kill "$SWTPM_PID" 2>/dev/null || true
-    wait "$SWTPM_PID" 2>/dev/null || true
-  fi
+  if [ -n "$DAEMON_PID" ]; then stop "$DAEMON_PID"; fi
+  if [ -n "$SWTPM_PID" ]; then stop "$SWTPM_PID"; fi
+  if [ -n "$PIV_SIM_PID" ]; then stop "$PIV_SIM_PID"; fi
+  if [ -n "$PCSCD_PID" ]; then stop "$PCSCD_PID"; fi
+  exec 9>&-
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 cd "$WORK"
 # Everything below uses a keystore in the temporary directory, never the
 # user's own, and no secret from the caller's environment.
-unset KEYWARD_PASSPHRASE KEYWARD_RECOVERY_KEY KEYWARD_PIN KEYWARD_TPM_TCTI KEYWARD_PKCS11_MODULE
+unset KEYWARD_PASSPHRASE KEYWARD_RECOVERY_KEY KEYWARD_PIN KEYWARD_PUK KEYWARD_TPM_TCTI KEYWARD_PKCS11_MODULE
 export KEYWARD_STORE="$WORK/keystore.db"
 kw() { run "$KEYWARD" "$@"; }
 echo "working in $WORK (KEYWARD_STORE=$KEYWARD_STORE)"
@@ -130,9 +142,9 @@ kw audit show
 kw audit verify
 
 # ---------------------------------------------------------------------------
-# Hardware protectors, on simulated devices: a TPM 2.0 (swtpm) and a
-# PKCS#11 token (SoftHSM2). Both are started here, in $WORK, and stopped on
-# exit.
+# Hardware protectors, on simulated devices: a TPM 2.0 (swtpm), a PKCS#11
+# token (SoftHSM2) and a YubiKey (keyward's PIV card simulator behind pcscd
+# and vpcd). All are started here, in $WORK, and stopped on exit.
 
 say "13. Hardware: install and start the simulators (swtpm, SoftHSM2)"
 bash "$ROOT/scripts/install-deps.sh" test
@@ -243,7 +255,73 @@ KEYWARD_PIN="$TOKEN_PIN" kw --protector "$ECDH_ID" decrypt -i note2.kw
 KEYWARD_PIN="$TOKEN_PIN" kw --protector "$AES_ID" decrypt -i note2.kw
 kw audit verify
 
-say "22. The daemon: unlock once with the TPM, then no PIN per operation"
+say "22. YubiKey: pcscd with the vpcd driver, and a simulated YubiKey 5 in its reader"
+# pcscd's socket (/run/pcscd/pcscd.comm) and vpcd's TCP ports 35963-35964
+# are machine-wide: only one such pcscd may run. keyward's PIV tests take an
+# exclusive flock on /tmp/keyward-pcscd.lock first (hw-mocks/src/piv/pcscd.rs);
+# so do we, on fd 9, until our pcscd has stopped. fd 9 is closed for the
+# background children, so the lock lives exactly as long as this script
+# holds it.
+exec 9>/tmp/keyward-pcscd.lock
+if ! flock -n 9; then
+  echo "waiting for /tmp/keyward-pcscd.lock (keyward's PIV tests are using pcscd)"
+  flock 9
+fi
+mkdir -p "$HW/vpcd-conf"
+printf '%s\n' 'FRIENDLYNAME "Virtual PCD"' 'DEVICENAME /dev/null:0x8C7B' \
+  'LIBPATH /usr/lib/pcsc/drivers/serial/libifdvpcd.so' 'CHANNELID 0x8C7B' \
+  > "$HW/vpcd-conf/vpcd"
+printf '$ %s\n' "pcscd --foreground --config $HW/vpcd-conf &" >&2
+pcscd --foreground --config "$HW/vpcd-conf" </dev/null >"$HW/pcscd.log" 2>&1 9>&- &
+PCSCD_PID=$!
+for _ in $(seq 100); do
+  [ -S /run/pcscd/pcscd.comm ] && break
+  if ! kill -0 "$PCSCD_PID" 2>/dev/null; then
+    echo "demo: pcscd exited (is another pcscd running? stop it first):" >&2
+    cat "$HW/pcscd.log" >&2
+    exit 1
+  fi
+  sleep 0.1
+done
+YK_SERIAL=12345678
+printf '$ %s\n' "keyward-piv-sim --serial $YK_SERIAL &" >&2
+"$PIV_SIM" --serial "$YK_SERIAL" </dev/null 2>"$HW/piv-sim.log" 9>&- &
+PIV_SIM_PID=$!
+# pcscd polls its readers every ~400 ms: the card is usable after 0.3-0.6 s.
+for _ in $(seq 100); do
+  yubico-piv-tool -r "Virtual PCD" -a status >/dev/null 2>&1 && break
+  sleep 0.1
+done
+echo "yubico-piv-tool sees a factory-fresh YubiKey 5:"
+run yubico-piv-tool -r "Virtual PCD" -a status | grep -E "^(Version|Serial Number|PIN tries)"
+YK_PIN=24681357
+YK_PUK=86427531
+
+say "23. Set the YubiKey up: new PIN and PUK, and a random management key stored PIN-protected on the card"
+# The new PIN and PUK come from KEYWARD_PIN and KEYWARD_PUK here; on a
+# terminal keyward asks for each twice. A second run changes nothing.
+KEYWARD_PIN="$YK_PIN" KEYWARD_PUK="$YK_PUK" kw yubikey setup --serial "$YK_SERIAL"
+KEYWARD_PIN="$YK_PIN" kw yubikey setup --serial "$YK_SERIAL" --json
+
+say "24. Enroll the YubiKey: a P-256 key in a retired slot, PIN once and touch always (unlocked by the recovery key)"
+YK_ID="$(KEYWARD_PIN="$YK_PIN" enrolled_id enroll yubikey --serial "$YK_SERIAL" \
+  --recovery-key-file "$WORK/recovery.key")"
+kw protectors list
+
+say "25. Unlock with the YubiKey (PIN, then touch) and decrypt; a wrong PIN costs one try"
+KEYWARD_PIN="$YK_PIN" kw --with yubikey decrypt -i note2.kw
+KEYWARD_PIN=11223344 expect_fail 3 "$KEYWARD" --with yubikey decrypt -i note2.kw
+echo "the right PIN restores the tries:"
+KEYWARD_PIN="$YK_PIN" kw --protector "$YK_ID" decrypt -i note2.kw
+
+say "26. The YubiKey signs (ECDSA P-256); openssl verifies"
+kw export-public --protector "$YK_ID" | tee yubikey.pem
+KEYWARD_PIN="$YK_PIN" kw sign --protector "$YK_ID" -i message.txt -o message.yubikey.sig
+run openssl dgst -sha256 -verify yubikey.pem -signature message.yubikey.sig message.txt
+echo "and refuses the signature over another message:"
+expect_fail 1 openssl dgst -sha256 -verify yubikey.pem -signature message.yubikey.sig forged.txt
+
+say "27. The daemon: unlock once with the TPM, then no PIN per operation"
 export KEYWARD_SOCKET="$WORK/run/keyward.sock"
 printf '$ %s\n' "keyward serve --socket $KEYWARD_SOCKET &" >&2
 "$KEYWARD" serve --socket "$KEYWARD_SOCKET" 2>"$WORK/serve.log" &
@@ -255,7 +333,7 @@ kw status
 echo "no PIN from here on: the daemon decrypts"
 kw decrypt -i note2.kw
 
-say "23. The assistant's store: a client token that may only use one data key"
+say "28. The assistant's store: a client token that may only use one data key"
 kw key create assistant-store --class sensitive
 kw client add assistant --allow datakey --keys assistant-store --token-out "$WORK/assistant.token"
 kw client list
@@ -288,13 +366,20 @@ wait "$DAEMON_PID" 2>/dev/null || true
 DAEMON_PID=""
 unset KEYWARD_SOCKET
 
-say "24. Stop the simulators: keyward says what is missing, the recovery key still works"
-kill "$SWTPM_PID"
-wait "$SWTPM_PID" 2>/dev/null || true
+say "29. Stop the simulators: keyward says what is missing, the recovery key still works"
+stop "$SWTPM_PID"
 SWTPM_PID=""
 KEYWARD_PIN="$TPM_PIN" expect_fail 7 "$KEYWARD" --with tpm decrypt -i note2.kw
 rm -rf "$HW/tokens"/*
 KEYWARD_PIN="$TOKEN_PIN" expect_fail 7 "$KEYWARD" --protector "$ECDH_ID" decrypt -i note2.kw
+echo "the YubiKey is pulled (its simulator stops); pcscd notices within a second:"
+stop "$PIV_SIM_PID"
+PIV_SIM_PID=""
+sleep 1.5
+KEYWARD_PIN="$YK_PIN" expect_fail 7 "$KEYWARD" --with yubikey decrypt -i note2.kw
+stop "$PCSCD_PID"
+PCSCD_PID=""
+exec 9>&-
 kw --recovery-key-file "$WORK/recovery.key" decrypt -i note2.kw
 
 say "Demo finished: every step behaved as expected"

@@ -6,10 +6,10 @@
 #   bash scripts/install-deps.sh test    # plus the simulators and test tools
 set -euo pipefail
 
-# Build deps (HARDWARE.md), and openssl to check exported public keys;
+# Build deps (docs/HARDWARE.md), and openssl to check exported public keys;
 # libssl-dev for examples/assistant-store (SQLCipher uses libcrypto).
 BUILD=(build-essential pkg-config libtss2-dev libpcsclite-dev openssl libssl-dev)
-# Run/test deps (HARDWARE.md): software HSM, TPM and smart-card stack;
+# Run/test deps (docs/HARDWARE.md): software HSM, TPM and smart-card stack;
 # `age` (the benchmarks' baseline) and GNU `time` (memory checks in tests).
 TEST=(softhsm2 opensc swtpm swtpm-tools tpm2-tools pcscd vsmartcard-vpcd
       yubico-piv-tool yubikey-manager age time)

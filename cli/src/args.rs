@@ -165,6 +165,11 @@ pub(crate) enum Command {
     /// Run the key service for this keystore on a Unix socket (HTTP/JSON
     /// API, docs/API.md); starts locked
     Serve(ServeArgs),
+    /// Print a shell completion script (needs no keystore)
+    Completions(CompletionsArgs),
+    /// Print the manual page as roff, or write one page per command into a
+    /// directory (needs no keystore)
+    Man(ManArgs),
 }
 
 /// `keyward unlock`.
@@ -900,6 +905,44 @@ fn parse_key_name(s: &str) -> Result<KeyName, String> {
         keyward_kms::Error::InvalidKeyName { reason, .. } => reason.to_owned(),
         other => other.to_string(),
     })
+}
+
+/// `keyward completions`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Install for every user (as root; Debian's paths):
+  keyward completions bash > /usr/share/bash-completion/completions/keyward
+  keyward completions zsh  > /usr/share/zsh/vendor-completions/_keyward
+  keyward completions fish > /usr/share/fish/vendor_completions.d/keyward.fish
+For one user: ~/.local/share/bash-completion/completions/keyward,
+~/.config/fish/completions/keyward.fish, or _keyward in a directory on $fpath.")]
+pub(crate) struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_enum)]
+    pub(crate) shell: ShellArg,
+}
+
+/// A shell `keyward completions` writes a script for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ShellArg {
+    /// GNU Bash (bash-completion)
+    Bash,
+    /// Z shell
+    Zsh,
+    /// fish
+    Fish,
+}
+
+/// `keyward man`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Read it now:   keyward man | man -l -
+Install pages: keyward man --out-dir /usr/share/man/man1")]
+pub(crate) struct ManArgs {
+    /// Write keyward.1 and one page per command (keyward-enroll-tpm.1, ...)
+    /// into DIR, and print their paths, instead of printing keyward.1
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out_dir: Option<PathBuf>,
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ mod clients;
 mod data;
 mod device;
 mod keys;
+mod packaging;
 mod serve;
 mod session;
 mod setup;
@@ -131,6 +132,13 @@ pub(crate) fn is_hardware(kind: BackendKind) -> bool {
 /// # Errors
 /// Whatever the command fails with, ready to print.
 pub(crate) fn run(cli: &Cli) -> Result<(), Failure> {
+    // Generated from the argument definitions alone: no keystore path, HOME
+    // or device is looked up (packagers run these in a build root).
+    match &cli.command {
+        Command::Completions(args) => return packaging::completions(args),
+        Command::Man(args) => return packaging::man(args),
+        _ => {}
+    }
     let path = crate::paths::store_path(cli.store.as_deref())?;
     tracing::debug!(store = %path.display(), "keystore path");
     let mut ctx = Ctx {
@@ -165,6 +173,7 @@ pub(crate) fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Rewrap(args) => data::rewrap(&ctx, args),
         Command::Datakey(cmd) => data::datakey(&ctx, cmd),
         Command::Serve(args) => serve::run(&ctx, args),
+        Command::Completions(_) | Command::Man(_) => Ok(()), // answered above
     }
 }
 
