@@ -2,6 +2,7 @@
 //! template, as the daemon's router and the client both name it.
 
 use std::fmt;
+use std::fmt::Write as _;
 
 /// An HTTP method the API uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -89,8 +90,32 @@ pub const AUDIT_VERIFY: &str = "/v1/audit/verify";
 /// `GET`: the security-event stream.
 pub const EVENTS: &str = "/v1/events";
 
-/// Fills the `{name}` of a path template (with the name as given: the
-/// daemon refuses names it does not know).
+/// Fills the `{name}` of a path template with `name` as one path segment:
+/// names are `[A-Za-z0-9._-]`, and anything else is percent-encoded, so the
+/// daemon refuses it cleanly rather than routing it elsewhere.
 pub fn with_name(template: &str, name: &str) -> String {
-    template.replace("{name}", name)
+    let mut segment = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+            segment.push(char::from(b));
+        } else {
+            let _ = write!(segment, "%{b:02X}");
+        }
+    }
+    template.replace("{name}", &segment)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_are_one_path_segment() {
+        assert_eq!(
+            super::with_name(super::CLIENT, "bot-1.a_b"),
+            "/v1/clients/bot-1.a_b"
+        );
+        assert_eq!(
+            super::with_name(super::KEY, "../x y"),
+            "/v1/keys/..%2Fx%20y"
+        );
+    }
 }

@@ -31,9 +31,9 @@ use axum::routing::{delete, get, post};
 use keyward_kms::KeyName;
 use serde::Serialize;
 
-use crate::daemon::Daemon;
-use crate::daemon::error::ApiError;
-use crate::daemon::session::Core;
+use crate::Daemon;
+use crate::error::ApiError;
+use crate::session::Core;
 
 /// The daemon as handlers see it.
 pub(crate) type Shared = State<Arc<Daemon>>;

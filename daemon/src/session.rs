@@ -17,27 +17,26 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use keyward_api::types::{Secrets, UnlockRequest, UnlockWith as With};
 use keyward_kms::backend::{Notice, SecretKind, SecretRequest};
 use keyward_kms::service::{ProtectorInfo, UnlockWith};
 use keyward_kms::{BackendKind, Callbacks, Error, SecretString, Service};
-use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::commands::is_hardware;
-use crate::daemon::api::wire::SecretText;
-use crate::daemon::auth::{Caller, Requester};
-use crate::daemon::error::ApiError;
-use crate::daemon::{Daemon, unix_now};
-use crate::failure::Exit;
+use crate::Exit;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::grants::{Access, Granted};
+use crate::{Daemon, unix_now};
 
 /// The daemon's session timeouts (the longest an unlock may ask for).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Timeouts {
+pub struct Timeouts {
     /// Lock after this long without a successful key operation.
-    pub(crate) idle: Duration,
+    pub idle: Duration,
     /// Lock this long after unlock, whatever happens.
-    pub(crate) absolute: Duration,
+    pub absolute: Duration,
 }
 
 /// The Service and the session, behind the daemon's one lock.
@@ -51,16 +50,18 @@ pub(crate) struct Core {
 
 impl Core {
     /// What every request does first: ends an expired session,
-    /// authenticates, and names the actor of the audit records to come.
+    /// authenticates, names the actor of the audit records to come, and
+    /// checks what the route needs ([`crate::grants`]).
     ///
     /// # Errors
-    /// `401 unauthorized`.
-    pub(crate) fn enter(&mut self, requester: &Requester) -> Result<Caller, ApiError> {
+    /// `401 unauthorized`; `403 forbidden`.
+    pub(crate) fn enter(&mut self, access: &Access) -> Result<Granted, ApiError> {
         self.expire_if_due(Instant::now());
+        let requester = &access.requester;
         let caller = Caller::authenticate(&requester.credentials, &mut self.service)?;
         self.service
             .set_actor(requester.peer.actor(caller.client()));
-        Ok(caller)
+        Granted::check(caller, access.need)
     }
 
     /// Locks if a timeout passed; the reason if it did.
@@ -153,45 +154,6 @@ impl Session {
     }
 }
 
-/// `POST /v1/unlock`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct UnlockRequest {
-    /// `"any"`, a protector kind, or a protector id.
-    #[serde(default)]
-    with: Option<With>,
-    /// The secrets the protector may ask for.
-    #[serde(default)]
-    secrets: Secrets,
-    /// A shorter idle timeout, seconds.
-    #[serde(default)]
-    idle_timeout: Option<u64>,
-    /// A shorter absolute timeout, seconds.
-    #[serde(default)]
-    absolute_timeout: Option<u64>,
-}
-
-/// The `with` of an unlock.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum With {
-    /// A protector id.
-    Id(u32),
-    /// `"any"` or a kind.
-    Name(String),
-}
-
-/// The `secrets` of an unlock.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Secrets {
-    pin: Option<SecretText>,
-    puk: Option<SecretText>,
-    passphrase: Option<SecretText>,
-    #[serde(rename = "recovery-key")]
-    recovery_key: Option<SecretText>,
-}
-
 /// Unlocks (or, already unlocked, returns the session, shortened if
 /// asked). Runs on a blocking thread: the protector may talk to hardware.
 ///
@@ -269,7 +231,7 @@ fn choose(
     }
     if secrets.pin.is_some() {
         let protectors = service.protectors()?;
-        let hardware: Vec<_> = protectors.iter().filter(|p| is_hardware(p.kind)).collect();
+        let hardware: Vec<_> = protectors.iter().filter(|p| p.kind.is_hardware()).collect();
         return match hardware.as_slice() {
             [only] => Ok(UnlockWith::Id(only.id)),
             [] => Err(ApiError::new(
@@ -312,10 +274,12 @@ impl ApiCallbacks {
 
     fn new(secrets: Secrets) -> Self {
         Self {
-            pin: Mutex::new(secrets.pin.map(|s| s.0)),
-            puk: Mutex::new(secrets.puk.map(|s| s.0)),
-            passphrase: secrets.passphrase.map(|s| s.0),
-            recovery_key: secrets.recovery_key.map(|s| s.0),
+            pin: Mutex::new(secrets.pin.map(keyward_api::SecretText::into_secret)),
+            puk: Mutex::new(secrets.puk.map(keyward_api::SecretText::into_secret)),
+            passphrase: secrets.passphrase.map(keyward_api::SecretText::into_secret),
+            recovery_key: secrets
+                .recovery_key
+                .map(keyward_api::SecretText::into_secret),
         }
     }
 }
@@ -371,7 +335,7 @@ pub(crate) async fn expire(daemon: Arc<Daemon>, mut shutdown: watch::Receiver<bo
                     core.expire_if_due(Instant::now());
                 }
             }
-            () = crate::daemon::stopped(&mut shutdown) => return,
+            () = crate::stopped(&mut shutdown) => return,
         }
     }
 }
@@ -381,7 +345,7 @@ mod tests {
     use super::*;
 
     fn secrets(json: &str) -> Secrets {
-        crate::daemon::api::wire::parse(json.as_bytes()).expect("valid secrets")
+        crate::api::wire::parse(json.as_bytes()).expect("valid secrets")
     }
 
     #[test]
