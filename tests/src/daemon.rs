@@ -1,6 +1,6 @@
 //! Test fixture for `keyward serve`: a keystore made with the CLI, a daemon
-//! on a private socket, and a tiny blocking HTTP/1.1 client over a Unix
-//! socket.
+//! on a private socket, and a test client over keyward-api's HTTP/1.1
+//! client.
 //!
 //! ```ignore
 //! use keyward_tests::daemon::{Daemon, code};
