@@ -142,3 +142,95 @@ where
         ApiError::internal("the operation failed unexpectedly")
     })?
 }
+
+#[cfg(test)]
+mod tests {
+    use keyward_api::types as wire;
+    use keyward_kms::audit::{AuditRecord, AuditSummary};
+    use keyward_kms::clients::{ClientInfo, Operation};
+    use keyward_kms::service::{
+        KeyInfo, ProtectorInfo, PublicKeyExport, Rotated, Verified, VersionInfo,
+    };
+    use keyward_kms::{BackendKind, DataClass, KeyName, KeyPurpose};
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+
+    /// `value` as the daemon sends it reads as keyward-api's type `T` and
+    /// writes back the same JSON: the API crate (and so docs/openapi.json)
+    /// has every field the daemon sends, with the same name and shape.
+    fn mirrors<T: DeserializeOwned + Serialize>(value: &impl Serialize) {
+        let sent = serde_json::to_value(value).expect("JSON");
+        let read: T = serde_json::from_value(sent.clone()).expect("keyward-api reads it");
+        assert_eq!(serde_json::to_value(&read).expect("JSON"), sent);
+    }
+
+    #[test]
+    fn the_api_types_mirror_what_the_daemon_sends() {
+        let name = KeyName::new("notes").expect("key name");
+        let info = KeyInfo {
+            name: name.clone(),
+            purpose: KeyPurpose::Sign,
+            class: DataClass::Sensitive,
+            primary_version: 2,
+            min_decryption_version: 1,
+            rotation_period: Some(86_400),
+            usage_limit: 1 << 20,
+            created_at: 1_764_000_000,
+            versions: vec![VersionInfo {
+                version: 1,
+                created_at: 1_764_000_000,
+                uses: 3,
+                state: "active".into(),
+            }],
+        };
+        mirrors::<wire::KeyInfo>(&info);
+        mirrors::<wire::ClientInfo>(&ClientInfo {
+            name: "assistant".into(),
+            allow: vec![Operation::Decrypt, Operation::Keys],
+            keys: vec!["*".into()],
+            created_at: 1,
+            last_used_at: Some(2),
+            revoked_at: None,
+        });
+        mirrors::<wire::AuditRecord>(&AuditRecord {
+            seq: 7,
+            ts: 1_764_000_000,
+            action: "key.create".into(),
+            status: "ok".into(),
+            fields: serde_json::json!({"key": "notes"}),
+            prev: "00".into(),
+            hash: "ff".into(),
+        });
+        mirrors::<wire::AuditSummary>(&AuditSummary {
+            records: 7,
+            head: "ff".into(),
+            checkpoint: Some(5),
+        });
+        mirrors::<wire::PublicKeyExport>(&PublicKeyExport {
+            key: name.clone(),
+            version: 1,
+            pem: "-----BEGIN PUBLIC KEY-----".into(),
+            raw_hex: "04ab".into(),
+        });
+        mirrors::<wire::Verified>(&Verified {
+            key: name.clone(),
+            version: 1,
+            counter: 9,
+            timestamp: 1_764_000_000,
+            audience: "a".into(),
+        });
+        mirrors::<wire::ProtectorInfo>(&ProtectorInfo {
+            id: 2,
+            kind: BackendKind::Tpm,
+            label: "laptop".into(),
+            device_id: None,
+            mk_epoch: 1,
+            created_at: 1,
+        });
+        mirrors::<wire::Rotated>(&Rotated {
+            key: name,
+            version: 3,
+            reason: "period",
+        });
+    }
+}

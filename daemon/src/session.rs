@@ -17,11 +17,10 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use keyward_api::types::{Secrets, UnlockRequest, UnlockWith as With};
+use keyward_api::types::{Secrets, SessionInfo, UnlockRequest, UnlockWith as With, Unlocked};
 use keyward_kms::backend::{Notice, SecretKind, SecretRequest};
 use keyward_kms::service::{ProtectorInfo, UnlockWith};
 use keyward_kms::{BackendKind, Callbacks, Error, SecretString, Service};
-use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::Exit;
@@ -138,19 +137,35 @@ impl Session {
     }
 
     /// The session object of `status` and `unlock`.
-    pub(crate) fn to_json(&self) -> Value {
+    pub(crate) fn info(&self) -> SessionInfo {
         let now = Instant::now();
         let unix = unix_now();
         let at = |deadline: Instant| {
             let left = deadline.saturating_duration_since(now).as_secs();
             unix.saturating_add(i64::try_from(left).unwrap_or(i64::MAX))
         };
-        json!({
-            "protector": self.protector.id,
-            "unlocked_at": self.unlocked_at,
-            "idle_expires_at": at(self.last_use + self.idle),
-            "absolute_expires_at": at(self.started + self.absolute),
-        })
+        SessionInfo {
+            protector: self.protector.id,
+            unlocked_at: self.unlocked_at,
+            idle_expires_at: at(self.last_use + self.idle),
+            absolute_expires_at: at(self.started + self.absolute),
+        }
+    }
+}
+
+/// The answer of an unlock: the protector that unlocked and the session.
+fn unlocked(session: &Session) -> Unlocked {
+    let p = &session.protector;
+    Unlocked {
+        protector: keyward_api::types::ProtectorInfo {
+            id: p.id,
+            kind: p.kind.as_str().to_owned(),
+            label: p.label.clone(),
+            device_id: p.device_id.clone(),
+            mk_epoch: p.mk_epoch,
+            created_at: p.created_at,
+        },
+        session: session.info(),
     }
 }
 
@@ -164,7 +179,7 @@ pub(crate) fn unlock(
     core: &mut Core,
     request: UnlockRequest,
     defaults: Timeouts,
-) -> Result<Value, ApiError> {
+) -> Result<Unlocked, ApiError> {
     let timeouts = Timeouts {
         idle: shorter(defaults.idle, request.idle_timeout, "idle_timeout")?,
         absolute: shorter(
@@ -176,14 +191,14 @@ pub(crate) fn unlock(
     if let Some(session) = core.session.as_mut() {
         session.idle = session.idle.min(timeouts.idle);
         session.absolute = session.absolute.min(timeouts.absolute);
-        return Ok(json!({ "protector": session.protector, "session": session.to_json() }));
+        return Ok(unlocked(session));
     }
     let with = choose(&core.service, request.with.as_ref(), &request.secrets)?;
     let callbacks = ApiCallbacks::new(request.secrets);
     let protector = core.service.unlock(with, &callbacks)?;
     tracing::info!(protector = protector.id, kind = %protector.kind, "unlocked");
     let session = Session::new(protector, timeouts);
-    let body = json!({ "protector": session.protector, "session": session.to_json() });
+    let body = unlocked(&session);
     core.session = Some(session);
     Ok(body)
 }

@@ -29,21 +29,21 @@ pub(crate) async fn status(State(daemon): Shared, access: Access) -> Result<Resp
     core.enter(&access)?;
     let status = core.service.status()?;
     let clients = active_clients(&core.service)?;
-    let session = core.session.as_ref().map(session::Session::to_json);
+    let session = core.session.as_ref().map(session::Session::info);
     drop(core);
-    Ok(ok(&json!({
-        "unlocked": status.unlocked,
-        "store": status.path,
-        "store_id": status.store_id,
-        "mk_epoch": status.mk_epoch,
-        "keys": status.keys,
-        "protectors": status.protectors,
-        "clients": clients,
-        "memory_locked": daemon.memory_locked,
-        "pid": std::process::id(),
-        "version": env!("CARGO_PKG_VERSION"),
-        "session": session,
-    })))
+    Ok(ok(&wire_types::Status {
+        unlocked: status.unlocked,
+        store: status.path.to_string_lossy().into_owned(),
+        store_id: status.store_id,
+        mk_epoch: status.mk_epoch,
+        keys: status.keys as u64,
+        protectors: status.protectors as u64,
+        clients: clients as u64,
+        memory_locked: daemon.memory_locked,
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        session,
+    }))
 }
 
 /// Clients that are not revoked.
@@ -80,7 +80,7 @@ pub(crate) async fn lock(State(daemon): Shared, access: Access) -> Result<Respon
     }
     core.lock("request");
     drop(core);
-    Ok(ok(&json!({ "locked": true })))
+    Ok(ok(&wire_types::LockAnswer { locked: true }))
 }
 
 /// A new client with its token, shown only in this answer.
@@ -151,7 +151,7 @@ pub(crate) async fn client_revoke(
     core.service.client_revoke(&name)?;
     drop(core);
     tracing::info!(client = %name, "client revoked");
-    Ok(ok(&json!({ "revoked": name })))
+    Ok(ok(&wire_types::ClientRevoked { revoked: name }))
 }
 
 /// `POST /v1/clients/revoke-all`.
@@ -164,7 +164,9 @@ pub(crate) async fn client_revoke_all(
     let revoked = core.service.client_revoke_all()?;
     drop(core);
     tracing::info!(revoked, "every client revoked");
-    Ok(ok(&json!({ "revoked": revoked })))
+    Ok(ok(&wire_types::RevokedCount {
+        revoked: revoked as u64,
+    }))
 }
 
 /// `GET /v1/audit?since=SEQ&limit=N`.

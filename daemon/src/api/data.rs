@@ -7,14 +7,15 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
+use keyward_api::Bytes;
 use keyward_api::types::{
     Batch, DatakeyRequest, DecryptRequest as DecryptItem, EncryptRequest as EncryptItem,
-    RewrapRequest, SignRequest, UnwrapRequest, VerifyRequest,
+    RewrapRequest, Rewrapped, SignRequest, Signed, UnwrapRequest, VerifyRequest,
 };
 use keyward_kms::crypto::{envelope, signing};
 use keyward_kms::service::Decrypted;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::wire::{BATCH_LIMIT, JsonBody, serialize_b64, serialize_secret};
 use super::{Shared, json_sized, ok, parse_key};
@@ -256,12 +257,12 @@ pub(crate) async fn rewrap(
         .rewrap(item.context.bytes(), item.ciphertext.bytes())?;
     core.used();
     drop(core);
-    Ok(ok(&json!({
-        "ciphertext": super::wire::b64(&rewrapped.ciphertext),
-        "key": rewrapped.key,
-        "version": rewrapped.version,
-        "from_version": rewrapped.from_version,
-    })))
+    Ok(ok(&Rewrapped {
+        ciphertext: Bytes::new(rewrapped.ciphertext),
+        key: rewrapped.key.to_string(),
+        version: rewrapped.version,
+        from_version: rewrapped.from_version,
+    }))
 }
 
 /// A fresh data key and its wrapped copy.
@@ -335,12 +336,12 @@ pub(crate) async fn sign(
     core.used();
     drop(core);
     let header = signing::parse(&signature)?;
-    Ok(ok(&json!({
-        "signature": super::wire::b64(&signature),
-        "key": header.key,
-        "version": header.version,
-        "counter": header.counter,
-    })))
+    Ok(ok(&Signed {
+        key: header.key.to_string(),
+        version: header.version,
+        counter: header.counter,
+        signature: Bytes::new(signature),
+    }))
 }
 
 /// `POST /v1/verify`.

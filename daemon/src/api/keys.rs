@@ -165,7 +165,7 @@ pub(crate) async fn master_rotate(
         Ok(epoch)
     })
     .await?;
-    Ok(ok(&json!({ "epoch": epoch })))
+    Ok(ok(&wire_types::MasterRotated { epoch }))
 }
 
 /// `POST /v1/device/sign` (owner, unlocked): signs with the key of a

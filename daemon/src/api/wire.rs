@@ -146,9 +146,6 @@ fn describe(err: &serde_json::Error) -> String {
 /// Serializes bytes as standard base64 through a zeroizing buffer.
 pub(crate) use keyward_api::bytes::serialize_secret;
 
-/// Standard base64 of non-secret bytes.
-pub(crate) use keyward_api::bytes::b64;
-
 /// Serializes non-secret bytes as standard base64.
 pub(crate) fn serialize_b64<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
