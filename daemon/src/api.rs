@@ -1,7 +1,9 @@
 //! The routes of `/v1` (docs/API.md, "Endpoints") and what they share.
 //!
 //! Every handler takes the daemon's one lock, authenticates the requester
-//! under it ([`Core::enter`]), checks the grant, and calls the Service.
+//! under it and checks what its route needs ([`Core::enter`], with the
+//! table of [`crate::grants`]), checks the grant for each key it touches,
+//! and calls the Service. Routes are keyward-api's ([`routes`]).
 //! Operations that may take long (unlock, which may wait for a touch;
 //! master-key rotation; verifying the whole audit log) run on a blocking
 //! thread, so that they never stall the async workers; everything else is
@@ -28,6 +30,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::Response;
 use axum::routing::{delete, get, post};
+use keyward_api::routes;
 use keyward_kms::KeyName;
 use serde::Serialize;
 
@@ -41,32 +44,32 @@ pub(crate) type Shared = State<Arc<Daemon>>;
 /// Every route of the API.
 pub(crate) fn router(daemon: Arc<Daemon>) -> Router {
     Router::new()
-        .route("/v1/status", get(admin::status))
-        .route("/v1/unlock", post(admin::unlock))
-        .route("/v1/lock", post(admin::lock))
-        .route("/v1/encrypt", post(data::encrypt))
-        .route("/v1/decrypt", post(data::decrypt))
-        .route("/v1/encrypt/batch", post(data::encrypt_batch))
-        .route("/v1/decrypt/batch", post(data::decrypt_batch))
-        .route("/v1/rewrap", post(data::rewrap))
-        .route("/v1/datakey/generate", post(data::datakey_generate))
-        .route("/v1/datakey/unwrap", post(data::datakey_unwrap))
-        .route("/v1/sign", post(data::sign))
-        .route("/v1/verify", post(data::verify))
-        .route("/v1/device/sign", post(keys::device_sign))
-        .route("/v1/keys", get(keys::list).post(keys::create))
-        .route("/v1/keys/{name}", get(keys::show))
-        .route("/v1/keys/{name}/public", get(keys::public))
-        .route("/v1/keys/{name}/rotate", post(keys::rotate))
-        .route("/v1/keys/{name}/retire", post(keys::retire))
-        .route("/v1/rotate-due", post(keys::rotate_due))
-        .route("/v1/master/rotate", post(keys::master_rotate))
-        .route("/v1/clients", get(admin::clients).post(admin::client_add))
-        .route("/v1/clients/revoke-all", post(admin::client_revoke_all))
-        .route("/v1/clients/{name}", delete(admin::client_revoke))
-        .route("/v1/audit", get(admin::audit))
-        .route("/v1/audit/verify", get(admin::audit_verify))
-        .route("/v1/events", get(admin::events))
+        .route(routes::STATUS, get(admin::status))
+        .route(routes::UNLOCK, post(admin::unlock))
+        .route(routes::LOCK, post(admin::lock))
+        .route(routes::ENCRYPT, post(data::encrypt))
+        .route(routes::DECRYPT, post(data::decrypt))
+        .route(routes::ENCRYPT_BATCH, post(data::encrypt_batch))
+        .route(routes::DECRYPT_BATCH, post(data::decrypt_batch))
+        .route(routes::REWRAP, post(data::rewrap))
+        .route(routes::DATAKEY_GENERATE, post(data::datakey_generate))
+        .route(routes::DATAKEY_UNWRAP, post(data::datakey_unwrap))
+        .route(routes::SIGN, post(data::sign))
+        .route(routes::VERIFY, post(data::verify))
+        .route(routes::DEVICE_SIGN, post(keys::device_sign))
+        .route(routes::KEYS, get(keys::list).post(keys::create))
+        .route(routes::KEY, get(keys::show))
+        .route(routes::KEY_PUBLIC, get(keys::public))
+        .route(routes::KEY_ROTATE, post(keys::rotate))
+        .route(routes::KEY_RETIRE, post(keys::retire))
+        .route(routes::ROTATE_DUE, post(keys::rotate_due))
+        .route(routes::MASTER_ROTATE, post(keys::master_rotate))
+        .route(routes::CLIENTS, get(admin::clients).post(admin::client_add))
+        .route(routes::CLIENTS_REVOKE_ALL, post(admin::client_revoke_all))
+        .route(routes::CLIENT, delete(admin::client_revoke))
+        .route(routes::AUDIT, get(admin::audit))
+        .route(routes::AUDIT_VERIFY, get(admin::audit_verify))
+        .route(routes::EVENTS, get(admin::events))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .with_state(daemon)
