@@ -51,10 +51,14 @@ cargo test --doc --workspace
 step "cargo build --workspace --bins"
 cargo build --workspace --bins
 
-# The assistant-store example (its own workspace: it links OpenSSL), built
+# The assistant-store example has a workspace of its own (it links SQLCipher,
+# which cannot share a libsqlite3-sys with keyward-kms: root Cargo.toml), so
+# the workspace's fmt and clippy above do not see it: it gets its own. Built
 # into the same target directory, where tests/daemon_assistant_store finds
 # target/debug/assistant-store; and its unit tests.
 step "assistant-store (examples/assistant-store)"
+cargo fmt --manifest-path examples/assistant-store/Cargo.toml -- --check
+cargo clippy --manifest-path examples/assistant-store/Cargo.toml --target-dir "${CARGO_TARGET_DIR:-target}" --all-targets -- -D warnings
 cargo build --manifest-path examples/assistant-store/Cargo.toml --target-dir "${CARGO_TARGET_DIR:-target}"
 cargo test --manifest-path examples/assistant-store/Cargo.toml --target-dir "${CARGO_TARGET_DIR:-target}"
 

@@ -24,9 +24,7 @@
 //! within one run (DESIGN.md, performance targets).
 
 use std::fmt;
-use std::io::{self, Read, Write};
-use std::ops::Range;
-use std::os::unix::net::UnixStream;
+use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Barrier};
@@ -35,6 +33,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use keyward_api::client::encode;
+use keyward_api::types::{Batch, DecryptRequest, DeviceSignRequest};
+use keyward_api::{Bytes, http, routes};
 use serde_json::{Value, json};
 
 /// Requests each client sends before the measurement starts (connection
@@ -43,9 +44,6 @@ const WARMUP: u32 = 20;
 /// Read/write timeout on each connection: a daemon that stops answering
 /// ends the run with an error instead of hanging it.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
-/// The largest response we read (a batch of 1000 small plaintexts is
-/// about 100 KiB).
-const MAX_RESPONSE: usize = 64 << 20;
 /// The most items `/v1/decrypt/batch` takes (docs/API.md).
 const MAX_BATCH: usize = 1000;
 
@@ -160,7 +158,7 @@ impl Options {
                 other => return Err(Error::Usage(format!("unknown argument {other}"))),
             }
         }
-        let socket = socket.unwrap_or_else(default_socket);
+        let socket = socket.unwrap_or_else(keyward_api::socket::default_path);
         if device_sign.is_some() {
             if batch.is_some() {
                 return Err(Error::Usage("--device-sign has no batch form".into()));
@@ -207,25 +205,43 @@ impl Options {
     }
 
     /// `POST /v1/decrypt` or `/v1/decrypt/batch`, ready to send as is.
-    fn request(&self) -> Vec<u8> {
-        let item = json!({ "ciphertext": self.ciphertext, "context": self.context });
+    fn request(&self) -> Result<Request, Error> {
+        let bad = |what: &str| Error::Usage(format!("{what} is not standard base64"));
+        let item = || -> Result<DecryptRequest, Error> {
+            Ok(DecryptRequest {
+                ciphertext: Bytes::new(
+                    STANDARD
+                        .decode(&self.ciphertext)
+                        .map_err(|_| bad("the ciphertext"))?,
+                ),
+                context: Bytes::new(
+                    STANDARD
+                        .decode(&self.context)
+                        .map_err(|_| bad("--context"))?,
+                ),
+            })
+        };
         let (path, body) = match (self.device_sign, self.batch) {
             (Some(id), _) => (
-                "/v1/device/sign",
-                json!({ "protector": id, "message": STANDARD.encode(vec![0x5a; self.size]) }),
+                routes::DEVICE_SIGN,
+                encode(&DeviceSignRequest {
+                    protector: id,
+                    message: Bytes::new(vec![0x5a; self.size]),
+                }),
             ),
-            (None, None) => ("/v1/decrypt", item),
-            (None, Some(k)) => ("/v1/decrypt/batch", json!({ "items": vec![item; k] })),
+            (None, None) => (routes::DECRYPT, encode(&item()?)),
+            (None, Some(k)) => (
+                routes::DECRYPT_BATCH,
+                encode(&Batch {
+                    items: (0..k).map(|_| item()).collect::<Result<Vec<_>, _>>()?,
+                }),
+            ),
         };
-        let body = serde_json::to_vec(&body).expect("a JSON value serialises");
-        let mut request = format!(
-            "POST {path} HTTP/1.1\r\nHost: keyward\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        request.extend_from_slice(&body);
-        request
+        let body = body.map_err(|e| Error::Answer(e.to_string()))?;
+        Ok(Request {
+            path,
+            body: body.to_vec(),
+        })
     }
 
     /// Items per request.
@@ -246,37 +262,18 @@ fn number(option: &str, text: &str, min: usize, max: usize) -> Result<usize, Err
         })
 }
 
-/// `$XDG_RUNTIME_DIR/keyward/keyward.sock`, else
-/// `/run/user/$UID/keyward/keyward.sock` (docs/API.md); our uid is the
-/// owner of `/proc/self` (no libc: `unsafe` is forbidden).
-fn default_socket() -> PathBuf {
-    use std::os::unix::fs::MetadataExt as _;
-    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
-        .filter(|s| !s.is_empty())
-        .map_or_else(
-            || {
-                let uid = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
-                PathBuf::from(format!("/run/user/{uid}"))
-            },
-            PathBuf::from,
-        );
-    runtime.join("keyward").join("keyward.sock")
+/// One request, sent again and again.
+struct Request {
+    path: &'static str,
+    body: Vec<u8>,
 }
 
-/// One client's connection and read buffer.
-struct Connection {
-    stream: UnixStream,
-    buffer: Vec<u8>,
-    /// Bytes of `buffer` that hold data.
-    filled: usize,
-}
+/// One client's connection (keyward-api's HTTP/1.1 client).
+struct Connection(http::Connection);
 
-/// One response in a [`Connection`]'s buffer.
+/// One response, and whether the daemon closes the connection after it.
 struct Answer {
-    status: u16,
-    /// Where the body is in the buffer.
-    body: Range<usize>,
-    /// The daemon closes the connection after this response.
+    response: http::Response,
     close: bool,
 }
 
@@ -286,112 +283,25 @@ impl Connection {
             what: format!("connect to {}", options.socket.display()),
             source,
         };
-        let stream = UnixStream::connect(&options.socket).map_err(io_error)?;
+        let connection = http::Connection::connect(&options.socket).map_err(io_error)?;
+        let stream = connection.stream();
         stream
             .set_read_timeout(Some(IO_TIMEOUT))
             .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)))
             .map_err(io_error)?;
-        Ok(Self {
-            stream,
-            buffer: vec![0; 64 * 1024],
-            filled: 0,
-        })
+        Ok(Self(connection))
     }
 
-    /// Sends `request` and reads the whole response into the buffer.
-    fn exchange(&mut self, request: &[u8]) -> io::Result<Answer> {
-        self.stream.write_all(request)?;
-        let answer = loop {
-            if let Some(answer) = parse_head(&self.buffer[..self.filled])? {
-                break answer;
-            }
-            self.fill()?;
-        };
-        if answer.body.end > MAX_RESPONSE {
-            return Err(invalid("response larger than 64 MiB"));
-        }
-        if answer.body.end > self.buffer.len() {
-            self.buffer.resize(answer.body.end, 0);
-        }
-        while self.filled < answer.body.end {
-            self.fill()?;
-        }
-        Ok(answer)
+    /// Sends `request` and reads the whole response.
+    fn exchange(&mut self, request: &Request) -> io::Result<Answer> {
+        let response = self
+            .0
+            .exchange("POST", request.path, Some(&request.body), None)?;
+        let close = response
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        Ok(Answer { response, close })
     }
-
-    /// The body of `answer`.
-    fn body(&self, answer: &Answer) -> &[u8] {
-        &self.buffer[answer.body.clone()]
-    }
-
-    /// Drops `answer` from the buffer, keeping anything read past it.
-    fn consume(&mut self, answer: &Answer) {
-        self.buffer.copy_within(answer.body.end..self.filled, 0);
-        self.filled -= answer.body.end;
-    }
-
-    fn fill(&mut self) -> io::Result<()> {
-        if self.filled == self.buffer.len() {
-            let len = self.buffer.len();
-            self.buffer.resize(2 * len, 0);
-        }
-        let n = self.stream.read(&mut self.buffer[self.filled..])?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the daemon closed the connection",
-            ));
-        }
-        self.filled += n;
-        Ok(())
-    }
-}
-
-/// The response whose head starts `data`, once the head is complete.
-fn parse_head(data: &[u8]) -> io::Result<Option<Answer>> {
-    let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return Ok(None);
-    };
-    let head =
-        std::str::from_utf8(&data[..end]).map_err(|_| invalid("response head is not text"))?;
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.strip_prefix("HTTP/1.1 "))
-        .and_then(|rest| rest.get(..3))
-        .and_then(|code| code.parse::<u16>().ok())
-        .ok_or_else(|| invalid("not an HTTP/1.1 status line"))?;
-    let mut length = None;
-    let mut close = false;
-    for line in lines {
-        let (name, value) = line
-            .split_once(':')
-            .ok_or_else(|| invalid("malformed header"))?;
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            length = Some(
-                value
-                    .parse::<usize>()
-                    .map_err(|_| invalid("bad Content-Length"))?,
-            );
-        } else if name.eq_ignore_ascii_case("connection") {
-            close = value.eq_ignore_ascii_case("close");
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(invalid(
-                "chunked response (the bench reads Content-Length bodies)",
-            ));
-        }
-    }
-    let length = length.ok_or_else(|| invalid("response without Content-Length"))?;
-    Ok(Some(Answer {
-        status,
-        body: end + 4..end + 4 + length,
-        close,
-    }))
-}
-
-fn invalid(what: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
 /// Checks a whole answer the slow way (JSON): `items` plaintexts of `size`
@@ -480,7 +390,7 @@ struct Sample {
 ///
 /// Every client reaches the barrier, even one whose warm-up failed (it
 /// reports its error afterwards): the others and `run` wait there.
-fn client(options: &Options, request: &[u8], start: &Barrier) -> Result<Sample, Error> {
+fn client(options: &Options, request: &Request, start: &Barrier) -> Result<Sample, Error> {
     let warmed_up =
         Connection::open(options).and_then(|connection| warm_up(connection, options, request));
     start.wait();
@@ -497,10 +407,13 @@ fn client(options: &Options, request: &[u8], start: &Barrier) -> Result<Sample, 
         let began = Instant::now();
         let answer = connection.exchange(request).map_err(exchange_error)?;
         let elapsed = began.elapsed();
-        if !check_quickly(answer.status, connection.body(&answer), options.items()) {
+        if !check_quickly(
+            answer.response.status,
+            &answer.response.body,
+            options.items(),
+        ) {
             sample.errors += 1;
         }
-        connection.consume(&answer);
         sample
             .latencies
             .push(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
@@ -517,14 +430,13 @@ fn client(options: &Options, request: &[u8], start: &Barrier) -> Result<Sample, 
 fn warm_up(
     mut connection: Connection,
     options: &Options,
-    request: &[u8],
+    request: &Request,
 ) -> Result<Connection, Error> {
     for i in 0..WARMUP {
         let answer = connection.exchange(request).map_err(exchange_error)?;
         if i == 0 {
-            check_fully(answer.status, connection.body(&answer), options)?;
+            check_fully(answer.response.status, &answer.response.body, options)?;
         }
-        connection.consume(&answer);
         if answer.close {
             connection = Connection::open(options)?;
         }
@@ -561,7 +473,7 @@ fn run() -> Result<bool, Error> {
         return Ok(true);
     };
     let options = Arc::new(options);
-    let request: Arc<[u8]> = options.request().into();
+    let request = Arc::new(options.request()?);
     let start = Arc::new(Barrier::new(options.clients + 1));
     let workers: Vec<_> = (0..options.clients)
         .map(|_| {

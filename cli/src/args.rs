@@ -315,29 +315,29 @@ pub(crate) struct ServeArgs {
     /// Lock after this long without a successful key operation (e.g. 90s,
     /// 15m, 8h); an unlock may ask for less, never more
     #[arg(long, value_name = "DUR", default_value = "15m",
-          value_parser = crate::daemon::parse_duration)]
+          value_parser = keyward_daemon::parse_duration)]
     pub(crate) idle_timeout: u64,
     /// Lock this long after unlocking, whatever happens (e.g. 8h); an unlock
     /// may ask for less, never more
     #[arg(long, value_name = "DUR", default_value = "8h",
-          value_parser = crate::daemon::parse_duration)]
+          value_parser = keyward_daemon::parse_duration)]
     pub(crate) absolute_timeout: u64,
     /// While unlocked, rotate the keys whose rotation period has passed this
     /// often
     #[arg(long, value_name = "DUR", default_value = "60s",
-          value_parser = crate::daemon::parse_duration)]
+          value_parser = keyward_daemon::parse_duration)]
     pub(crate) check_interval: u64,
     /// A request head must arrive within this of its first byte (tests)
     #[arg(long, value_name = "DUR", default_value = "10s", hide = true,
-          value_parser = crate::daemon::parse_duration)]
+          value_parser = keyward_daemon::parse_duration)]
     pub(crate) header_timeout: u64,
     /// A request body must arrive within this (tests)
     #[arg(long, value_name = "DUR", default_value = "30s", hide = true,
-          value_parser = crate::daemon::parse_duration)]
+          value_parser = keyward_daemon::parse_duration)]
     pub(crate) body_timeout: u64,
     /// Idle keep-alive connections are closed after this (tests)
     #[arg(long, value_name = "DUR", default_value = "60s", hide = true,
-          value_parser = crate::daemon::parse_duration)]
+          value_parser = keyward_daemon::parse_duration)]
     pub(crate) keepalive_timeout: u64,
     /// Connections served at once; more wait in the kernel backlog (tests)
     #[arg(long, value_name = "N", default_value_t = 512, hide = true,
@@ -345,7 +345,7 @@ pub(crate) struct ServeArgs {
     pub(crate) max_connections: u32,
     /// How often the socket's mode and identity are checked (tests)
     #[arg(long, value_name = "DUR", default_value = "2s", hide = true,
-          value_parser = crate::daemon::parse_duration)]
+          value_parser = keyward_daemon::parse_duration)]
     pub(crate) watchdog_interval: u64,
 }
 

@@ -6,29 +6,8 @@ use std::fmt::Write as _;
 
 use keyward_kms::{BackendKind, Error};
 
-/// Process exit codes. Stable: scripts depend on them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub(crate) enum Exit {
-    /// A failure not covered below (I/O, cancelled prompt).
-    Failure = 1,
-    /// Bad arguments (clap uses 2 too).
-    Usage = 2,
-    /// Authentication failed or is needed.
-    Auth = 3,
-    /// Keystore, key, version or protector not found.
-    NotFound = 4,
-    /// Decryption failed, truncated data, bad signature, tampered audit log.
-    Integrity = 5,
-    /// Refused by policy or to protect data.
-    Refused = 6,
-    /// Device or hardware error.
-    Device = 7,
-    /// The keystore cannot be used (busy, damaged, too new, permissions).
-    Store = 8,
-    /// Standard output was closed by the reader (e.g. `| head`); silent.
-    BrokenPipe = 141,
-}
+/// Process exit codes (docs/CLI.md), shared with the daemon API's `exit`.
+pub(crate) use keyward_api::Exit;
 
 /// A failed command: what happened, what to do, and the exit code.
 #[derive(Debug)]

@@ -11,7 +11,6 @@
 mod args;
 mod client;
 mod commands;
-mod daemon;
 mod failure;
 mod files;
 mod paths;

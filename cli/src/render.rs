@@ -1,34 +1,8 @@
 //! Small text helpers: durations, timestamps, byte counts.
 
 /// Parses a duration such as `90d`, `12h`, `30m`, `45s`, `2w` or a bare
-/// number of seconds into seconds.
-///
-/// # Errors
-/// A message for clap when the text is not a positive duration.
-pub(crate) fn parse_duration(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    if digits.is_empty() {
-        return Err("expected a number followed by s, m, h, d or w (e.g. 90d)".to_owned());
-    }
-    let n: u64 = digits.parse().map_err(|_| "number too large".to_owned())?;
-    let scale: u64 = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => return Err(format!("unknown unit {unit:?} (use s, m, h, d or w)")),
-    };
-    match n.checked_mul(scale) {
-        Some(0) => Err("the duration must be positive".to_owned()),
-        Some(secs) => Ok(secs),
-        None => Err("duration too large".to_owned()),
-    }
-}
+/// number of seconds into seconds (one rule for the CLI and the daemon).
+pub(crate) use keyward_api::duration::parse_duration;
 
 /// Formats seconds the way [`parse_duration`] reads them, in the largest
 /// exact unit.

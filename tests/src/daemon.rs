@@ -1,6 +1,6 @@
 //! Test fixture for `keyward serve`: a keystore made with the CLI, a daemon
-//! on a private socket, and a tiny blocking HTTP/1.1 client over a Unix
-//! socket.
+//! on a private socket, and a test client over keyward-api's HTTP/1.1
+//! client.
 //!
 //! ```ignore
 //! use keyward_tests::daemon::{Daemon, code};
@@ -23,8 +23,7 @@
 //! Everything here panics on unexpected failure, with what it was doing:
 //! it is test code.
 
-use std::fmt::Write as _;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -33,6 +32,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
+use keyward_api::http;
 use serde_json::{Value, json};
 
 pub use rustix::process::Signal;
@@ -567,15 +567,22 @@ impl Response {
     }
 }
 
-/// A blocking HTTP/1.1 client on one Unix-socket connection, kept alive
-/// between requests.
+impl From<http::Response> for Response {
+    fn from(r: http::Response) -> Self {
+        Self {
+            status: r.status,
+            headers: r.headers,
+            body: r.body.to_vec(),
+        }
+    }
+}
+
+/// A keep-alive connection for tests, over keyward-api's HTTP/1.1 client
+/// (the one in the tree); raw bytes may be written (malformed requests),
+/// but answers are always read by keyward-api.
 #[derive(Debug)]
 pub struct Client {
-    stream: UnixStream,
-    /// Bytes read but not yet consumed.
-    buffer: Vec<u8>,
-    /// De-chunked stream bytes not yet returned as lines.
-    lines: Vec<u8>,
+    connection: http::Connection,
 }
 
 impl Client {
@@ -584,18 +591,14 @@ impl Client {
     /// # Errors
     /// The connection is refused.
     pub fn connect(socket: &Path) -> io::Result<Self> {
-        let stream = UnixStream::connect(socket)?;
-        stream.set_read_timeout(Some(READ_TIMEOUT))?;
-        Ok(Self {
-            stream,
-            buffer: Vec::new(),
-            lines: Vec::new(),
-        })
+        let connection = http::Connection::connect(socket)?;
+        connection.stream().set_read_timeout(Some(READ_TIMEOUT))?;
+        Ok(Self { connection })
     }
 
     /// The underlying stream (to shut down one direction, change timeouts).
     pub fn stream(&self) -> &UnixStream {
-        &self.stream
+        self.connection.stream()
     }
 
     /// Sends one request and reads its response: the status and the JSON
@@ -628,20 +631,9 @@ impl Client {
         token: Option<&str>,
     ) -> io::Result<Response> {
         let body = body.map(|b| serde_json::to_vec(b).expect("JSON serializes"));
-        match self.send(method, path, body.as_deref(), token) {
-            Ok(()) => self.read_response(),
-            // The daemon may answer before reading the whole body (413) and
-            // close: its answer is still there to read.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-                ) =>
-            {
-                self.read_response().map_err(|_| e)
-            }
-            Err(e) => Err(e),
-        }
+        self.connection
+            .exchange(method, path, body.as_deref(), token)
+            .map(Response::from)
     }
 
     /// Writes one request with a raw `body` (and a Content-Length), without
@@ -656,21 +648,7 @@ impl Client {
         body: Option<&[u8]>,
         token: Option<&str>,
     ) -> io::Result<()> {
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: keyward\r\n");
-        if let Some(token) = token {
-            let _ = write!(head, "Authorization: Bearer {token}\r\n");
-        }
-        if let Some(body) = body {
-            let _ = write!(
-                head,
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                body.len()
-            );
-        }
-        head.push_str("\r\n");
-        let mut bytes = head.into_bytes();
-        bytes.extend_from_slice(body.unwrap_or_default());
-        self.send_raw(&bytes)
+        self.connection.send(method, path, body, token)
     }
 
     /// Writes raw bytes (for malformed requests).
@@ -678,8 +656,7 @@ impl Client {
     /// # Errors
     /// Transport errors.
     pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes)?;
-        self.stream.flush()
+        self.connection.send_raw(bytes)
     }
 
     /// Reads one response.
@@ -688,58 +665,7 @@ impl Client {
     /// Transport errors; `UnexpectedEof` if the daemon closed the
     /// connection first; `InvalidData` for a response we cannot parse.
     pub fn read_response(&mut self) -> io::Result<Response> {
-        let head_end = loop {
-            if let Some(pos) = find(&self.buffer, b"\r\n\r\n") {
-                break pos;
-            }
-            if self.fill()? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed before a response",
-                ));
-            }
-        };
-        let head = String::from_utf8(self.buffer[..head_end].to_vec())
-            .map_err(|_| invalid("response head is not UTF-8"))?;
-        self.buffer.drain(..head_end + 4);
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or_default();
-        let status = status_line
-            .strip_prefix("HTTP/1.1 ")
-            .and_then(|rest| rest.get(..3))
-            .and_then(|code| code.parse::<u16>().ok())
-            .ok_or_else(|| invalid("bad status line"))?;
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|line| line.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        let mut response = Response {
-            status,
-            headers,
-            body: Vec::new(),
-        };
-        if response
-            .header("transfer-encoding")
-            .is_some_and(|te| te.eq_ignore_ascii_case("chunked"))
-        {
-            while let Some(chunk) = self.read_chunk()? {
-                response.body.extend_from_slice(&chunk);
-            }
-        } else if let Some(len) = response.header("content-length") {
-            let len: usize = len
-                .parse()
-                .map_err(|_| invalid("bad Content-Length in the response"))?;
-            while self.buffer.len() < len {
-                if self.fill()? == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "connection closed in the response body",
-                    ));
-                }
-            }
-            response.body = self.buffer.drain(..len).collect();
-        }
-        Ok(response)
+        self.connection.read_response().map(Response::from)
     }
 
     /// Reads the head of a streaming response (`GET /v1/events`) and
@@ -749,38 +675,8 @@ impl Client {
     /// # Errors
     /// As [`Client::read_response`].
     pub fn open_stream(&mut self, path: &str, token: Option<&str>) -> io::Result<Response> {
-        self.send("GET", path, None, token)?;
-        let head_end = loop {
-            if let Some(pos) = find(&self.buffer, b"\r\n\r\n") {
-                break pos;
-            }
-            if self.fill()? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed before a response",
-                ));
-            }
-        };
-        let head = String::from_utf8(self.buffer[..head_end].to_vec())
-            .map_err(|_| invalid("response head is not UTF-8"))?;
-        self.buffer.drain(..head_end + 4);
-        let mut lines = head.split("\r\n");
-        let status = lines
-            .next()
-            .and_then(|l| l.strip_prefix("HTTP/1.1 "))
-            .and_then(|rest| rest.get(..3))
-            .and_then(|code| code.parse::<u16>().ok())
-            .ok_or_else(|| invalid("bad status line"))?;
-        let headers = lines
-            .filter_map(|line| line.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        self.lines = Vec::new();
-        Ok(Response {
-            status,
-            headers,
-            body: Vec::new(),
-        })
+        self.connection.send("GET", path, None, token)?;
+        self.connection.read_head().map(Response::from)
     }
 
     /// The next NDJSON line of a stream opened with [`Client::open_stream`],
@@ -790,41 +686,13 @@ impl Client {
     /// # Panics
     /// If a line is not JSON or the chunked framing is broken.
     pub fn next_line(&mut self, timeout: Duration) -> Option<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(pos) = self.lines.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.lines.drain(..=pos).collect();
-                return Some(
-                    serde_json::from_slice(&line[..line.len() - 1]).unwrap_or_else(|e| {
-                        panic!("not a JSON line ({e}): {}", String::from_utf8_lossy(&line))
-                    }),
-                );
-            }
-            let left = deadline.checked_duration_since(Instant::now())?;
-            if left.is_zero() {
-                return None;
-            }
-            self.stream
-                .set_read_timeout(Some(left))
-                .expect("set a read timeout");
-            let chunk = self.read_chunk();
-            self.stream
-                .set_read_timeout(Some(READ_TIMEOUT))
-                .expect("set a read timeout");
-            match chunk {
-                Ok(Some(chunk)) => self.lines.extend_from_slice(&chunk),
-                Ok(None) => return None,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return None;
-                }
-                Err(e) => panic!("reading the event stream: {e}"),
-            }
-        }
+        let line = self
+            .connection
+            .next_line(Some(timeout))
+            .unwrap_or_else(|e| panic!("reading the event stream: {e}"))?;
+        Some(serde_json::from_slice(&line).unwrap_or_else(|e| {
+            panic!("not a JSON line ({e}): {}", String::from_utf8_lossy(&line))
+        }))
     }
 
     /// Waits up to `timeout` for the daemon to close the connection,
@@ -834,91 +702,14 @@ impl Client {
     /// # Panics
     /// If the socket's timeout cannot be set.
     pub fn closed_within(&mut self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut scratch = [0u8; 4096];
-        loop {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                return false;
-            };
-            if left.is_zero() {
-                return false;
-            }
-            self.stream
-                .set_read_timeout(Some(left))
-                .expect("set a read timeout");
-            match self.stream.read(&mut scratch) {
-                Ok(0) => return true,
-                Ok(n) => self.buffer.extend_from_slice(&scratch[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return false;
-                }
-                Err(_) => return true,
-            }
-        }
+        self.connection
+            .closed_within(timeout)
+            .expect("set a read timeout")
     }
 
     /// Bytes received but not yet consumed by a response (what the daemon
     /// sent before closing, after [`Client::closed_within`]).
     pub fn pending(&self) -> &[u8] {
-        &self.buffer
+        self.connection.pending()
     }
-
-    /// Reads more bytes into the buffer; 0 at EOF.
-    fn fill(&mut self) -> io::Result<usize> {
-        let mut scratch = [0u8; 16 * 1024];
-        loop {
-            match self.stream.read(&mut scratch) {
-                Ok(n) => {
-                    self.buffer.extend_from_slice(&scratch[..n]);
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// One chunk of a chunked body; `None` for the last (empty) chunk.
-    fn read_chunk(&mut self) -> io::Result<Option<Vec<u8>>> {
-        let line_end = loop {
-            if let Some(pos) = find(&self.buffer, b"\r\n") {
-                break pos;
-            }
-            if self.fill()? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed in a chunked body",
-                ));
-            }
-        };
-        let size_text = String::from_utf8_lossy(&self.buffer[..line_end]).into_owned();
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| invalid("bad chunk size"))?;
-        while self.buffer.len() < line_end + 2 + size + 2 {
-            if self.fill()? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed in a chunk",
-                ));
-            }
-        }
-        let chunk = self.buffer[line_end + 2..line_end + 2 + size].to_vec();
-        self.buffer.drain(..line_end + 2 + size + 2);
-        Ok((size > 0).then_some(chunk))
-    }
-}
-
-/// Position of `needle` in `haystack`.
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-fn invalid(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
 }

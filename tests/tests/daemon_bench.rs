@@ -15,70 +15,57 @@
 //! next (no pipelining). Clients and daemon share the machine's cores, so
 //! the numbers include the clients' own cost.
 
-use std::io::{Read as _, Write as _};
-use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use keyward_api::http;
 use keyward_tests::daemon::{Daemon, b64};
 use serde_json::json;
 
 /// How long each configuration runs.
 const RUN: Duration = Duration::from_secs(3);
 
-/// One request, raw, for `path` with `body`.
-fn raw_request(path: &str, body: &str) -> Vec<u8> {
-    format!(
-        "POST {path} HTTP/1.1\r\nHost: k\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+/// One request: `POST path` with a JSON `body`.
+struct Request {
+    path: String,
+    body: Vec<u8>,
 }
 
-/// Sends `request` until `RUN` is over; the latency of each exchange.
-fn hammer(socket: &std::path::Path, request: &[u8]) -> Vec<Duration> {
-    let mut stream = UnixStream::connect(socket).expect("connect");
-    stream
+/// The request for `path` with `body`.
+fn raw_request(path: &str, body: &str) -> Request {
+    Request {
+        path: path.to_owned(),
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+/// Sends `request` until `RUN` is over; the latency of each exchange
+/// (through keyward-api's client, as every client of the daemon).
+fn hammer(socket: &std::path::Path, request: &Request) -> Vec<Duration> {
+    let mut connection = http::Connection::connect(socket).expect("connect");
+    connection
+        .stream()
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
     let mut latencies = Vec::with_capacity(200_000);
-    let mut buffer = vec![0u8; 1 << 20];
     let deadline = Instant::now() + RUN;
     while Instant::now() < deadline {
         let start = Instant::now();
-        stream.write_all(request).expect("send");
-        // Read the head, then exactly Content-Length bytes of body.
-        let mut filled = 0;
-        let (head_end, length) = loop {
-            let n = stream.read(&mut buffer[filled..]).expect("read");
-            assert!(n > 0, "connection closed");
-            filled += n;
-            if let Some(end) = buffer[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = std::str::from_utf8(&buffer[..end]).expect("head");
-                assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().parse().expect("length"))
-                    })
-                    .expect("content-length");
-                break (end + 4, length);
-            }
-        };
-        while filled < head_end + length {
-            let n = stream.read(&mut buffer[filled..]).expect("read");
-            assert!(n > 0, "connection closed");
-            filled += n;
-        }
+        let response = connection
+            .exchange("POST", &request.path, Some(&request.body), None)
+            .expect("exchange");
+        assert_eq!(
+            response.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&response.body)
+        );
         latencies.push(start.elapsed());
     }
     latencies
 }
 
 /// Runs `connections` clients at once and prints the result.
-fn measure(daemon: &Daemon, name: &str, connections: usize, request: &[u8], per_request: usize) {
+fn measure(daemon: &Daemon, name: &str, connections: usize, request: &Request, per_request: usize) {
     let start = Instant::now();
     let mut latencies: Vec<Duration> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..connections)

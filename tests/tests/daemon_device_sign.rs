@@ -66,7 +66,7 @@ fn the_daemon_signs_with_the_token_it_was_unlocked_with() {
             for _ in 0..20 {
                 let (status, body) = sign();
                 assert_eq!(status, 200, "{body}");
-                assert_eq!(body["algorithm"], "ecdsap256sha256", "{body}");
+                assert_eq!(body["algorithm"], "ecdsa-p256-sha256", "{body}");
                 last = unb64(&body["signature"]);
             }
             let dir = daemon.store().dir();

@@ -4,6 +4,8 @@ use keyward_kms::audit::{AuditRecord, AuditSummary};
 
 use super::Ctx;
 use crate::args::AuditCommand;
+use keyward_api::types::{AuditQuery, VerifyAudit};
+
 use crate::client::decode;
 use crate::failure::{Exit, Failure};
 use crate::files::{print, print_json};
@@ -25,9 +27,11 @@ pub(super) fn run(ctx: &Ctx<'_>, cmd: &AuditCommand) -> Result<(), Failure> {
     let mut records = |from: u64| -> Result<Vec<AuditRecord>, Failure> {
         match (&mut daemon, &service) {
             (Some(d), _) => {
-                let mut answer =
-                    d.call("GET", &format!("/v1/audit?since={from}&limit={PAGE}"), None)?;
-                decode(answer["records"].take())
+                let answer = d.send(&AuditQuery {
+                    since: Some(from),
+                    limit: Some(PAGE as u64),
+                })?;
+                decode(&answer.records)
             }
             (None, Some(s)) => ctx.check(s.audit_records(from, PAGE)),
             (None, None) => unreachable!("a service when there is no daemon"),
@@ -74,7 +78,7 @@ pub(super) fn run(ctx: &Ctx<'_>, cmd: &AuditCommand) -> Result<(), Failure> {
         }
         AuditCommand::Verify => {
             let summary: AuditSummary = match (&mut daemon, &service) {
-                (Some(d), _) => decode(d.call("GET", "/v1/audit/verify", None)?)?,
+                (Some(d), _) => decode(&d.send(&VerifyAudit)?)?,
                 (None, Some(s)) => ctx.check(s.audit_verify())?,
                 (None, None) => unreachable!("a service when there is no daemon"),
             };

@@ -6,14 +6,16 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::str::FromStr as _;
 
+use keyward_api::types::{AddClient, ListClients, RevokeAll, RevokeClient};
 use keyward_kms::clients::{ClientInfo, Operation};
 use secrecy::{ExposeSecret as _, SecretString};
-use serde_json::{Value, json};
+use serde_json::json;
 use zeroize::Zeroizing;
 
 use super::Ctx;
 use crate::args::ClientCommand;
-use crate::failure::{Exit, Failure};
+use crate::client::decode;
+use crate::failure::Failure;
 use crate::files::{print, print_json};
 use crate::render::format_time;
 
@@ -32,23 +34,12 @@ pub(super) fn run(ctx: &Ctx<'_>, cmd: &ClientCommand) -> Result<(), Failure> {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| Failure::from(e).hint("see `keyward client add --help`"))?;
             let (info, token) = if let Some(mut daemon) = ctx.daemon()? {
-                let mut answer = daemon.call(
-                    "POST",
-                    "/v1/clients",
-                    Some(&json!({ "name": name, "allow": ops, "keys": keys })),
-                )?;
-                let info: ClientInfo =
-                    serde_json::from_value(answer["client"].take()).map_err(|e| bad_answer(&e))?;
-                let token = match answer.get_mut("token") {
-                    Some(Value::String(t)) => SecretString::from(std::mem::take(t)),
-                    _ => {
-                        return Err(Failure::new(
-                            Exit::Failure,
-                            "the daemon's answer has no token",
-                        ));
-                    }
-                };
-                (info, token)
+                let answer = daemon.send(&AddClient {
+                    name: name.clone(),
+                    allow: decode(&ops)?,
+                    keys: keys.clone(),
+                })?;
+                (decode(&answer.client)?, answer.token.into_secret())
             } else {
                 let mut service = ctx.open()?;
                 ctx.check(service.client_add(name, &ops, keys))?
@@ -57,8 +48,7 @@ pub(super) fn run(ctx: &Ctx<'_>, cmd: &ClientCommand) -> Result<(), Failure> {
         }
         ClientCommand::List => {
             let clients: Vec<ClientInfo> = if let Some(mut daemon) = ctx.daemon()? {
-                let mut answer = daemon.call("GET", "/v1/clients", None)?;
-                serde_json::from_value(answer["clients"].take()).map_err(|e| bad_answer(&e))?
+                decode(&daemon.send(&ListClients)?.clients)?
             } else {
                 ctx.check(ctx.open()?.clients())?
             };
@@ -70,15 +60,11 @@ pub(super) fn run(ctx: &Ctx<'_>, cmd: &ClientCommand) -> Result<(), Failure> {
         ClientCommand::Revoke { name, all } => {
             let revoked = if let Some(mut daemon) = ctx.daemon()? {
                 if *all {
-                    let answer = daemon.call("POST", "/v1/clients/revoke-all", Some(&json!({})))?;
-                    answer["revoked"].as_u64().unwrap_or(0)
+                    daemon.send(&RevokeAll {})?.revoked
                 } else {
-                    let name = name.as_deref().unwrap_or_default();
-                    daemon.call(
-                        "DELETE",
-                        &format!("/v1/clients/{}", path_segment(name)),
-                        None,
-                    )?;
+                    daemon.send(&RevokeClient {
+                        name: name.as_deref().unwrap_or_default().to_owned(),
+                    })?;
                     1
                 }
             } else {
@@ -174,25 +160,4 @@ fn client_table(clients: &[ClientInfo]) -> String {
         );
     }
     text
-}
-
-/// A client name as one URL path segment (names are `[A-Za-z0-9._-]`;
-/// anything else is percent-encoded so the daemon refuses it cleanly).
-fn path_segment(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
-}
-
-fn bad_answer(e: &serde_json::Error) -> Failure {
-    Failure::new(
-        Exit::Failure,
-        format!("the daemon sent an unreadable client list ({e})"),
-    )
 }

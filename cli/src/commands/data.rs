@@ -2,18 +2,21 @@
 
 use std::io::{Cursor, Read, Write};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
+use keyward_api::Bytes;
+use keyward_api::types::{
+    DatakeyRequest, DecryptRequest, EncryptRequest, ExportPublic, RewrapRequest, SignRequest,
+    UnwrapRequest, VerifyRequest,
+};
 use keyward_kms::KeyName;
 use keyward_kms::service::{PublicKeyExport, StreamSummary, Verified};
-use serde_json::{Value, json};
+use serde_json::json;
 use zeroize::Zeroizing;
 
 use super::Ctx;
 use crate::args::{
     DatakeyCommand, DecryptArgs, EncryptArgs, ExportPublicArgs, RewrapArgs, SignArgs, VerifyArgs,
 };
-use crate::client::{decode, zeroize_json};
+use crate::client::decode;
 use crate::failure::{Exit, Failure};
 use crate::files::{Content, Input, Output, Progress, print, print_json};
 use crate::render::format_time;
@@ -41,17 +44,16 @@ pub(super) fn encrypt(ctx: &Ctx<'_>, args: &EncryptArgs) -> Result<(), Failure> 
     let (head, small) = read_head(&mut input)?;
     if small {
         if let Some(mut daemon) = ctx.daemon()? {
-            let mut body = json!({ "key": args.key, "plaintext": B64.encode(&head[..]),
-                                   "context": B64.encode(args.context.as_bytes()) });
-            let answer = daemon.call("POST", "/v1/encrypt", Some(&body));
-            zeroize_json(&mut body);
-            let answer = answer?;
-            let ciphertext = field_bytes(&answer, "ciphertext")?;
+            let answer = daemon.send(&EncryptRequest {
+                key: args.key.as_str().to_owned(),
+                plaintext: Bytes::copy_of(&head),
+                context: Bytes::copy_of(args.context.as_bytes()),
+            })?;
             output
-                .write_all(&ciphertext)
+                .write_all(answer.ciphertext.bytes())
                 .map_err(|e| Failure::io("cannot write the ciphertext", &e))?;
             output.commit()?;
-            return report_summary(ctx, &summary_of(&answer, head.len())?);
+            return report_summary(ctx, &summary_of(&answer.key, answer.version, head.len())?);
         }
     }
     let mut service = ctx.open()?;
@@ -77,21 +79,19 @@ pub(super) fn decrypt(ctx: &Ctx<'_>, args: &DecryptArgs) -> Result<(), Failure> 
     let (head, small) = read_head(&mut input)?;
     if small {
         if let Some(mut daemon) = ctx.daemon()? {
-            let answer = daemon.call(
-                "POST",
-                "/v1/decrypt",
-                Some(&json!({ "ciphertext": B64.encode(&head[..]),
-                              "context": B64.encode(args.context.as_bytes()) })),
-            );
-            let mut answer = answer?;
-            let plaintext = field_bytes(&answer, "plaintext");
-            zeroize_json(&mut answer["plaintext"]);
-            let plaintext = plaintext?;
+            let answer = daemon.send(&DecryptRequest {
+                ciphertext: Bytes::copy_of(&head),
+                context: Bytes::copy_of(args.context.as_bytes()),
+            })?;
+            let plaintext = answer.plaintext.bytes();
             output
-                .write_all(&plaintext)
+                .write_all(plaintext)
                 .map_err(|e| Failure::io("cannot write the plaintext", &e))?;
             output.commit()?;
-            return report_summary(ctx, &summary_of(&answer, plaintext.len())?);
+            return report_summary(
+                ctx,
+                &summary_of(&answer.key, answer.version, plaintext.len())?,
+            );
         }
     }
     let mut service = ctx.open()?;
@@ -122,13 +122,12 @@ pub(super) fn sign(ctx: &Ctx<'_>, args: &SignArgs) -> Result<(), Failure> {
     let (head, small) = read_head(&mut input)?;
     let signature = match ctx.daemon()? {
         Some(mut daemon) if small => {
-            let answer = daemon.call(
-                "POST",
-                "/v1/sign",
-                Some(&json!({ "key": key, "message": B64.encode(&head[..]),
-                              "audience": audience })),
-            )?;
-            field_bytes(&answer, "signature")?.to_vec()
+            let answer = daemon.send(&SignRequest {
+                key: key.as_str().to_owned(),
+                message: Bytes::copy_of(&head),
+                audience: audience.to_owned(),
+            })?;
+            answer.signature.bytes().to_vec()
         }
         _ => {
             let mut service = ctx.open()?;
@@ -149,13 +148,12 @@ pub(super) fn verify(ctx: &Ctx<'_>, args: &VerifyArgs) -> Result<(), Failure> {
     let mut input = Input::open(args.input.as_deref())?;
     let (head, small) = read_head(&mut input)?;
     let verified: Verified = match ctx.daemon()? {
-        Some(mut daemon) if small => decode(daemon.call(
-            "POST",
-            "/v1/verify",
-            Some(&json!({ "message": B64.encode(&head[..]),
-                          "signature": B64.encode(&signature),
-                          "audience": args.audience, "fresh": false })),
-        )?)?,
+        Some(mut daemon) if small => decode(&daemon.send(&VerifyRequest {
+            message: Bytes::copy_of(&head),
+            signature: Bytes::copy_of(&signature),
+            audience: args.audience.clone(),
+            fresh: false,
+        })?)?,
         _ => {
             let mut service = ctx.open()?;
             let mut input = Cursor::new(head).chain(input);
@@ -206,13 +204,10 @@ pub(super) fn export_public(ctx: &Ctx<'_>, args: &ExportPublicArgs) -> Result<()
         ));
     }
     let export: PublicKeyExport = match ctx.daemon()? {
-        Some(mut daemon) => {
-            let path = match args.version {
-                Some(v) => format!("/v1/keys/{name}/public?version={v}"),
-                None => format!("/v1/keys/{name}/public"),
-            };
-            decode(daemon.call("GET", &path, None)?)?
-        }
+        Some(mut daemon) => decode(&daemon.send(&ExportPublic {
+            name: name.as_str().to_owned(),
+            version: args.version,
+        })?)?,
         None => ctx.check(ctx.open()?.export_public(name, args.version))?,
     };
     if ctx.json() {
@@ -248,31 +243,13 @@ fn read_head(input: &mut Input) -> Result<(Zeroizing<Vec<u8>>, bool), Failure> {
     Ok((head, small))
 }
 
-/// A base64 field of a daemon answer, decoded.
-fn field_bytes(answer: &Value, name: &str) -> Result<Zeroizing<Vec<u8>>, Failure> {
-    answer[name]
-        .as_str()
-        .and_then(|s| B64.decode(s).ok())
-        .map(Zeroizing::new)
-        .ok_or_else(|| {
-            Failure::new(
-                Exit::Failure,
-                format!("the daemon's answer has no valid '{name}'"),
-            )
-        })
-}
-
-fn summary_of(answer: &Value, bytes: usize) -> Result<StreamSummary, Failure> {
-    let key = answer["key"]
-        .as_str()
-        .and_then(|k| KeyName::new(k).ok())
-        .ok_or_else(|| Failure::new(Exit::Failure, "the daemon's answer names no key"))?;
+/// The summary of a one-shot operation through the daemon.
+fn summary_of(key: &str, version: u32, bytes: usize) -> Result<StreamSummary, Failure> {
+    let key = KeyName::new(key)
+        .map_err(|_| Failure::new(Exit::Failure, "the daemon's answer names no key"))?;
     Ok(StreamSummary {
         key,
-        version: answer["version"]
-            .as_u64()
-            .and_then(|v| u32::try_from(v).ok())
-            .unwrap_or(0),
+        version,
         bytes: bytes as u64,
     })
 }
@@ -290,17 +267,15 @@ pub(super) fn rewrap(ctx: &Ctx<'_>, args: &RewrapArgs) -> Result<(), Failure> {
         .hint("re-encrypt large data with `keyward decrypt | keyward encrypt`"));
     }
     let (ciphertext, key, version, from) = if let Some(mut daemon) = ctx.daemon()? {
-        let answer = daemon.call(
-            "POST",
-            "/v1/rewrap",
-            Some(&json!({ "ciphertext": B64.encode(&ciphertext[..]),
-                          "context": B64.encode(args.context.as_bytes()) })),
-        )?;
+        let answer = daemon.send(&RewrapRequest {
+            ciphertext: Bytes::copy_of(&ciphertext),
+            context: Bytes::copy_of(args.context.as_bytes()),
+        })?;
         (
-            field_bytes(&answer, "ciphertext")?.to_vec(),
-            answer["key"].as_str().unwrap_or_default().to_owned(),
-            answer["version"].as_u64().unwrap_or(0),
-            answer["from_version"].as_u64().unwrap_or(0),
+            answer.ciphertext.bytes().to_vec(),
+            answer.key,
+            u64::from(answer.version),
+            u64::from(answer.from_version),
         )
     } else {
         let mut service = ctx.open()?;
@@ -337,15 +312,14 @@ pub(super) fn datakey(ctx: &Ctx<'_>, cmd: &DatakeyCommand) -> Result<(), Failure
         } => {
             let mut out = Output::create(output.as_deref(), Content::Plaintext, *force)?;
             let (plaintext, wrapped) = if let Some(mut daemon) = ctx.daemon()? {
-                let mut answer = daemon.call(
-                    "POST",
-                    "/v1/datakey/generate",
-                    Some(&json!({ "key": key, "context": B64.encode(context.as_bytes()) })),
-                )?;
-                let plaintext = field_bytes(&answer, "plaintext");
-                let wrapped = field_bytes(&answer, "wrapped");
-                zeroize_json(&mut answer);
-                (plaintext?, wrapped?.to_vec())
+                let answer = daemon.send(&DatakeyRequest {
+                    key: key.as_str().to_owned(),
+                    context: Bytes::copy_of(context.as_bytes()),
+                })?;
+                (
+                    answer.plaintext.into_inner(),
+                    answer.wrapped.bytes().to_vec(),
+                )
             } else {
                 let mut service = ctx.open()?;
                 ctx.unlock(&mut service, Reserve::Nothing)?;
@@ -375,15 +349,13 @@ pub(super) fn datakey(ctx: &Ctx<'_>, cmd: &DatakeyCommand) -> Result<(), Failure
                 ));
             }
             let plaintext = if let Some(mut daemon) = ctx.daemon()? {
-                let mut answer = daemon.call(
-                    "POST",
-                    "/v1/datakey/unwrap",
-                    Some(&json!({ "wrapped": B64.encode(&wrapped[..]),
-                                  "context": B64.encode(context.as_bytes()) })),
-                )?;
-                let plaintext = field_bytes(&answer, "plaintext");
-                zeroize_json(&mut answer);
-                plaintext?
+                daemon
+                    .send(&UnwrapRequest {
+                        wrapped: Bytes::copy_of(&wrapped),
+                        context: Bytes::copy_of(context.as_bytes()),
+                    })?
+                    .plaintext
+                    .into_inner()
             } else {
                 let mut service = ctx.open()?;
                 ctx.unlock(&mut service, Reserve::Nothing)?;

@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use keyward_api::types::{CreateKey, ListKeys, RetireKey, RotateDue, RotateKey, ShowKey};
 use keyward_kms::service::{KeyInfo, KeySpec};
 use keyward_kms::{DataClass, Error, KeyPurpose};
 use serde_json::json;
@@ -52,32 +53,26 @@ fn via_daemon(daemon: &mut Daemon, cmd: &KeyCommand) -> Result<Outcome, Failure>
             class,
             rotation_period,
             usage_limit,
-        } => daemon.call(
-            "POST",
-            "/v1/keys",
-            Some(&json!({
-                "name": name,
-                "purpose": KeyPurpose::from(*purpose),
-                "class": DataClass::from(*class),
-                "rotation_period": rotation_period,
-                "usage_limit": usage_limit,
-            })),
-        )?,
-        KeyCommand::List => {
-            let mut answer = daemon.call("GET", "/v1/keys", None)?;
-            return Ok(Err(decode(answer["keys"].take())?));
-        }
-        KeyCommand::Show { name } => daemon.call("GET", &format!("/v1/keys/{name}"), None)?,
-        KeyCommand::Rotate { name } => {
-            daemon.call("POST", &format!("/v1/keys/{name}/rotate"), Some(&json!({})))?
-        }
-        KeyCommand::Retire { name, min_version } => daemon.call(
-            "POST",
-            &format!("/v1/keys/{name}/retire"),
-            Some(&json!({ "min_decryption_version": min_version })),
-        )?,
+        } => daemon.send(&CreateKey {
+            name: name.as_str().to_owned(),
+            purpose: decode(&KeyPurpose::from(*purpose))?,
+            class: decode(&DataClass::from(*class))?,
+            rotation_period: *rotation_period,
+            usage_limit: *usage_limit,
+        })?,
+        KeyCommand::List => return Ok(Err(decode(&daemon.send(&ListKeys)?.keys)?)),
+        KeyCommand::Show { name } => daemon.send(&ShowKey {
+            name: name.as_str().to_owned(),
+        })?,
+        KeyCommand::Rotate { name } => daemon.send(&RotateKey {
+            name: name.as_str().to_owned(),
+        })?,
+        KeyCommand::Retire { name, min_version } => daemon.send(&RetireKey {
+            name: name.as_str().to_owned(),
+            min_decryption_version: *min_version,
+        })?,
     };
-    Ok(Ok(decode(answer)?))
+    Ok(Ok(decode(&answer)?))
 }
 
 fn direct(ctx: &Ctx<'_>, cmd: &KeyCommand) -> Result<Outcome, Failure> {
@@ -144,8 +139,7 @@ fn render(ctx: &Ctx<'_>, cmd: &KeyCommand, info: &KeyInfo) -> Result<(), Failure
 /// store (unlocking it).
 pub(super) fn rotate_due(ctx: &Ctx<'_>, _args: &RotateArgs) -> Result<(), Failure> {
     let rotated: Vec<Rotated> = if let Some(mut daemon) = ctx.daemon()? {
-        let mut answer = daemon.call("POST", "/v1/rotate-due", Some(&json!({})))?;
-        decode(answer["rotated"].take())?
+        decode(&daemon.send(&RotateDue {})?.rotated)?
     } else {
         let mut service = ctx.open()?;
         ctx.unlock(&mut service, Reserve::Nothing)?;

@@ -1,14 +1,16 @@
 //! `keyward unlock`, `lock` and `events`: the daemon's session, which only
 //! exists while `keyward serve` runs.
 
+use keyward_api::SecretText;
+use keyward_api::client::Error as ApiError;
+use keyward_api::types::{EventsQuery, LockRequest, Secrets, UnlockRequest, UnlockWith as With};
 use keyward_kms::service::UnlockWith;
 use keyward_kms::{Callbacks as _, SecretKind, SecretRequest};
-use secrecy::ExposeSecret as _;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 use super::Ctx;
 use crate::args::{EventsArgs, UnlockArgs};
-use crate::client::{Daemon, UNLOCK_TIMEOUT, error_code, zeroize_json};
+use crate::client::{Daemon, UNLOCK_TIMEOUT, failure};
 use crate::failure::{Exit, Failure};
 use crate::files::{print, print_json};
 use crate::render::format_time;
@@ -46,99 +48,93 @@ pub(super) fn unlock(ctx: &Ctx<'_>, args: &UnlockArgs) -> Result<(), Failure> {
         ctx.unlock_choice(&protectors, Reserve::Nothing, ctx.cli.protector)?
     };
     let with = match with {
-        UnlockWith::Any => json!("any"),
-        UnlockWith::Kind(kind) => json!(kind.as_str()),
-        UnlockWith::Id(id) => json!(id),
+        UnlockWith::Any => With::Name("any".to_owned()),
+        UnlockWith::Kind(kind) => With::Name(kind.as_str().to_owned()),
+        UnlockWith::Id(id) => With::Id(id),
     };
-    let mut secrets = Map::new();
+    let mut secrets = Secrets::default();
     daemon.set_timeout(Some(UNLOCK_TIMEOUT));
-    let result = (|| {
+    let answer = (|| {
         for _ in 0..MAX_ROUNDS {
-            let mut body = json!({ "with": with, "secrets": Value::Object(secrets.clone()) });
-            if let Some(t) = args.idle_timeout {
-                body["idle_timeout"] = json!(t);
-            }
-            if let Some(t) = args.absolute_timeout {
-                body["absolute_timeout"] = json!(t);
-            }
-            let response = daemon.request("POST", "/v1/unlock", Some(&body));
-            zeroize_json(&mut body);
-            let response = response?;
-            if (200..300).contains(&response.status) {
-                return Ok(response.body);
-            }
-            if error_code(&response) != Some("secret-required") {
-                return Err(crate::client::api_failure(&response));
-            }
-            let error = &response.body["error"];
-            let kind = match error["secret"].as_str() {
-                Some("pin") => SecretKind::Pin,
-                Some("puk") => SecretKind::Puk,
-                Some("passphrase") => SecretKind::Passphrase,
-                Some("recovery-key") => SecretKind::RecoveryKey,
-                other => {
+            let request = UnlockRequest {
+                with: Some(with.clone()),
+                secrets: std::mem::take(&mut secrets),
+                idle_timeout: args.idle_timeout,
+                absolute_timeout: args.absolute_timeout,
+            };
+            let result = daemon.try_send(&request);
+            secrets = request.secrets;
+            let problem = match result {
+                Ok(answer) => return Ok(answer),
+                Err(ApiError::Api {
+                    problem: Some(problem),
+                    ..
+                }) if problem.code == "secret-required" => problem,
+                Err(e) => return Err(failure(&e)),
+            };
+            let name = problem.secret.as_deref().unwrap_or_default();
+            let (kind, slot) = match name {
+                "pin" => (SecretKind::Pin, &mut secrets.pin),
+                "puk" => (SecretKind::Puk, &mut secrets.puk),
+                "passphrase" => (SecretKind::Passphrase, &mut secrets.passphrase),
+                "recovery-key" => (SecretKind::RecoveryKey, &mut secrets.recovery_key),
+                _ => {
                     return Err(Failure::new(
                         Exit::Failure,
-                        format!("the daemon asks for an unknown kind of secret {other:?}"),
+                        format!(
+                            "the daemon asks for an unknown kind of secret {:?}",
+                            problem.secret
+                        ),
                     ));
                 }
             };
-            let name = error["secret"].as_str().unwrap_or_default().to_owned();
-            if secrets.contains_key(&name) {
+            if slot.is_some() {
                 return Err(Failure::new(
                     Exit::Failure,
                     format!("the daemon asked for the {name} twice"),
                 ));
             }
-            let description = error["description"].as_str().unwrap_or("the keystore");
-            let retries_left = error["tries_left"]
-                .as_u64()
-                .and_then(|n| u32::try_from(n).ok());
             let secret = ctx
                 .ui
                 .request_secret(&SecretRequest {
                     kind,
-                    description,
-                    retries_left,
+                    description: problem.description.as_deref().unwrap_or("the keystore"),
+                    retries_left: problem.tries_left,
                 })
                 .map_err(|e| ctx.ui.explain(e))?;
-            secrets.insert(name, Value::String(secret.expose_secret().to_owned()));
+            *slot = Some(SecretText::new(secret));
         }
         Err(Failure::new(
             Exit::Failure,
             "the daemon kept asking for secrets; giving up",
         ))
-    })();
-    for (_, v) in &mut secrets {
-        zeroize_json(v);
-    }
-    let answer = result?;
+    })()?;
+    // The secrets sent are dropped (and zeroized) with `secrets`.
+    drop(secrets);
     if ctx.json() {
-        return print_json(&answer);
+        return print_json(
+            &serde_json::to_value(&answer)
+                .map_err(|e| Failure::new(Exit::Failure, format!("cannot encode JSON: {e}")))?,
+        );
     }
-    let p = &answer["protector"];
-    let session = &answer["session"];
-    let until = |k: &str| {
-        session[k]
-            .as_i64()
-            .map_or_else(|| "-".to_owned(), format_time)
-    };
+    let p = &answer.protector;
+    let session = &answer.session;
     print(&format!(
         "unlocked with {} '{}' (protector {}); the daemon locks after {} idle, at {} at the latest\n",
-        p["kind"].as_str().unwrap_or("?"),
-        p["label"].as_str().unwrap_or("?"),
-        p["id"],
-        until("idle_expires_at"),
-        until("absolute_expires_at"),
+        p.kind,
+        p.label,
+        p.id,
+        format_time(session.idle_expires_at),
+        format_time(session.absolute_expires_at),
     ))
 }
 
 /// `keyward lock`.
 pub(super) fn lock(ctx: &Ctx<'_>) -> Result<(), Failure> {
     let mut daemon = require_daemon(ctx, "lock")?;
-    let answer = daemon.call("POST", "/v1/lock", Some(&json!({})))?;
+    let answer = daemon.send(&LockRequest {})?;
     if ctx.json() {
-        return print_json(&answer);
+        return print_json(&serde_json::json!({ "locked": answer.locked }));
     }
     print("locked: the daemon forgot the master key and every cached key\n")
 }
@@ -146,21 +142,23 @@ pub(super) fn lock(ctx: &Ctx<'_>) -> Result<(), Failure> {
 /// `keyward events`.
 pub(super) fn events(ctx: &Ctx<'_>, args: &EventsArgs) -> Result<(), Failure> {
     let mut daemon = require_daemon(ctx, "follow")?;
-    let path = match args.since {
-        Some(seq) => format!("/v1/events?since={seq}"),
-        None => "/v1/events".to_owned(),
-    };
+    let query = EventsQuery { since: args.since };
     let mut seen = 0u64;
     let json = ctx.json();
-    daemon.stream_lines(&path, |event| {
-        if json {
-            print(&format!("{event}\n"))?;
-        } else {
-            print(&(event_line(event) + "\n"))?;
-        }
-        seen += 1;
-        Ok(args.count.is_none_or(|n| seen < n))
-    })
+    daemon
+        .client()
+        .events(&query, |record| -> Result<bool, Failure> {
+            let event = serde_json::to_value(&record)
+                .map_err(|e| Failure::new(Exit::Failure, format!("cannot encode JSON: {e}")))?;
+            let event = &event;
+            if json {
+                print(&format!("{event}\n"))?;
+            } else {
+                print(&(event_line(event) + "\n"))?;
+            }
+            seen += 1;
+            Ok(args.count.is_none_or(|n| seen < n))
+        })
 }
 
 /// One event as a line of text.

@@ -150,7 +150,9 @@ pub(super) fn init(ctx: &mut Ctx<'_>, args: &InitArgs) -> Result<(), Failure> {
 pub(super) fn status(ctx: &Ctx<'_>) -> Result<(), Failure> {
     let service = ctx.open()?;
     let status = ctx.check(service.status())?;
-    let daemon = ctx.daemon()?.map(|d| d.status);
+    let daemon = ctx
+        .daemon()?
+        .map(|d| serde_json::to_value(&d.status).unwrap_or_default());
     if ctx.json() {
         let mut value = serde_json::to_value(&status).unwrap_or_default();
         value["daemon"] = daemon.unwrap_or(serde_json::Value::Null);
@@ -422,8 +424,7 @@ pub(super) fn master(ctx: &Ctx<'_>, cmd: &MasterCommand) -> Result<(), Failure> 
             let epoch = if let Some(mut daemon) = ctx.daemon()? {
                 // The daemon holds the master key: it must be the one to
                 // replace it, or it would keep using the old one.
-                let answer = daemon.call("POST", "/v1/master/rotate", Some(&json!({})))?;
-                answer["epoch"].as_u64().unwrap_or(0)
+                u64::from(daemon.send(&keyward_api::types::RotateMaster {})?.epoch)
             } else {
                 let mut service = ctx.open()?;
                 ctx.unlock(&mut service, Reserve::Nothing)?;

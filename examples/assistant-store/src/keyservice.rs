@@ -7,18 +7,19 @@
 use std::fmt;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use serde_json::{Value, json};
+use keyward_api::client::Error as ClientError;
+use keyward_api::types::{DatakeyRequest, UnwrapRequest};
+use keyward_api::{Bytes, Client, Endpoint, Problem};
+use secrecy::SecretString;
 use zeroize::Zeroizing;
 
 use crate::error::{EXIT_OTHER, Error, TokenSource};
-use crate::http;
 
 /// Length of a data key: AES-256, the raw key SQLCipher takes.
 pub(crate) const DATA_KEY_LEN: usize = 32;
@@ -77,7 +78,6 @@ impl fmt::Debug for Token {
 pub(crate) struct KeyService {
     socket: PathBuf,
     token: Token,
-    uid: u32,
 }
 
 impl KeyService {
@@ -85,28 +85,25 @@ impl KeyService {
     /// and the token from `KEYWARD_CLIENT_TOKEN_FILE` (else
     /// `KEYWARD_CLIENT_TOKEN`). Nothing is sent yet.
     pub(crate) fn from_env() -> Result<Self, Error> {
-        let uid = own_uid()?;
         Ok(Self {
-            socket: socket_path(uid),
+            socket: keyward_api::socket::client_path(),
             token: token_from_env()?,
-            uid,
         })
     }
 
     /// `POST /v1/datakey/generate`: a fresh data key and its wrapped copy
     /// under `key`, bound to `context`.
     pub(crate) fn generate(&self, key: &str, context: &[u8]) -> Result<(DataKey, Wrapped), Error> {
-        let request = json!({ "key": key, "context": STANDARD.encode(context) });
-        let response = self.call("/v1/datakey/generate", &request, key)?;
-        let mut answer = parse(response.body())?;
-        let data_key = take_data_key(&mut answer)?;
+        let request = DatakeyRequest {
+            key: key.to_owned(),
+            context: Bytes::copy_of(context),
+        };
+        let answer = self.call(&request, key)?;
+        let data_key = data_key(answer.plaintext)?;
         let wrapped = Wrapped {
-            key: string_field(&answer, "key")?,
-            version: answer
-                .get("version")
-                .and_then(Value::as_u64)
-                .ok_or_else(|| Error::Protocol("no key version in the datakey answer".into()))?,
-            wrapped: string_field(&answer, "wrapped")?,
+            key: answer.key,
+            version: u64::from(answer.version),
+            wrapped: keyward_api::bytes::b64(answer.wrapped.bytes()),
         };
         Ok((data_key, wrapped))
     }
@@ -119,45 +116,48 @@ impl KeyService {
         wrapped: &str,
         context: &[u8],
     ) -> Result<DataKey, Error> {
-        let request = json!({ "wrapped": wrapped, "context": STANDARD.encode(context) });
-        let response = self.call("/v1/datakey/unwrap", &request, key)?;
-        take_data_key(&mut parse(response.body())?)
+        let wrapped = STANDARD
+            .decode(wrapped)
+            .map_err(|_| Error::Protocol("the wrapped data key is not base64".into()))?;
+        let request = UnwrapRequest {
+            wrapped: Bytes::new(wrapped),
+            context: Bytes::copy_of(context),
+        };
+        data_key(self.call(&request, key)?.plaintext)
     }
 
-    /// Sends one request on a new connection; a non-200 answer becomes
+    /// Sends one request on a new connection (keyward-api's client, which
+    /// first checks that the socket is ours: the token must not go to a
+    /// socket another user could have put there); an error answer becomes
     /// the matching [`Error`]. `key` names the key in a `forbidden` error.
-    fn call(&self, path: &str, request: &Value, key: &str) -> Result<http::Response, Error> {
-        let body = serde_json::to_vec(request).expect("a JSON value serialises");
-        let mut stream = self.connect()?;
-        let response = http::post(&mut stream, path, &self.token.secret, &body).map_err(|e| {
-            if e.kind() == io::ErrorKind::InvalidData {
-                Error::Protocol(e.to_string())
-            } else {
-                self.connection_error(e)
-            }
-        })?;
-        if response.status == 200 {
-            return Ok(response);
-        }
-        Err(self.api_error(response.status, response.body(), key))
+    fn call<E: Endpoint>(&self, request: &E, key: &str) -> Result<E::Response, Error> {
+        let client = Client::connect(&self.socket)
+            .map_err(|e| self.client_error(e, key))?
+            .ok_or_else(|| Error::NotRunning {
+                socket: self.socket.clone(),
+            })?;
+        client.set_timeout(Some(IO_TIMEOUT));
+        let secret = SecretString::from(self.token.secret.as_str().to_owned());
+        client
+            .with_token(secret)
+            .send(request)
+            .map_err(|e| self.client_error(e, key))
     }
 
-    /// Connects, after checking that the socket is ours: the token must
-    /// not go to a socket another user could have put there.
-    fn connect(&self) -> Result<UnixStream, Error> {
-        check_socket(&self.socket, self.uid)?;
-        let stream = UnixStream::connect(&self.socket).map_err(|e| match e.kind() {
-            // A socket file with nobody behind it: a daemon that was killed.
-            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => Error::NotRunning {
-                socket: self.socket.clone(),
+    /// The error a failure of the client stands for.
+    fn client_error(&self, err: ClientError, key: &str) -> Error {
+        match err {
+            ClientError::Untrusted { socket, reason } => Error::SocketUntrusted {
+                socket,
+                reason: reason.to_string(),
             },
-            _ => self.connection_error(e),
-        })?;
-        stream
-            .set_read_timeout(Some(IO_TIMEOUT))
-            .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)))
-            .map_err(|e| self.connection_error(e))?;
-        Ok(stream)
+            ClientError::Inspect { source, .. } | ClientError::Connect { source, .. } => {
+                self.connection_error(source)
+            }
+            ClientError::Transport { source, .. } => self.connection_error(source),
+            ClientError::Api { status, problem } => self.api_error(status, problem.as_deref(), key),
+            other => Error::Protocol(other.to_string()),
+        }
     }
 
     fn connection_error(&self, source: io::Error) -> Error {
@@ -179,31 +179,22 @@ impl KeyService {
     }
 
     /// The error a non-200 answer stands for (docs/API.md, Errors).
-    fn api_error(&self, status: u16, body: &[u8], key: &str) -> Error {
-        let Some(error) = serde_json::from_slice::<Value>(body)
-            .ok()
-            .and_then(|mut v| v.get_mut("error").map(Value::take))
-        else {
+    fn api_error(&self, status: u16, problem: Option<&Problem>, key: &str) -> Error {
+        let Some(problem) = problem else {
             return Error::Protocol(format!("HTTP status {status} without an error object"));
         };
-        let text = |field: &str| error.get(field).and_then(Value::as_str).map(str::to_owned);
-        let code = text("code").unwrap_or_else(|| format!("http-{status}"));
-        let message = text("message").unwrap_or_else(|| format!("HTTP status {status}"));
-        match code.as_str() {
+        match problem.code.as_str() {
             "locked" => Error::Locked,
             "unauthorized" => Error::Unauthorized(self.token.source.clone()),
             "forbidden" => Error::Forbidden {
                 key: key.to_owned(),
-                message,
+                message: problem.message.clone(),
             },
             _ => Error::Daemon {
-                code,
-                message,
-                hint: text("hint"),
-                exit: error
-                    .get("exit")
-                    .and_then(Value::as_u64)
-                    .and_then(|e| u8::try_from(e).ok())
+                code: problem.code.clone(),
+                message: problem.message.clone(),
+                hint: problem.hint.clone(),
+                exit: Some(u8::from(problem.exit))
                     .filter(|e| (1..=125).contains(e))
                     .unwrap_or(EXIT_OTHER),
             },
@@ -211,122 +202,17 @@ impl KeyService {
     }
 }
 
-/// Parses an answer body as JSON.
-fn parse(body: &[u8]) -> Result<Value, Error> {
-    serde_json::from_slice(body)
-        .map_err(|e| Error::Protocol(format!("the answer is not JSON ({e})")))
-}
-
-/// A string field of an answer.
-fn string_field(answer: &Value, field: &str) -> Result<String, Error> {
-    answer
-        .get(field)
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .ok_or_else(|| Error::Protocol(format!("no \"{field}\" in the datakey answer")))
-}
-
-/// Moves the `plaintext` field out of a datakey answer (leaving `null`)
-/// and decodes it. The base64 text and the bytes are wiped on drop; the
-/// `Value` never keeps a copy.
-fn take_data_key(answer: &mut Value) -> Result<DataKey, Error> {
-    let Some(Value::String(text)) = answer.get_mut("plaintext").map(Value::take) else {
-        return Err(Error::Protocol(
-            "no \"plaintext\" in the datakey answer".into(),
-        ));
-    };
-    let text = Zeroizing::new(text);
-    // Room for the decoder's estimate, so that nothing reallocates.
-    let mut bytes = Zeroizing::new(vec![0_u8; DATA_KEY_LEN + 16]);
-    let len = STANDARD
-        .decode_slice(text.as_bytes(), &mut bytes)
-        .map_err(|_| Error::Protocol("the data key is not base64".into()))?;
-    if len != DATA_KEY_LEN {
+/// Checks that a data key from the daemon is [`DATA_KEY_LEN`] bytes; its
+/// buffer is wiped on drop.
+fn data_key(plaintext: Bytes) -> Result<DataKey, Error> {
+    let bytes = plaintext.into_inner();
+    if bytes.len() != DATA_KEY_LEN {
         return Err(Error::Protocol(format!(
-            "the data key is {len} bytes, not {DATA_KEY_LEN}"
+            "the data key is {} bytes, not {DATA_KEY_LEN}",
+            bytes.len()
         )));
     }
-    bytes.truncate(DATA_KEY_LEN);
     Ok(DataKey(bytes))
-}
-
-/// Our effective uid, as the owner of `/proc/self` (we forbid `unsafe`,
-/// so no `geteuid`; the daemon is Linux-only anyway, SO_PEERCRED).
-fn own_uid() -> Result<u32, Error> {
-    fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .map_err(|e| Error::io("find our uid from /proc/self", e))
-}
-
-/// `KEYWARD_SOCKET`, else `$XDG_RUNTIME_DIR/keyward/keyward.sock`, else
-/// `/run/user/$UID/keyward/keyward.sock` (docs/API.md, Transport).
-fn socket_path(uid: u32) -> PathBuf {
-    if let Some(socket) = std::env::var_os("KEYWARD_SOCKET").filter(|s| !s.is_empty()) {
-        return PathBuf::from(socket);
-    }
-    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
-        .filter(|s| !s.is_empty())
-        .map_or_else(|| PathBuf::from(format!("/run/user/{uid}")), PathBuf::from);
-    runtime.join("keyward").join("keyward.sock")
-}
-
-/// Refuses a socket that is not a socket, is not ours, or sits in a
-/// directory another user owns or can write to (where they could swap
-/// it), as the keyward CLI does before it sends a PIN.
-fn check_socket(socket: &Path, uid: u32) -> Result<(), Error> {
-    let untrusted = |reason: String| Error::SocketUntrusted {
-        socket: socket.to_owned(),
-        reason,
-    };
-    let meta = match fs::symlink_metadata(socket) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(Error::NotRunning {
-                socket: socket.to_owned(),
-            });
-        }
-        Err(source) => {
-            return Err(Error::Connection {
-                socket: socket.to_owned(),
-                source,
-            });
-        }
-    };
-    if meta.file_type().is_symlink() {
-        return Err(untrusted("it is a symbolic link".into()));
-    }
-    if !meta.file_type().is_socket() {
-        return Err(untrusted("it is not a socket".into()));
-    }
-    if meta.uid() != uid {
-        return Err(untrusted(format!(
-            "it belongs to uid {}, not to you (uid {uid})",
-            meta.uid()
-        )));
-    }
-    let dir = match socket.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let dir_meta = fs::metadata(dir).map_err(|source| Error::Connection {
-        socket: socket.to_owned(),
-        source,
-    })?;
-    if dir_meta.uid() != uid {
-        return Err(untrusted(format!(
-            "its directory {} belongs to uid {}, not to you (uid {uid})",
-            dir.display(),
-            dir_meta.uid()
-        )));
-    }
-    if dir_meta.mode() & 0o022 != 0 {
-        return Err(untrusted(format!(
-            "its directory {} is writable by other users (mode {:03o})",
-            dir.display(),
-            dir_meta.mode() & 0o777
-        )));
-    }
-    Ok(())
 }
 
 /// The client token: the file `KEYWARD_CLIENT_TOKEN_FILE` names, else
@@ -419,22 +305,14 @@ mod tests {
     }
 
     #[test]
-    fn data_key_is_taken_out_of_the_answer() {
-        let key = STANDARD.encode([7_u8; DATA_KEY_LEN]);
-        let mut answer = json!({ "plaintext": key, "key": "k", "version": 1 });
-        let data_key = take_data_key(&mut answer).expect("a 32-byte key");
+    fn data_keys_have_their_length() {
+        let data_key = data_key(Bytes::new(vec![7_u8; DATA_KEY_LEN])).expect("a 32-byte key");
         assert_eq!(data_key.expose(), [7_u8; DATA_KEY_LEN]);
-        assert_eq!(answer["plaintext"], Value::Null);
         assert_eq!(format!("{data_key:?}"), "DataKey([redacted])");
-
-        for bad in [
-            json!({}),
-            json!({ "plaintext": "AAAA" }),
-            json!({ "plaintext": "!" }),
-        ] {
-            let mut bad = bad;
-            assert!(matches!(take_data_key(&mut bad), Err(Error::Protocol(_))));
-        }
+        assert!(matches!(
+            super::data_key(Bytes::new(vec![0; 3])),
+            Err(Error::Protocol(_))
+        ));
     }
 
     #[test]
@@ -442,10 +320,14 @@ mod tests {
         let service = KeyService {
             socket: PathBuf::from("/nonexistent"),
             token: token("kwt_x").expect("well formed"),
-            uid: 0,
+        };
+        let problem = |body: &[u8]| {
+            serde_json::from_slice::<keyward_api::ErrorBody>(body)
+                .ok()
+                .map(|b| b.error)
         };
         let locked = br#"{"error":{"code":"locked","message":"the keystore is locked","hint":"unlock it: keyward unlock","exit":3}}"#;
-        let err = service.api_error(423, locked, "k");
+        let err = service.api_error(423, problem(locked).as_ref(), "k");
         assert_eq!(
             err.to_string(),
             "the key service is locked: run `keyward unlock`"
@@ -453,16 +335,16 @@ mod tests {
         assert_eq!(err.exit_code(), 3);
 
         let forbidden = br#"{"error":{"code":"forbidden","message":"not granted","exit":6}}"#;
-        let err = service.api_error(403, forbidden, "notes");
+        let err = service.api_error(403, problem(forbidden).as_ref(), "notes");
         assert!(matches!(err, Error::Forbidden { ref key, .. } if key == "notes"));
 
         let other =
             br#"{"error":{"code":"decryption-failed","message":"decryption failed","exit":5}}"#;
-        let err = service.api_error(422, other, "k");
+        let err = service.api_error(422, problem(other).as_ref(), "k");
         assert_eq!(err.exit_code(), 5);
         assert_eq!(err.hint(), None);
 
-        let err = service.api_error(502, b"<html>", "k");
+        let err = service.api_error(502, problem(b"<html>").as_ref(), "k");
         assert!(matches!(err, Error::Protocol(_)));
     }
 }

@@ -23,7 +23,6 @@
 //! ```
 
 mod error;
-mod http;
 mod keyservice;
 mod store;
 

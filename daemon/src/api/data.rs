@@ -7,47 +7,25 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use keyward_kms::clients::Operation;
+use keyward_api::Bytes;
+use keyward_api::types::{
+    Batch, DatakeyRequest, DecryptRequest as DecryptItem, EncryptRequest as EncryptItem,
+    RewrapRequest, Rewrapped, SignRequest, Signed, UnwrapRequest, VerifyRequest,
+};
 use keyward_kms::crypto::{envelope, signing};
 use keyward_kms::service::Decrypted;
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
-use super::wire::{BATCH_LIMIT, Base64, JsonBody, serialize_b64, serialize_secret};
+use super::wire::{BATCH_LIMIT, JsonBody, serialize_b64, serialize_secret};
 use super::{Shared, json_sized, ok, parse_key};
-use crate::daemon::auth::{Caller, Requester};
-use crate::daemon::error::ApiError;
-use crate::daemon::session::Core;
-use crate::failure::Exit;
+use crate::Exit;
+use crate::error::ApiError;
+use crate::grants::{Access, Granted};
+use crate::session::Core;
 
 /// Most items in one batch.
 const MAX_BATCH_ITEMS: usize = 1000;
-
-/// One encryption.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct EncryptItem {
-    key: String,
-    plaintext: Base64,
-    #[serde(default)]
-    context: Base64,
-}
-
-/// One decryption (or rewrap).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct DecryptItem {
-    ciphertext: Base64,
-    #[serde(default)]
-    context: Base64,
-}
-
-/// A batch.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Batch<T> {
-    items: Vec<T>,
-}
 
 /// A ciphertext made.
 #[derive(Debug, Serialize)]
@@ -97,11 +75,11 @@ impl<T> Item<T> {
 /// `POST /v1/encrypt`.
 pub(crate) async fn encrypt(
     State(daemon): Shared,
-    requester: Requester,
+    access: Access,
     JsonBody(item): JsonBody<EncryptItem>,
 ) -> Result<Response, ApiError> {
     let mut core = daemon.core.lock().await;
-    let caller = core.enter(&requester)?;
+    let caller = core.enter(&access)?;
     let done = encrypt_one(&mut core, &caller, &item)?;
     drop(core);
     Ok(ok(&done))
@@ -110,12 +88,12 @@ pub(crate) async fn encrypt(
 /// `POST /v1/encrypt/batch`.
 pub(crate) async fn encrypt_batch(
     State(daemon): Shared,
-    requester: Requester,
+    access: Access,
     JsonBody(batch): JsonBody<Batch<EncryptItem>, BATCH_LIMIT>,
 ) -> Result<Response, ApiError> {
     check_batch(batch.items.len())?;
     let mut core = daemon.core.lock().await;
-    let caller = core.enter(&requester)?;
+    let caller = core.enter(&access)?;
     // One audit transaction for the whole batch; nothing is answered
     // before it committed.
     core.service.defer_uses();
@@ -137,11 +115,11 @@ pub(crate) async fn encrypt_batch(
 
 fn encrypt_one(
     core: &mut Core,
-    caller: &Caller,
+    caller: &Granted,
     item: &EncryptItem,
 ) -> Result<Encrypted, ApiError> {
     let name = parse_key(&item.key)?;
-    caller.require(Operation::Encrypt, Some(&name))?;
+    caller.permit(Some(&name))?;
     let ciphertext = core
         .service
         .encrypt(&name, item.context.bytes(), item.plaintext.bytes())?;
@@ -157,11 +135,11 @@ fn encrypt_one(
 /// `POST /v1/decrypt`.
 pub(crate) async fn decrypt(
     State(daemon): Shared,
-    requester: Requester,
+    access: Access,
     JsonBody(item): JsonBody<DecryptItem>,
 ) -> Result<Response, ApiError> {
     let mut core = daemon.core.lock().await;
-    let caller = core.enter(&requester)?;
+    let caller = core.enter(&access)?;
     let decrypted = decrypt_one(&mut core, &caller, &item)?;
     drop(core);
     let size = decrypted.plaintext.expose().len();
@@ -175,12 +153,12 @@ pub(crate) async fn decrypt(
 /// `POST /v1/decrypt/batch`.
 pub(crate) async fn decrypt_batch(
     State(daemon): Shared,
-    requester: Requester,
+    access: Access,
     JsonBody(batch): JsonBody<Batch<DecryptItem>, BATCH_LIMIT>,
 ) -> Result<Response, ApiError> {
     check_batch(batch.items.len())?;
     let mut core = daemon.core.lock().await;
-    let caller = core.enter(&requester)?;
+    let caller = core.enter(&access)?;
     core.service.defer_uses();
     let mut results: Vec<Result<Decrypted, ApiError>> = batch
         .items
@@ -235,18 +213,18 @@ struct Results<T> {
 
 /// The key named in a ciphertext, checked against the grant before
 /// anything is decrypted.
-fn check_header(caller: &Caller, op: Operation, ciphertext: &[u8]) -> Result<(), ApiError> {
-    caller.require(op, None)?;
+fn check_header(caller: &Granted, ciphertext: &[u8]) -> Result<(), ApiError> {
+    caller.permit(None)?;
     let (header, _) = envelope::parse_header(ciphertext)?;
-    caller.require(op, Some(&header.key))
+    caller.permit(Some(&header.key))
 }
 
 fn decrypt_one(
     core: &mut Core,
-    caller: &Caller,
+    caller: &Granted,
     item: &DecryptItem,
 ) -> Result<Decrypted, ApiError> {
-    check_header(caller, Operation::Decrypt, item.ciphertext.bytes())?;
+    check_header(caller, item.ciphertext.bytes())?;
     let decrypted = core
         .service
         .decrypt(item.context.bytes(), item.ciphertext.bytes())?;
@@ -268,32 +246,23 @@ fn check_batch(items: usize) -> Result<(), ApiError> {
 /// `POST /v1/rewrap`.
 pub(crate) async fn rewrap(
     State(daemon): Shared,
-    requester: Requester,
-    JsonBody(item): JsonBody<DecryptItem>,
+    access: Access,
+    JsonBody(item): JsonBody<RewrapRequest>,
 ) -> Result<Response, ApiError> {
     let mut core = daemon.core.lock().await;
-    let caller = core.enter(&requester)?;
-    check_header(&caller, Operation::Rewrap, item.ciphertext.bytes())?;
+    let caller = core.enter(&access)?;
+    check_header(&caller, item.ciphertext.bytes())?;
     let rewrapped = core
         .service
         .rewrap(item.context.bytes(), item.ciphertext.bytes())?;
     core.used();
     drop(core);
-    Ok(ok(&json!({
-        "ciphertext": super::wire::b64(&rewrapped.ciphertext),
-        "key": rewrapped.key,
-        "version": rewrapped.version,
-        "from_version": rewrapped.from_version,
-    })))
-}
-
-/// `POST /v1/datakey/generate`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct DatakeyRequest {
-    key: String,
-    #[serde(default)]
-    context: Base64,
+    Ok(ok(&Rewrapped {
+        ciphertext: Bytes::new(rewrapped.ciphertext),
+        key: rewrapped.key.to_string(),
+        version: rewrapped.version,
+        from_version: rewrapped.from_version,
+    }))
 }
 
 /// A fresh data key and its wrapped copy.
@@ -310,13 +279,13 @@ struct NewDatakey<'a> {
 /// `POST /v1/datakey/generate`.
 pub(crate) async fn datakey_generate(
     State(daemon): Shared,
-    requester: Requester,
+    access: Access,
     JsonBody(request): JsonBody<DatakeyRequest>,
 ) -> Result<Response, ApiError> {
     let mut core = daemon.core.lock().await;
-    let caller = core.enter(&requester)?;
+    let caller = core.enter(&access)?;
     let name = parse_key(&request.key)?;
-    caller.require(Operation::Datakey, Some(&name))?;
+    caller.permit(Some(&name))?;
     let datakey = core
         .service
         .datakey_generate(&name, request.context.bytes())?;
@@ -335,23 +304,14 @@ pub(crate) async fn datakey_generate(
 }
 
 /// `POST /v1/datakey/unwrap`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct UnwrapRequest {
-    wrapped: Base64,
-    #[serde(default)]
-    context: Base64,
-}
-
-/// `POST /v1/datakey/unwrap`.
 pub(crate) async fn datakey_unwrap(
     State(daemon): Shared,
-    requester: Requester,
+    access: Access,
     JsonBody(request): JsonBody<UnwrapRequest>,
 ) -> Result<Response, ApiError> {
     let mut core = daemon.core.lock().await;
-    let caller = core.enter(&requester)?;
-    check_header(&caller, Operation::Datakey, request.wrapped.bytes())?;
+    let caller = core.enter(&access)?;
+    check_header(&caller, request.wrapped.bytes())?;
     let decrypted = core
         .service
         .datakey_unwrap(request.context.bytes(), request.wrapped.bytes())?;
@@ -361,63 +321,40 @@ pub(crate) async fn datakey_unwrap(
 }
 
 /// `POST /v1/sign`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct SignRequest {
-    key: String,
-    message: Base64,
-    #[serde(default)]
-    audience: String,
-}
-
-/// `POST /v1/sign`.
 pub(crate) async fn sign(
     State(daemon): Shared,
-    requester: Requester,
+    access: Access,
     JsonBody(request): JsonBody<SignRequest>,
 ) -> Result<Response, ApiError> {
     let mut core = daemon.core.lock().await;
-    let caller = core.enter(&requester)?;
+    let caller = core.enter(&access)?;
     let name = parse_key(&request.key)?;
-    caller.require(Operation::Sign, Some(&name))?;
+    caller.permit(Some(&name))?;
     let signature = core
         .service
         .sign(&name, &request.audience, &mut request.message.bytes())?;
     core.used();
     drop(core);
     let header = signing::parse(&signature)?;
-    Ok(ok(&json!({
-        "signature": super::wire::b64(&signature),
-        "key": header.key,
-        "version": header.version,
-        "counter": header.counter,
-    })))
-}
-
-/// `POST /v1/verify`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct VerifyRequest {
-    message: Base64,
-    signature: Base64,
-    #[serde(default)]
-    audience: String,
-    /// Also check freshness and replays (and record the counter).
-    #[serde(default)]
-    fresh: bool,
+    Ok(ok(&Signed {
+        key: header.key.to_string(),
+        version: header.version,
+        counter: header.counter,
+        signature: Bytes::new(signature),
+    }))
 }
 
 /// `POST /v1/verify`.
 pub(crate) async fn verify(
     State(daemon): Shared,
-    requester: Requester,
+    access: Access,
     JsonBody(request): JsonBody<VerifyRequest>,
 ) -> Result<Response, ApiError> {
     let mut core = daemon.core.lock().await;
-    let caller = core.enter(&requester)?;
-    caller.require(Operation::Verify, None)?;
+    let caller = core.enter(&access)?;
+    caller.permit(None)?;
     let header = signing::parse(request.signature.bytes())?;
-    caller.require(Operation::Verify, Some(&header.key))?;
+    caller.permit(Some(&header.key))?;
     let mut message = request.message.bytes();
     let verified = if request.fresh {
         core.service

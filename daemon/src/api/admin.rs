@@ -4,47 +4,46 @@
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::response::Response;
+use keyward_api::types::{self as wire_types, AddClient};
 use keyward_kms::clients::{ClientInfo, Operation};
 use keyward_kms::{SecretString, Service};
 use secrecy::ExposeSecret;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Serialize, Serializer};
 use serde_json::json;
 
 use super::wire::{JsonBody, Query};
 use super::{Shared, blocking, ok};
-use crate::daemon::auth::Requester;
-use crate::daemon::error::ApiError;
-use crate::daemon::events;
-use crate::daemon::session::{self, UnlockRequest};
-use crate::failure::Exit;
+use crate::Exit;
+use crate::error::ApiError;
+use crate::events;
+use crate::grants::Access;
+use crate::session;
+use keyward_api::types::UnlockRequest;
 
 /// Most audit records in one answer.
 const MAX_AUDIT_RECORDS: u64 = 10_000;
 
 /// `GET /v1/status`.
-pub(crate) async fn status(
-    State(daemon): Shared,
-    requester: Requester,
-) -> Result<Response, ApiError> {
+pub(crate) async fn status(State(daemon): Shared, access: Access) -> Result<Response, ApiError> {
     let mut core = daemon.core.lock().await;
-    core.enter(&requester)?;
+    core.enter(&access)?;
     let status = core.service.status()?;
     let clients = active_clients(&core.service)?;
-    let session = core.session.as_ref().map(session::Session::to_json);
+    let session = core.session.as_ref().map(session::Session::info);
     drop(core);
-    Ok(ok(&json!({
-        "unlocked": status.unlocked,
-        "store": status.path,
-        "store_id": status.store_id,
-        "mk_epoch": status.mk_epoch,
-        "keys": status.keys,
-        "protectors": status.protectors,
-        "clients": clients,
-        "memory_locked": daemon.memory_locked,
-        "pid": std::process::id(),
-        "version": env!("CARGO_PKG_VERSION"),
-        "session": session,
-    })))
+    Ok(ok(&wire_types::Status {
+        unlocked: status.unlocked,
+        store: status.path.to_string_lossy().into_owned(),
+        store_id: status.store_id,
+        mk_epoch: status.mk_epoch,
+        keys: status.keys as u64,
+        protectors: status.protectors as u64,
+        clients: clients as u64,
+        memory_locked: daemon.memory_locked,
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        session,
+    }))
 }
 
 /// Clients that are not revoked.
@@ -60,12 +59,12 @@ fn active_clients(service: &Service) -> Result<usize, ApiError> {
 /// device).
 pub(crate) async fn unlock(
     State(daemon): Shared,
-    requester: Requester,
+    access: Access,
     JsonBody(request): JsonBody<UnlockRequest>,
 ) -> Result<Response, ApiError> {
     let defaults = daemon.timeouts;
     let body = blocking(&daemon, move |core| {
-        core.enter(&requester)?.require_owner()?;
+        core.enter(&access)?;
         session::unlock(core, request, defaults)
     })
     .await?;
@@ -73,27 +72,15 @@ pub(crate) async fn unlock(
 }
 
 /// `POST /v1/lock`.
-pub(crate) async fn lock(
-    State(daemon): Shared,
-    requester: Requester,
-) -> Result<Response, ApiError> {
+pub(crate) async fn lock(State(daemon): Shared, access: Access) -> Result<Response, ApiError> {
     let mut core = daemon.core.lock().await;
-    core.enter(&requester)?.require_owner()?;
+    core.enter(&access)?;
     if core.session.is_some() {
         tracing::info!("locked on request");
     }
     core.lock("request");
     drop(core);
-    Ok(ok(&json!({ "locked": true })))
-}
-
-/// `POST /v1/clients`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct AddClient {
-    name: String,
-    allow: Vec<Operation>,
-    keys: Vec<String>,
+    Ok(ok(&wire_types::LockAnswer { locked: true }))
 }
 
 /// A new client with its token, shown only in this answer.
@@ -111,14 +98,14 @@ fn expose<S: Serializer>(token: &&SecretString, s: S) -> Result<S::Ok, S::Error>
 /// `POST /v1/clients`.
 pub(crate) async fn client_add(
     State(daemon): Shared,
-    requester: Requester,
+    access: Access,
     JsonBody(request): JsonBody<AddClient>,
 ) -> Result<Response, ApiError> {
     let mut core = daemon.core.lock().await;
-    core.enter(&requester)?.require_owner()?;
-    let (client, token) = core
-        .service
-        .client_add(&request.name, &request.allow, &request.keys)?;
+    core.enter(&access)?;
+    let (client, token) =
+        core.service
+            .client_add(&request.name, &operations(&request.allow), &request.keys)?;
     drop(core);
     tracing::info!(client = %client.name, "client added");
     Ok(ok(&Added {
@@ -127,13 +114,26 @@ pub(crate) async fn client_add(
     }))
 }
 
+/// The key service's operations of a grant.
+fn operations(allow: &[wire_types::Operation]) -> Vec<Operation> {
+    allow
+        .iter()
+        .map(|op| match op {
+            wire_types::Operation::Encrypt => Operation::Encrypt,
+            wire_types::Operation::Decrypt => Operation::Decrypt,
+            wire_types::Operation::Rewrap => Operation::Rewrap,
+            wire_types::Operation::Datakey => Operation::Datakey,
+            wire_types::Operation::Sign => Operation::Sign,
+            wire_types::Operation::Verify => Operation::Verify,
+            wire_types::Operation::Keys => Operation::Keys,
+        })
+        .collect()
+}
+
 /// `GET /v1/clients`.
-pub(crate) async fn clients(
-    State(daemon): Shared,
-    requester: Requester,
-) -> Result<Response, ApiError> {
+pub(crate) async fn clients(State(daemon): Shared, access: Access) -> Result<Response, ApiError> {
     let mut core = daemon.core.lock().await;
-    core.enter(&requester)?.require_owner()?;
+    core.enter(&access)?;
     let clients = core.service.clients()?;
     drop(core);
     Ok(ok(&json!({ "clients": clients })))
@@ -142,35 +142,37 @@ pub(crate) async fn clients(
 /// `DELETE /v1/clients/{name}`.
 pub(crate) async fn client_revoke(
     State(daemon): Shared,
-    requester: Requester,
+    access: Access,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(name) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let mut core = daemon.core.lock().await;
-    core.enter(&requester)?.require_owner()?;
+    core.enter(&access)?;
     core.service.client_revoke(&name)?;
     drop(core);
     tracing::info!(client = %name, "client revoked");
-    Ok(ok(&json!({ "revoked": name })))
+    Ok(ok(&wire_types::ClientRevoked { revoked: name }))
 }
 
 /// `POST /v1/clients/revoke-all`.
 pub(crate) async fn client_revoke_all(
     State(daemon): Shared,
-    requester: Requester,
+    access: Access,
 ) -> Result<Response, ApiError> {
     let mut core = daemon.core.lock().await;
-    core.enter(&requester)?.require_owner()?;
+    core.enter(&access)?;
     let revoked = core.service.client_revoke_all()?;
     drop(core);
     tracing::info!(revoked, "every client revoked");
-    Ok(ok(&json!({ "revoked": revoked })))
+    Ok(ok(&wire_types::RevokedCount {
+        revoked: revoked as u64,
+    }))
 }
 
 /// `GET /v1/audit?since=SEQ&limit=N`.
 pub(crate) async fn audit(
     State(daemon): Shared,
-    requester: Requester,
+    access: Access,
     query: Query,
 ) -> Result<Response, ApiError> {
     let since = query.since.unwrap_or(1);
@@ -183,7 +185,7 @@ pub(crate) async fn audit(
         ));
     }
     let mut core = daemon.core.lock().await;
-    core.enter(&requester)?.require_owner()?;
+    core.enter(&access)?;
     let records = core
         .service
         .audit_records(since, usize::try_from(limit).unwrap_or(usize::MAX))?;
@@ -194,10 +196,10 @@ pub(crate) async fn audit(
 /// `GET /v1/audit/verify` (linear in the log: a blocking thread).
 pub(crate) async fn audit_verify(
     State(daemon): Shared,
-    requester: Requester,
+    access: Access,
 ) -> Result<Response, ApiError> {
     let summary = blocking(&daemon, move |core| {
-        core.enter(&requester)?.require_owner()?;
+        core.enter(&access)?;
         Ok(core.service.audit_verify()?)
     })
     .await?;
@@ -207,11 +209,11 @@ pub(crate) async fn audit_verify(
 /// `GET /v1/events?since=SEQ`.
 pub(crate) async fn events(
     State(daemon): Shared,
-    requester: Requester,
+    access: Access,
     query: Query,
 ) -> Result<Response, ApiError> {
     let mut core = daemon.core.lock().await;
-    core.enter(&requester)?.require_owner()?;
+    core.enter(&access)?;
     let since = match query.since {
         Some(since) => since,
         None => core.service.status()?.audit_records + 1,

@@ -23,7 +23,7 @@ use keyward_kms::service::Actor;
 use keyward_kms::{Error, KeyName, SecretString, Service};
 use secrecy::ExposeSecret;
 
-use crate::daemon::error::ApiError;
+use crate::error::ApiError;
 
 /// The process at the other end of a connection (`SO_PEERCRED`).
 #[derive(Debug, Clone)]

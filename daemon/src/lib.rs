@@ -1,5 +1,9 @@
-//! `keyward serve`: the key service behind HTTP/1.1 + JSON on a Unix
-//! socket. docs/API.md is the contract; this module implements it.
+//! keyward-daemon: `keyward serve`, the key service behind HTTP/1.1 + JSON
+//! on a Unix socket. docs/API.md is the contract and keyward-api its types;
+//! this crate implements it. It depends on keyward-kms and keyward-api,
+//! never on the CLI: the CLI's diagnosis of key-service errors (message,
+//! hint, exit code) comes in through [`Config::diagnose`], so the daemon
+//! answers with the same remedy the CLI prints.
 //!
 //! - [`hardening`]: no core dumps, private umask, secrets locked in memory,
 //!   before any secret exists.
@@ -20,47 +24,93 @@
 //! master-key rotation, audit verification, scheduled rotation) take it on
 //! a blocking thread.
 
+#![forbid(unsafe_code)]
+
 mod api;
 mod auth;
 mod error;
 mod events;
+mod grants;
 mod hardening;
 mod scheduler;
 mod server;
 mod session;
-pub(crate) mod socket;
+mod socket;
 mod watchdog;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use keyward_api::Exit;
+pub use keyward_api::duration::parse_serve_duration as parse_duration;
 use keyward_kms::Service;
 use keyward_kms::service::Actor;
 use serde_json::Value;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use crate::failure::{Exit, Failure};
+pub use error::problem;
+pub use server::Limits;
+pub use session::Timeouts;
+pub use socket::DaemonLock;
 
-pub(crate) use server::Limits;
-pub(crate) use session::Timeouts;
+/// How a key-service error reads in the API's error body: its code,
+/// message, hint and CLI exit code (the CLI passes its own diagnosis).
+pub type Diagnose = fn(&keyward_kms::Error) -> keyward_api::Problem;
 
 /// Everything `keyward serve` was told.
 #[derive(Debug, Clone)]
-pub(crate) struct Config {
+pub struct Config {
     /// The keystore.
-    pub(crate) store: PathBuf,
+    pub store: PathBuf,
     /// The socket path.
-    pub(crate) socket: PathBuf,
+    pub socket: PathBuf,
     /// Session timeouts.
-    pub(crate) timeouts: Timeouts,
+    pub timeouts: Timeouts,
     /// How often the scheduler looks for keys due for rotation.
-    pub(crate) check_interval: Duration,
+    pub check_interval: Duration,
     /// How often the watchdog checks the socket.
-    pub(crate) watchdog_interval: Duration,
+    pub watchdog_interval: Duration,
     /// Transport limits.
-    pub(crate) limits: Limits,
+    pub limits: Limits,
+    /// The diagnosis of key-service errors.
+    pub diagnose: Diagnose,
+}
+
+/// A failure to start or run the daemon: what happened, what to do, and
+/// the exit code of `keyward serve`.
+#[derive(Debug)]
+pub struct Failure {
+    /// The diagnosis, one line.
+    pub message: String,
+    /// The remedy, if there is one to give.
+    pub hint: Option<String>,
+    /// Exit code.
+    pub code: Exit,
+}
+
+impl Failure {
+    /// A failure with a message and exit code.
+    pub(crate) fn new(code: Exit, message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            hint: None,
+            code,
+        }
+    }
+
+    /// Adds (or replaces) the hint.
+    #[must_use]
+    pub(crate) fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// An I/O failure with what we were doing.
+    pub(crate) fn io(context: impl std::fmt::Display, err: &std::io::Error) -> Self {
+        Self::new(Exit::Failure, format!("{context}: {err}"))
+    }
 }
 
 /// What every task and handler shares.
@@ -123,23 +173,6 @@ impl Daemon {
     }
 }
 
-/// The longest duration `keyward serve` takes (100 years): long enough to
-/// mean "never", short enough that no deadline computed from it overflows.
-const MAX_DURATION_SECS: u64 = 100 * 365 * 86_400;
-
-/// Parses a `serve` duration (`90s`, `15m`, `8h`, …) as
-/// [`crate::render::parse_duration`] does, up to 100 years.
-///
-/// # Errors
-/// As `parse_duration`, and for more than 100 years.
-pub(crate) fn parse_duration(text: &str) -> Result<u64, String> {
-    let secs = crate::render::parse_duration(text)?;
-    if secs > MAX_DURATION_SECS {
-        return Err("the duration must be at most 100 years".to_owned());
-    }
-    Ok(secs)
-}
-
 /// Resolves once the daemon is shutting down.
 pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     // An error means the sender is gone: the daemon is going away too.
@@ -153,14 +186,20 @@ pub(crate) fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// The default socket path (docs/API.md, "Transport"), the one clients
+/// look for.
+pub fn default_socket() -> PathBuf {
+    keyward_api::socket::default_path()
+}
+
 /// Hardens the process and takes the store's daemon lock: what must happen
 /// before the keystore is even opened.
 ///
 /// # Errors
 /// Core dumps cannot be disabled; another daemon serves the store (exit 8).
-pub(crate) fn prepare(config: &Config) -> Result<(bool, socket::DaemonLock), Failure> {
+pub fn prepare(config: &Config) -> Result<(bool, DaemonLock), Failure> {
     let memory_locked = hardening::harden()?;
-    let lock = socket::DaemonLock::acquire(&config.store)?;
+    let lock = DaemonLock::acquire(&config.store)?;
     Ok((memory_locked, lock))
 }
 
@@ -168,13 +207,14 @@ pub(crate) fn prepare(config: &Config) -> Result<(bool, socket::DaemonLock), Fai
 ///
 /// # Errors
 /// The socket cannot be set up; the async runtime cannot start.
-pub(crate) fn run(
+pub fn run(
     config: Config,
     mut service: Service,
     memory_locked: bool,
-    lock: socket::DaemonLock,
+    lock: DaemonLock,
 ) -> Result<(), Failure> {
     service.enable_daemon_mode();
+    error::set_diagnose(config.diagnose);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("keyward-serve")
@@ -243,7 +283,7 @@ async fn serve(config: Config, service: Service, memory_locked: bool) -> Result<
         config.watchdog_interval,
         daemon.shutdown.subscribe(),
     ));
-    crate::files::to_stderr(format_args!(
+    to_stderr(format_args!(
         "keyward: serving {} on {} (locked)\n",
         config.store.display(),
         config.socket.display()
@@ -302,54 +342,11 @@ impl Signals {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use clap::Parser as _;
-
-    use crate::args::{Cli, Command};
-
-    #[test]
-    fn serve_durations_parse_and_are_bounded() {
-        assert_eq!(super::parse_duration("90s"), Ok(90));
-        assert_eq!(super::parse_duration("15m"), Ok(900));
-        assert_eq!(super::parse_duration("8h"), Ok(28_800));
-        assert!(super::parse_duration("0s").is_err());
-        assert!(super::parse_duration("5300w").is_err());
-        let cli = Cli::try_parse_from([
-            "keyward",
-            "serve",
-            "--socket",
-            "/tmp/k.sock",
-            "--idle-timeout",
-            "90s",
-        ])
-        .expect("parse");
-        match cli.command {
-            Command::Serve(args) => {
-                assert_eq!(
-                    args.socket.as_deref(),
-                    Some(std::path::Path::new("/tmp/k.sock"))
-                );
-                assert_eq!(
-                    (
-                        args.idle_timeout,
-                        args.absolute_timeout,
-                        args.check_interval
-                    ),
-                    (90, 8 * 3600, 60)
-                );
-                assert_eq!(
-                    (
-                        args.header_timeout,
-                        args.body_timeout,
-                        args.keepalive_timeout
-                    ),
-                    (10, 30, 60)
-                );
-                assert_eq!(args.max_connections, 512);
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(Cli::try_parse_from(["keyward", "serve", "--idle-timeout", "soon"]).is_err());
-    }
+/// Writes to stderr in one locked write (the ready line that scripts and
+/// tests wait for).
+fn to_stderr(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(args);
+    let _ = err.flush();
 }

@@ -17,27 +17,25 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use keyward_api::types::{Secrets, SessionInfo, UnlockRequest, UnlockWith as With, Unlocked};
 use keyward_kms::backend::{Notice, SecretKind, SecretRequest};
 use keyward_kms::service::{ProtectorInfo, UnlockWith};
 use keyward_kms::{BackendKind, Callbacks, Error, SecretString, Service};
-use serde::Deserialize;
-use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::commands::is_hardware;
-use crate::daemon::api::wire::SecretText;
-use crate::daemon::auth::{Caller, Requester};
-use crate::daemon::error::ApiError;
-use crate::daemon::{Daemon, unix_now};
-use crate::failure::Exit;
+use crate::Exit;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::grants::{Access, Granted};
+use crate::{Daemon, unix_now};
 
 /// The daemon's session timeouts (the longest an unlock may ask for).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Timeouts {
+pub struct Timeouts {
     /// Lock after this long without a successful key operation.
-    pub(crate) idle: Duration,
+    pub idle: Duration,
     /// Lock this long after unlock, whatever happens.
-    pub(crate) absolute: Duration,
+    pub absolute: Duration,
 }
 
 /// The Service and the session, behind the daemon's one lock.
@@ -51,16 +49,18 @@ pub(crate) struct Core {
 
 impl Core {
     /// What every request does first: ends an expired session,
-    /// authenticates, and names the actor of the audit records to come.
+    /// authenticates, names the actor of the audit records to come, and
+    /// checks what the route needs ([`crate::grants`]).
     ///
     /// # Errors
-    /// `401 unauthorized`.
-    pub(crate) fn enter(&mut self, requester: &Requester) -> Result<Caller, ApiError> {
+    /// `401 unauthorized`; `403 forbidden`.
+    pub(crate) fn enter(&mut self, access: &Access) -> Result<Granted, ApiError> {
         self.expire_if_due(Instant::now());
+        let requester = &access.requester;
         let caller = Caller::authenticate(&requester.credentials, &mut self.service)?;
         self.service
             .set_actor(requester.peer.actor(caller.client()));
-        Ok(caller)
+        Granted::check(caller, access.need)
     }
 
     /// Locks if a timeout passed; the reason if it did.
@@ -137,59 +137,36 @@ impl Session {
     }
 
     /// The session object of `status` and `unlock`.
-    pub(crate) fn to_json(&self) -> Value {
+    pub(crate) fn info(&self) -> SessionInfo {
         let now = Instant::now();
         let unix = unix_now();
         let at = |deadline: Instant| {
             let left = deadline.saturating_duration_since(now).as_secs();
             unix.saturating_add(i64::try_from(left).unwrap_or(i64::MAX))
         };
-        json!({
-            "protector": self.protector.id,
-            "unlocked_at": self.unlocked_at,
-            "idle_expires_at": at(self.last_use + self.idle),
-            "absolute_expires_at": at(self.started + self.absolute),
-        })
+        SessionInfo {
+            protector: self.protector.id,
+            unlocked_at: self.unlocked_at,
+            idle_expires_at: at(self.last_use + self.idle),
+            absolute_expires_at: at(self.started + self.absolute),
+        }
     }
 }
 
-/// `POST /v1/unlock`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct UnlockRequest {
-    /// `"any"`, a protector kind, or a protector id.
-    #[serde(default)]
-    with: Option<With>,
-    /// The secrets the protector may ask for.
-    #[serde(default)]
-    secrets: Secrets,
-    /// A shorter idle timeout, seconds.
-    #[serde(default)]
-    idle_timeout: Option<u64>,
-    /// A shorter absolute timeout, seconds.
-    #[serde(default)]
-    absolute_timeout: Option<u64>,
-}
-
-/// The `with` of an unlock.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum With {
-    /// A protector id.
-    Id(u32),
-    /// `"any"` or a kind.
-    Name(String),
-}
-
-/// The `secrets` of an unlock.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Secrets {
-    pin: Option<SecretText>,
-    puk: Option<SecretText>,
-    passphrase: Option<SecretText>,
-    #[serde(rename = "recovery-key")]
-    recovery_key: Option<SecretText>,
+/// The answer of an unlock: the protector that unlocked and the session.
+fn unlocked(session: &Session) -> Unlocked {
+    let p = &session.protector;
+    Unlocked {
+        protector: keyward_api::types::ProtectorInfo {
+            id: p.id,
+            kind: p.kind.as_str().to_owned(),
+            label: p.label.clone(),
+            device_id: p.device_id.clone(),
+            mk_epoch: p.mk_epoch,
+            created_at: p.created_at,
+        },
+        session: session.info(),
+    }
 }
 
 /// Unlocks (or, already unlocked, returns the session, shortened if
@@ -202,7 +179,7 @@ pub(crate) fn unlock(
     core: &mut Core,
     request: UnlockRequest,
     defaults: Timeouts,
-) -> Result<Value, ApiError> {
+) -> Result<Unlocked, ApiError> {
     let timeouts = Timeouts {
         idle: shorter(defaults.idle, request.idle_timeout, "idle_timeout")?,
         absolute: shorter(
@@ -214,14 +191,14 @@ pub(crate) fn unlock(
     if let Some(session) = core.session.as_mut() {
         session.idle = session.idle.min(timeouts.idle);
         session.absolute = session.absolute.min(timeouts.absolute);
-        return Ok(json!({ "protector": session.protector, "session": session.to_json() }));
+        return Ok(unlocked(session));
     }
     let with = choose(&core.service, request.with.as_ref(), &request.secrets)?;
     let callbacks = ApiCallbacks::new(request.secrets);
     let protector = core.service.unlock(with, &callbacks)?;
     tracing::info!(protector = protector.id, kind = %protector.kind, "unlocked");
     let session = Session::new(protector, timeouts);
-    let body = json!({ "protector": session.protector, "session": session.to_json() });
+    let body = unlocked(&session);
     core.session = Some(session);
     Ok(body)
 }
@@ -269,7 +246,7 @@ fn choose(
     }
     if secrets.pin.is_some() {
         let protectors = service.protectors()?;
-        let hardware: Vec<_> = protectors.iter().filter(|p| is_hardware(p.kind)).collect();
+        let hardware: Vec<_> = protectors.iter().filter(|p| p.kind.is_hardware()).collect();
         return match hardware.as_slice() {
             [only] => Ok(UnlockWith::Id(only.id)),
             [] => Err(ApiError::new(
@@ -312,10 +289,12 @@ impl ApiCallbacks {
 
     fn new(secrets: Secrets) -> Self {
         Self {
-            pin: Mutex::new(secrets.pin.map(|s| s.0)),
-            puk: Mutex::new(secrets.puk.map(|s| s.0)),
-            passphrase: secrets.passphrase.map(|s| s.0),
-            recovery_key: secrets.recovery_key.map(|s| s.0),
+            pin: Mutex::new(secrets.pin.map(keyward_api::SecretText::into_secret)),
+            puk: Mutex::new(secrets.puk.map(keyward_api::SecretText::into_secret)),
+            passphrase: secrets.passphrase.map(keyward_api::SecretText::into_secret),
+            recovery_key: secrets
+                .recovery_key
+                .map(keyward_api::SecretText::into_secret),
         }
     }
 }
@@ -371,7 +350,7 @@ pub(crate) async fn expire(daemon: Arc<Daemon>, mut shutdown: watch::Receiver<bo
                     core.expire_if_due(Instant::now());
                 }
             }
-            () = crate::daemon::stopped(&mut shutdown) => return,
+            () = crate::stopped(&mut shutdown) => return,
         }
     }
 }
@@ -381,7 +360,7 @@ mod tests {
     use super::*;
 
     fn secrets(json: &str) -> Secrets {
-        crate::daemon::api::wire::parse(json.as_bytes()).expect("valid secrets")
+        crate::api::wire::parse(json.as_bytes()).expect("valid secrets")
     }
 
     #[test]

@@ -17,7 +17,7 @@ use axum::response::Response;
 use keyward_kms::audit::AuditRecord;
 use tokio::sync::watch;
 
-use crate::daemon::Daemon;
+use crate::Daemon;
 
 /// How often the log is read.
 const POLL: Duration = Duration::from_millis(200);
@@ -81,7 +81,7 @@ impl Poller {
             if !self.first || *self.shutdown.borrow() {
                 tokio::select! {
                     () = tokio::time::sleep(POLL) => {}
-                    () = crate::daemon::stopped(&mut self.shutdown) => return None,
+                    () = crate::stopped(&mut self.shutdown) => return None,
                 }
             }
             self.first = false;

@@ -8,20 +8,18 @@
 //! is wiped when hyper has written them. What hyper itself buffers while
 //! reading a request is outside our reach (docs/API.md says so).
 
-use std::fmt;
 use std::sync::Arc;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{HeaderMap, header, request::Parts};
 use base64::Engine as _;
 use http_body_util::BodyExt as _;
-use keyward_kms::SecretString;
-use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::de::DeserializeOwned;
+use serde::{Serialize, Serializer};
 use zeroize::Zeroizing;
 
-use crate::daemon::Daemon;
-use crate::daemon::error::ApiError;
+use crate::Daemon;
+use crate::error::ApiError;
 
 /// Largest request body, except batches.
 pub(crate) const BODY_LIMIT: usize = 1 << 20;
@@ -145,98 +143,8 @@ fn describe(err: &serde_json::Error) -> String {
     }
 }
 
-/// A byte string sent as standard base64 with padding. Zeroized on drop:
-/// it may be plaintext.
-pub(crate) struct Base64(Zeroizing<Vec<u8>>);
-
-impl Base64 {
-    /// The bytes.
-    pub(crate) fn bytes(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl Default for Base64 {
-    fn default() -> Self {
-        Self(Zeroizing::new(Vec::new()))
-    }
-}
-
-impl fmt::Debug for Base64 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Base64([REDACTED; {}])", self.0.len())
-    }
-}
-
-impl<'de> Deserialize<'de> for Base64 {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct B64Visitor;
-        impl Visitor<'_> for B64Visitor {
-            type Value = Base64;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a standard base64 string")
-            }
-            fn visit_str<E: de::Error>(self, text: &str) -> Result<Base64, E> {
-                let engine = &base64::engine::general_purpose::STANDARD;
-                let mut out = Zeroizing::new(vec![0u8; base64::decoded_len_estimate(text.len())]);
-                let len = engine
-                    .decode_slice(text, &mut out)
-                    .map_err(|_| E::custom("not standard base64 (with padding)"))?;
-                out.truncate(len);
-                Ok(Base64(out))
-            }
-        }
-        deserializer.deserialize_str(B64Visitor)
-    }
-}
-
-/// A secret sent as a JSON string (a PIN, a passphrase, a recovery key),
-/// held as a [`SecretString`] from the moment it is decoded.
-pub(crate) struct SecretText(pub(crate) SecretString);
-
-impl fmt::Debug for SecretText {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SecretText([REDACTED])")
-    }
-}
-
-impl<'de> Deserialize<'de> for SecretText {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct TextVisitor;
-        impl Visitor<'_> for TextVisitor {
-            type Value = SecretText;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_str<E: de::Error>(self, text: &str) -> Result<SecretText, E> {
-                if text.len() > MAX_SECRET_LEN {
-                    return Err(E::custom("secret too long"));
-                }
-                // An exact-size copy: no reallocation leaves a copy behind.
-                let mut exact = String::with_capacity(text.len());
-                exact.push_str(text);
-                Ok(SecretText(SecretString::from(exact)))
-            }
-        }
-        deserializer.deserialize_str(TextVisitor)
-    }
-}
-
-/// Longest secret accepted (as the CLI's secret sources).
-const MAX_SECRET_LEN: usize = 4096;
-
 /// Serializes bytes as standard base64 through a zeroizing buffer.
-pub(crate) fn serialize_secret<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-    let engine = &base64::engine::general_purpose::STANDARD;
-    let mut text = Zeroizing::new(String::with_capacity(bytes.len().div_ceil(3) * 4));
-    engine.encode_string(bytes, &mut text);
-    s.serialize_str(&text)
-}
-
-/// Standard base64 of non-secret bytes.
-pub(crate) fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
+pub(crate) use keyward_api::bytes::serialize_secret;
 
 /// Serializes non-secret bytes as standard base64.
 pub(crate) fn serialize_b64<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
@@ -307,6 +215,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Query {
 
 #[cfg(test)]
 mod tests {
+    use keyward_api::Bytes as Base64;
+    use serde::Deserialize;
+
     use super::*;
 
     #[derive(Debug, Deserialize)]

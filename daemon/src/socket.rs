@@ -3,7 +3,8 @@
 //!
 //! - The socket is `$XDG_RUNTIME_DIR/keyward/keyward.sock`, else
 //!   `/run/user/$UID/keyward/keyward.sock`; `--socket` and
-//!   `KEYWARD_SOCKET` override it. Its directory is created `0700` and must
+//!   `KEYWARD_SOCKET` override it (the rule is keyward-api's
+//!   `socket::default_path`). Its directory is created `0700` and must
 //!   be ours and writable by nobody else; the socket is `0600`.
 //! - One daemon per store: an exclusive `flock` on `<store>.daemon.lock`,
 //!   holding the daemon's pid, for the daemon's lifetime.
@@ -19,23 +20,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{FileType, FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 
-use crate::failure::{Exit, Failure};
-
-/// The socket's file name in its directory.
-const SOCKET_FILE: &str = "keyward.sock";
-
-/// The default socket path: `$XDG_RUNTIME_DIR/keyward/keyward.sock`, else
-/// `/run/user/$UID/keyward/keyward.sock`.
-pub(crate) fn default_path() -> PathBuf {
-    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        // The XDG base-directory spec: relative values are invalid.
-        .filter(|p| p.is_absolute())
-        .unwrap_or_else(|| {
-            PathBuf::from(format!("/run/user/{}", rustix::process::geteuid().as_raw()))
-        });
-    runtime.join("keyward").join(SOCKET_FILE)
-}
+use crate::{Exit, Failure};
 
 /// The path of the lock file of `store`.
 pub(crate) fn lock_path(store: &Path) -> PathBuf {
@@ -46,7 +31,7 @@ pub(crate) fn lock_path(store: &Path) -> PathBuf {
 
 /// The exclusive lock that makes this process the one daemon of a store.
 #[derive(Debug)]
-pub(crate) struct DaemonLock {
+pub struct DaemonLock {
     file: File,
     path: PathBuf,
 }
@@ -124,7 +109,7 @@ impl DaemonLock {
 
     /// Removes the lock file, then releases the lock (the order matters: a
     /// new daemon must never lock a file we are about to delete).
-    pub(crate) fn release(self) {
+    pub fn release(self) {
         let _ = std::fs::remove_file(&self.path);
         drop(self.file);
     }

@@ -12,7 +12,7 @@
 
 use rustix::process::{DumpableBehavior, Resource, Rlimit};
 
-use crate::failure::{Exit, Failure};
+use crate::{Exit, Failure};
 
 /// Hardens the process; returns whether secrets are locked in memory.
 ///

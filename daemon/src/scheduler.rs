@@ -9,7 +9,7 @@ use std::time::Duration;
 use keyward_kms::service::Actor;
 use tokio::sync::watch;
 
-use crate::daemon::Daemon;
+use crate::Daemon;
 
 /// Checks every `interval` until shutdown.
 pub(crate) async fn run(
@@ -22,7 +22,7 @@ pub(crate) async fn run(
     loop {
         tokio::select! {
             _ = tick.tick() => check(&daemon).await,
-            () = crate::daemon::stopped(&mut shutdown) => return,
+            () = crate::stopped(&mut shutdown) => return,
         }
     }
 }

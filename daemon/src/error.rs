@@ -3,17 +3,66 @@
 //!
 //! Errors of the key service take their `code` from
 //! [`keyward_kms::Error::code`] and their message, hint and exit code from
-//! the CLI's own mapping ([`crate::failure`]), so that a script sees the
-//! same diagnosis from `keyward decrypt` and from the daemon. Failures of
-//! the transport (bad JSON, a body too large, an unknown route) are the
-//! daemon's own.
+//! the diagnosis `keyward serve` hands in ([`crate::Config::diagnose`]: the
+//! CLI's own mapping), so that a script sees the same diagnosis from
+//! `keyward decrypt` and from the daemon. Failures of the transport (bad
+//! JSON, a body too large, an unknown route) are the daemon's own.
+
+use std::sync::OnceLock;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use keyward_api::Problem;
 use keyward_kms::Error;
 use serde_json::{Map, Value, json};
 
-use crate::failure::{Exit, from_kms};
+use crate::{Diagnose, Exit};
+
+/// The diagnosis of key-service errors, set once when the daemon starts.
+static DIAGNOSE: OnceLock<Diagnose> = OnceLock::new();
+
+/// Sets the diagnosis of key-service errors (the first one set stays).
+pub(crate) fn set_diagnose(diagnose: Diagnose) {
+    let _ = DIAGNOSE.set(diagnose);
+}
+
+/// Without a diagnosis handed in: the error's own text, exit code 1 (and
+/// the exit code its API code implies, below).
+fn plain(err: &Error) -> Problem {
+    Problem::new(err.code(), Exit::Failure, err.to_string())
+}
+
+/// The error body the API answers `err` with, given the diagnosis
+/// `diagnose`: its code, message, hint and exit code, and for
+/// `secret-required` the secret asked for.
+pub fn problem(err: &Error, diagnose: Diagnose) -> Problem {
+    let code = err.code();
+    let diagnosis = diagnose(err);
+    // Errors the CLI does not map (yet) get the exit code their API code
+    // implies rather than the generic 1.
+    let exit = match (diagnosis.exit, code) {
+        (Exit::Failure, "unauthorized" | "secret-required" | "locked") => Exit::Auth,
+        (Exit::Failure, "forbidden" | "client-exists") => Exit::Refused,
+        (Exit::Failure, "client-not-found") => Exit::NotFound,
+        (exit, _) => exit,
+    };
+    let mut problem = Problem::new(code, exit, diagnosis.message);
+    problem.hint = diagnosis.hint;
+    if let Error::SecretRequired {
+        kind,
+        description,
+        retries_left,
+    } = err
+    {
+        problem.secret = Some((*kind).to_owned());
+        problem.description = Some(description.clone());
+        problem.tries_left = *retries_left;
+        problem.hint = Some(format!(
+            "send the {kind} in \"secrets\": {{\"{kind}\": …}} (`keyward unlock` asks for it)"
+        ));
+    }
+    problem
+}
 
 /// A failed request.
 #[derive(Debug)]
@@ -174,30 +223,17 @@ impl From<Error> for ApiError {
 
 impl From<&Error> for ApiError {
     fn from(err: &Error) -> Self {
-        let code = err.code();
-        let failure = from_kms(err);
-        // Errors the CLI does not map (yet) get the exit code their API code
-        // implies rather than the generic 1.
-        let exit = match (failure.code, code) {
-            (Exit::Failure, "unauthorized" | "secret-required" | "locked") => Exit::Auth,
-            (Exit::Failure, "forbidden" | "client-exists") => Exit::Refused,
-            (Exit::Failure, "client-not-found") => Exit::NotFound,
-            (exit, _) => exit,
-        };
-        let mut api = Self::new(code, exit, failure.message);
-        api.hint = failure.hint;
-        if let Error::SecretRequired {
-            kind,
-            description,
-            retries_left,
-        } = err
-        {
-            api.extra.insert("secret".into(), json!(kind));
-            api.extra.insert("description".into(), json!(description));
-            api.extra.insert("tries_left".into(), json!(retries_left));
-            api.hint = Some(format!(
-                "send the {kind} in \"secrets\": {{\"{kind}\": …}} (`keyward unlock` asks for it)"
-            ));
+        let problem = problem(err, DIAGNOSE.get().copied().unwrap_or(plain));
+        let mut api = Self::new(err.code(), problem.exit, problem.message);
+        api.hint = problem.hint;
+        if let Some(secret) = problem.secret {
+            // `tries_left` is always present in a secret-required answer
+            // (null when the device does not tell).
+            api.extra.insert("secret".into(), json!(secret));
+            api.extra
+                .insert("description".into(), json!(problem.description));
+            api.extra
+                .insert("tries_left".into(), json!(problem.tries_left));
         }
         api
     }
@@ -215,87 +251,16 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The HTTP status of an error code (docs/API.md, "Errors"). Codes outside
-/// the table take the status their exit code suggests.
+/// The HTTP status of an error code ([`keyward_api::problem::status_of`]:
+/// the table of docs/API.md, "Errors").
 pub(crate) fn status_of(code: &str, exit: Exit) -> StatusCode {
-    match code {
-        "bad-request" | "invalid-argument" | "invalid-key-name" | "malformed" => {
-            StatusCode::BAD_REQUEST
-        }
-        "unauthorized" | "wrong-pin" | "wrong-passphrase" | "wrong-recovery-key"
-        | "pin-blocked" | "lockout" => StatusCode::UNAUTHORIZED,
-        "forbidden" | "peer-rejected" => StatusCode::FORBIDDEN,
-        "not-found"
-        | "key-not-found"
-        | "version-not-found"
-        | "protector-not-found"
-        | "client-not-found" => StatusCode::NOT_FOUND,
-        "method-not-allowed" => StatusCode::METHOD_NOT_ALLOWED,
-        "request-timeout" => StatusCode::REQUEST_TIMEOUT,
-        "key-exists" | "client-exists" | "usage-limit" | "wrong-purpose" | "version-retired"
-        | "class-policy" | "last-protector" => StatusCode::CONFLICT,
-        "payload-too-large" => StatusCode::PAYLOAD_TOO_LARGE,
-        "decryption-failed" | "invalid-signature" | "replay" | "not-fresh" | "truncated" => {
-            StatusCode::UNPROCESSABLE_ENTITY
-        }
-        "locked" => StatusCode::LOCKED,
-        "secret-required" => StatusCode::PRECONDITION_REQUIRED,
-        "device-not-found" | "device-removed" | "wrong-device" | "device" | "busy"
-        | "shutting-down" | "touch-timeout" | "not-supported" => StatusCode::SERVICE_UNAVAILABLE,
-        "internal" | "store" | "audit-write" | "audit-tampered" => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
-        _ => match exit {
-            Exit::Usage => StatusCode::BAD_REQUEST,
-            Exit::Auth => StatusCode::UNAUTHORIZED,
-            Exit::NotFound => StatusCode::NOT_FOUND,
-            Exit::Integrity => StatusCode::UNPROCESSABLE_ENTITY,
-            Exit::Refused => StatusCode::CONFLICT,
-            Exit::Device | Exit::Store => StatusCode::SERVICE_UNAVAILABLE,
-            Exit::Failure | Exit::BrokenPipe => StatusCode::INTERNAL_SERVER_ERROR,
-        },
-    }
+    StatusCode::from_u16(keyward_api::problem::status_of(code, exit))
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kms_errors_get_the_documented_status_and_exit() {
-        let cases = [
-            (Error::Locked, 423, "locked", 3),
-            (Error::WrongPassphrase, 401, "wrong-passphrase", 3),
-            (Error::DecryptionFailed, 422, "decryption-failed", 5),
-            (
-                Error::KeyNotFound { name: "k".into() },
-                404,
-                "key-not-found",
-                4,
-            ),
-            (
-                Error::VersionRetired {
-                    name: "k".into(),
-                    version: 1,
-                    min_decryption_version: 2,
-                },
-                409,
-                "version-retired",
-                6,
-            ),
-            (Error::Unauthorized, 401, "unauthorized", 3),
-            (Error::StoreBusy, 503, "busy", 8),
-            (Error::Malformed { what: "header" }, 400, "malformed", 5),
-        ];
-        for (err, status, code, exit) in cases {
-            let api = ApiError::from(&err);
-            assert_eq!(
-                (api.status.as_u16(), api.code, api.exit),
-                (status, code, exit),
-                "{err:?}"
-            );
-        }
-    }
 
     #[test]
     fn secret_required_names_the_secret() {

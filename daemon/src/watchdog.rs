@@ -14,8 +14,8 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::daemon::Daemon;
-use crate::daemon::socket::{self, Check, Identity};
+use crate::Daemon;
+use crate::socket::{self, Check, Identity};
 
 /// Watches `path` every `interval` until shutdown.
 pub(crate) async fn run(
@@ -28,7 +28,7 @@ pub(crate) async fn run(
     loop {
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
-            () = crate::daemon::stopped(&mut shutdown) => return,
+            () = crate::stopped(&mut shutdown) => return,
         }
         match identity.check(&path) {
             Check::Intact => {}

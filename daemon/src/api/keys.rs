@@ -6,26 +6,26 @@
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::response::Response;
-use keyward_kms::clients::Operation;
+use keyward_api::Bytes;
+use keyward_api::types::{
+    self as wire_types, CreateKey, DeviceAlgorithm, DeviceSignRequest, DeviceSigned,
+    RetireKey as Retire,
+};
+use keyward_kms::backend::SignAlgorithm;
 use keyward_kms::service::KeySpec;
 use keyward_kms::{DataClass, KeyPurpose};
-use serde::Deserialize;
 use serde_json::json;
 
-use super::wire::{Base64, JsonBody, Query};
+use super::wire::{JsonBody, Query};
 use super::{Shared, blocking, key_name, ok, parse_key};
-use crate::daemon::auth::Requester;
-use crate::daemon::error::ApiError;
-use crate::failure::Exit;
+use crate::Exit;
+use crate::error::ApiError;
+use crate::grants::Access;
 
 /// `GET /v1/keys`.
-pub(crate) async fn list(
-    State(daemon): Shared,
-    requester: Requester,
-) -> Result<Response, ApiError> {
+pub(crate) async fn list(State(daemon): Shared, access: Access) -> Result<Response, ApiError> {
     let mut core = daemon.core.lock().await;
-    let caller = core.enter(&requester)?;
-    caller.require(Operation::Keys, None)?;
+    let caller = core.enter(&access)?;
     let keys: Vec<_> = core
         .service
         .keys()?
@@ -39,13 +39,13 @@ pub(crate) async fn list(
 /// `GET /v1/keys/{name}`.
 pub(crate) async fn show(
     State(daemon): Shared,
-    requester: Requester,
+    access: Access,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let name = key_name(path)?;
     let mut core = daemon.core.lock().await;
-    let caller = core.enter(&requester)?;
-    caller.require(Operation::Keys, Some(&name))?;
+    let caller = core.enter(&access)?;
+    caller.permit(Some(&name))?;
     let info = core.service.key(&name)?;
     drop(core);
     Ok(ok(&info))
@@ -54,7 +54,7 @@ pub(crate) async fn show(
 /// `GET /v1/keys/{name}/public?version=N`.
 pub(crate) async fn public(
     State(daemon): Shared,
-    requester: Requester,
+    access: Access,
     path: Result<Path<String>, PathRejection>,
     query: Query,
 ) -> Result<Response, ApiError> {
@@ -68,52 +68,35 @@ pub(crate) async fn public(
         })
         .transpose()?;
     let mut core = daemon.core.lock().await;
-    let caller = core.enter(&requester)?;
-    caller.require(Operation::Keys, Some(&name))?;
+    let caller = core.enter(&access)?;
+    caller.permit(Some(&name))?;
     let export = core.service.export_public(&name, version)?;
     drop(core);
     Ok(ok(&export))
 }
 
 /// `POST /v1/keys`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct CreateKey {
-    name: String,
-    #[serde(default = "default_purpose")]
-    purpose: KeyPurpose,
-    #[serde(default = "default_class")]
-    class: DataClass,
-    #[serde(default)]
-    rotation_period: Option<u64>,
-    #[serde(default)]
-    usage_limit: Option<u64>,
-}
-
-/// As `keyward key create`.
-fn default_purpose() -> KeyPurpose {
-    KeyPurpose::Encrypt
-}
-
-/// As `keyward key create`.
-fn default_class() -> DataClass {
-    DataClass::Private
-}
-
-/// `POST /v1/keys`.
 pub(crate) async fn create(
     State(daemon): Shared,
-    requester: Requester,
+    access: Access,
     JsonBody(request): JsonBody<CreateKey>,
 ) -> Result<Response, ApiError> {
     let name = parse_key(&request.name)?;
     let mut core = daemon.core.lock().await;
-    core.enter(&requester)?.require_owner()?;
+    core.enter(&access)?;
     let info = core.service.create_key(
         &name,
         &KeySpec {
-            purpose: request.purpose,
-            class: request.class,
+            purpose: match request.purpose {
+                wire_types::KeyPurpose::Encrypt => KeyPurpose::Encrypt,
+                wire_types::KeyPurpose::Sign => KeyPurpose::Sign,
+            },
+            class: match request.class {
+                wire_types::DataClass::Secret => DataClass::Secret,
+                wire_types::DataClass::Sensitive => DataClass::Sensitive,
+                wire_types::DataClass::Private => DataClass::Private,
+                wire_types::DataClass::General => DataClass::General,
+            },
             rotation_period: request.rotation_period,
             usage_limit: request.usage_limit,
         },
@@ -126,12 +109,12 @@ pub(crate) async fn create(
 /// `POST /v1/keys/{name}/rotate`.
 pub(crate) async fn rotate(
     State(daemon): Shared,
-    requester: Requester,
+    access: Access,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let name = key_name(path)?;
     let mut core = daemon.core.lock().await;
-    core.enter(&requester)?.require_owner()?;
+    core.enter(&access)?;
     let info = core.service.rotate_key(&name)?;
     core.used();
     drop(core);
@@ -139,22 +122,15 @@ pub(crate) async fn rotate(
 }
 
 /// `POST /v1/keys/{name}/retire`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Retire {
-    min_decryption_version: u32,
-}
-
-/// `POST /v1/keys/{name}/retire`.
 pub(crate) async fn retire(
     State(daemon): Shared,
-    requester: Requester,
+    access: Access,
     path: Result<Path<String>, PathRejection>,
     JsonBody(request): JsonBody<Retire>,
 ) -> Result<Response, ApiError> {
     let name = key_name(path)?;
     let mut core = daemon.core.lock().await;
-    core.enter(&requester)?.require_owner()?;
+    core.enter(&access)?;
     let info = core.service.retire(&name, request.min_decryption_version)?;
     core.used();
     drop(core);
@@ -164,10 +140,10 @@ pub(crate) async fn retire(
 /// `POST /v1/rotate-due`: what the scheduler does, now.
 pub(crate) async fn rotate_due(
     State(daemon): Shared,
-    requester: Requester,
+    access: Access,
 ) -> Result<Response, ApiError> {
     let mut core = daemon.core.lock().await;
-    core.enter(&requester)?.require_owner()?;
+    core.enter(&access)?;
     let rotated = core.service.rotate_due()?;
     drop(core);
     for r in &rotated {
@@ -180,24 +156,16 @@ pub(crate) async fn rotate_due(
 /// second for a large store, so it runs on a blocking thread).
 pub(crate) async fn master_rotate(
     State(daemon): Shared,
-    requester: Requester,
+    access: Access,
 ) -> Result<Response, ApiError> {
     let epoch = blocking(&daemon, move |core| {
-        core.enter(&requester)?.require_owner()?;
+        core.enter(&access)?;
         let epoch = core.service.rotate_master()?;
         core.used();
         Ok(epoch)
     })
     .await?;
-    Ok(ok(&json!({ "epoch": epoch })))
-}
-
-/// `POST /v1/device/sign`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct DeviceSignRequest {
-    protector: u32,
-    message: Base64,
+    Ok(ok(&wire_types::MasterRotated { epoch }))
 }
 
 /// `POST /v1/device/sign` (owner, unlocked): signs with the key of a
@@ -205,16 +173,16 @@ pub(crate) struct DeviceSignRequest {
 /// per signature; a device that wants one anyway gets `428`).
 pub(crate) async fn device_sign(
     State(daemon): Shared,
-    requester: Requester,
+    access: Access,
     JsonBody(request): JsonBody<DeviceSignRequest>,
 ) -> Result<Response, ApiError> {
     let protector = request.protector;
     let signature = blocking(&daemon, move |core| {
-        core.enter(&requester)?.require_owner()?;
+        core.enter(&access)?;
         if !core.service.is_unlocked() {
             return Err(keyward_kms::Error::Locked.into());
         }
-        let ui = crate::daemon::session::ApiCallbacks::without_secrets();
+        let ui = crate::session::ApiCallbacks::without_secrets();
         let signature =
             core.service
                 .device_sign(request.protector, request.message.bytes(), &ui)?;
@@ -222,9 +190,12 @@ pub(crate) async fn device_sign(
         Ok(signature)
     })
     .await?;
-    Ok(ok(&json!({
-        "signature": super::wire::b64(&signature.bytes),
-        "algorithm": format!("{:?}", signature.algorithm).to_lowercase(),
-        "protector": protector,
-    })))
+    Ok(ok(&DeviceSigned {
+        algorithm: match signature.algorithm {
+            SignAlgorithm::EcdsaP256Sha256 => DeviceAlgorithm::EcdsaP256Sha256,
+            SignAlgorithm::Ed25519 => DeviceAlgorithm::Ed25519,
+        },
+        signature: Bytes::new(signature.bytes),
+        protector,
+    }))
 }

@@ -35,21 +35,21 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tower::ServiceExt as _;
 
-use crate::daemon::Daemon;
-use crate::daemon::auth::Peer;
-use crate::daemon::error::ApiError;
+use crate::Daemon;
+use crate::auth::Peer;
+use crate::error::ApiError;
 
 /// Transport limits (docs/API.md, "Limits").
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Limits {
+pub struct Limits {
     /// A request head must arrive within this of its first byte.
-    pub(crate) header_timeout: Duration,
+    pub header_timeout: Duration,
     /// A request body must arrive within this.
-    pub(crate) body_timeout: Duration,
+    pub body_timeout: Duration,
     /// A connection with no request in flight is closed after this.
-    pub(crate) keepalive_timeout: Duration,
+    pub keepalive_timeout: Duration,
     /// Connections served at once.
-    pub(crate) max_connections: usize,
+    pub max_connections: usize,
 }
 
 /// hyper's read buffer, which bounds a request head (bodies stream
@@ -75,7 +75,7 @@ pub(crate) async fn accept(
                 Ok(slot) => slot,
                 Err(_) => break,
             },
-            () = crate::daemon::stopped(&mut shutdown) => break,
+            () = crate::stopped(&mut shutdown) => break,
         };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -87,7 +87,7 @@ pub(crate) async fn accept(
                     continue;
                 }
             },
-            () = crate::daemon::stopped(&mut shutdown) => break,
+            () = crate::stopped(&mut shutdown) => break,
         };
         tokio::spawn(connection(
             stream,
@@ -194,7 +194,7 @@ async fn connection(
                 tracing::debug!(reason, "closing a connection");
                 return;
             }
-            () = crate::daemon::stopped(&mut shutdown), if !draining => {
+            () = crate::stopped(&mut shutdown), if !draining => {
                 conn.as_mut().graceful_shutdown();
                 draining = true;
             }
