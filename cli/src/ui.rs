@@ -268,16 +268,9 @@ impl Tty {
 }
 
 /// A secret the user supplied ahead of time (flag or environment), which
-/// picks the protector to unlock with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Supplied {
-    /// A recovery key.
-    RecoveryKey,
-    /// A passphrase.
-    Passphrase,
-    /// A PIN: a hardware protector.
-    Pin,
-}
+/// picks the protector to unlock with (kms ranks them; we say which came
+/// by flag).
+pub(crate) use keyward_kms::service::Supplied;
 
 /// A secret source kept for the protector being enrolled, so that the
 /// unlock before the enrollment must use another one.

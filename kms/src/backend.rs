@@ -50,6 +50,12 @@ impl BackendKind {
         }
     }
 
+    /// Whether this kind is a hardware device (YubiKey, TPM, PKCS#11)
+    /// rather than a secret the user types or keeps.
+    pub fn is_hardware(self) -> bool {
+        matches!(self, Self::Yubikey | Self::Tpm | Self::Pkcs11)
+    }
+
     /// The byte bound into the master-key wrap AAD (docs/FORMAT.md).
     pub fn code(self) -> u8 {
         match self {

@@ -35,6 +35,6 @@ pub(crate) fn run(ctx: &Ctx<'_>, args: &ServeArgs) -> Result<(), Failure> {
         },
     };
     let (memory_locked, lock) = daemon::prepare(&config)?;
-    let service = ctx.open()?;
+    let service = ctx.open_with(keyward_kms::service::Options::daemon())?;
     daemon::run(config, service, memory_locked, lock)
 }
