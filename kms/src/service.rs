@@ -280,7 +280,7 @@ impl Service {
             actor: Actor::current(),
             options,
             memory_keys: BTreeMap::new(),
-            usage: Usage::new(&options),
+            usage: Usage::default(),
             _checkpointer: checkpointer.flatten(),
         }
     }
@@ -344,28 +344,33 @@ impl Service {
         self.lock();
     }
 
-    pub(super) fn actor_json(&self) -> serde_json::Value {
+    /// Who is acting, as audit records name it.
+    fn actor_json(&self) -> serde_json::Value {
         serde_json::to_value(&self.actor).unwrap_or(serde_json::Value::Null)
     }
 
-    pub(super) fn mac(&self) -> Result<Secret32> {
+    /// The key that authenticates audit checkpoints; needs the master key.
+    fn mac(&self) -> Result<Secret32> {
         let master = self.master.as_ref().ok_or(Error::Locked)?;
         Ok(audit::mac_key(master.secret(), self.store.store_id()))
     }
 }
 
-pub(super) fn backend_for(backends: &Backends, kind: BackendKind) -> Result<&Arc<dyn Backend>> {
+/// The backend for protectors of `kind`.
+fn backend_for(backends: &Backends, kind: BackendKind) -> Result<&Arc<dyn Backend>> {
     backends.get(kind).ok_or_else(|| no_backend(kind))
 }
 
-pub(super) fn no_backend(kind: BackendKind) -> Error {
+/// A kind this build has no backend for.
+fn no_backend(kind: BackendKind) -> Error {
     Error::NotSupported {
         kind: kind.to_string(),
         what: "protectors of this kind in this build of keyward",
     }
 }
 
-pub(super) fn require_purpose(key: &KeyRow, wanted: KeyPurpose) -> Result<()> {
+/// Refuses a key of the other purpose (encrypt vs sign).
+fn require_purpose(key: &KeyRow, wanted: KeyPurpose) -> Result<()> {
     if key.purpose == wanted {
         return Ok(());
     }

@@ -254,4 +254,60 @@ mod tests {
         assert!(acts.iter().any(|a| a == "datakey.generate"));
         assert!(acts.iter().any(|a| a == "datakey.unwrap"));
     }
+
+    #[test]
+    fn tampered_or_swapped_wrapped_keys_are_refused() {
+        let (fx, mut svc) = fixture();
+        let (a, b) = (name("a"), name("b"));
+        svc.create_key(&a, &spec(KeyPurpose::Encrypt))
+            .expect("create");
+        svc.create_key(&b, &spec(KeyPurpose::Encrypt))
+            .expect("create");
+        svc.rotate_key(&a).expect("rotate");
+        let original: Vec<u8> = raw(&fx)
+            .query_row(
+                "SELECT wrapped FROM key_versions WHERE key_name = 'a' AND version = 1",
+                [],
+                |r| r.get(0),
+            )
+            .expect("wrapped");
+        let set = |bytes: &[u8], key: &str, version: u32| {
+            raw(&fx)
+                .execute(
+                    "UPDATE key_versions SET wrapped = ?1 WHERE key_name = ?2 AND version = ?3",
+                    rusqlite::params![bytes, key, version],
+                )
+                .expect("update");
+        };
+        for i in 0..original.len() {
+            let mut t = original.clone();
+            t[i] ^= 0x80;
+            set(&t, "a", 1);
+            assert!(
+                matches!(svc.decryption_key(&a, 1), Err(Error::UnwrapFailed)),
+                "byte {i}"
+            );
+        }
+        // The same wrap moved to another key or another version does not unwrap.
+        set(&original, "b", 1);
+        assert!(matches!(
+            svc.decryption_key(&b, 1),
+            Err(Error::UnwrapFailed)
+        ));
+        set(&original, "a", 2);
+        assert!(matches!(
+            svc.decryption_key(&a, 2),
+            Err(Error::UnwrapFailed)
+        ));
+        set(&original, "a", 1);
+        assert!(svc.decryption_key(&a, 1).is_ok());
+        // A downgraded class changes the KEK: the key no longer unwraps.
+        raw(&fx)
+            .execute("UPDATE keys SET class = 'general' WHERE name = 'a'", [])
+            .expect("downgrade");
+        assert!(matches!(
+            svc.decryption_key(&a, 1),
+            Err(Error::UnwrapFailed)
+        ));
+    }
 }

@@ -1,7 +1,8 @@
 //! Key use: counting encryptions before they happen (and rotating at the
 //! usage limit), the data-key cache, and the audit records of each use.
-//! [`Usage`] holds all of it, shaped once by the [`Options`] the service
-//! was opened with; everything in it is forgotten on lock.
+//! [`Usage`] holds the state of all of it; the service's `Options`, chosen
+//! when it was opened, say how it works.
+//! Everything in it is forgotten on lock.
 
 use std::collections::HashMap;
 
@@ -21,15 +22,20 @@ use crate::{Error, Result};
 /// the unused rest of a block, which only over-counts.
 pub const RESERVATION_BLOCK: u64 = 4096;
 
+impl Options {
+    /// Encryptions reserved per durable commit.
+    fn reservation_block(self) -> u64 {
+        if self.reservations {
+            RESERVATION_BLOCK
+        } else {
+            1
+        }
+    }
+}
+
 /// The state of key use between operations.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(super) struct Usage {
-    /// Encryptions reserved per durable commit: [`RESERVATION_BLOCK`], or 1.
-    block: u64,
-    /// Whether data keys are cached ([`Options::dek_cache`]).
-    cache_deks: bool,
-    /// Whether use records are committed without `fsync`.
-    relaxed: bool,
     /// Unwrapped data keys by (name, version), with the 40-byte wrap they
     /// came from: an entry is used only while the stored wrap is the same.
     deks: HashMap<(KeyName, u32), (Vec<u8>, Secret32)>,
@@ -56,21 +62,6 @@ struct PendingUse {
 }
 
 impl Usage {
-    pub(super) fn new(options: &Options) -> Self {
-        Self {
-            block: if options.reservations {
-                RESERVATION_BLOCK
-            } else {
-                1
-            },
-            cache_deks: options.dek_cache,
-            relaxed: options.relaxed_uses,
-            deks: HashMap::new(),
-            reserved: HashMap::new(),
-            pending: None,
-        }
-    }
-
     /// Forgets every cached data key and reservation (on lock).
     pub(super) fn forget(&mut self) {
         self.deks.clear();
@@ -134,7 +125,7 @@ impl Service {
             return Ok(0);
         }
         let mac = self.mac().ok();
-        write_use(&mut self.store, self.usage.relaxed, |db| {
+        write_use(&mut self.store, self.options.relaxed_uses, |db| {
             audit::append_many(
                 db,
                 pending.iter().map(|p| (p.action, p.ok, &p.fields)),
@@ -157,7 +148,7 @@ impl Service {
             return Ok(());
         }
         let mac = self.mac()?;
-        write_use(&mut self.store, self.usage.relaxed, |db| {
+        write_use(&mut self.store, self.options.relaxed_uses, |db| {
             audit::append(db, action, ok, &fields, Some(&mac))
         })?;
         Ok(())
@@ -244,7 +235,7 @@ impl Service {
         let store_id = *self.store.store_id();
         let mac = audit::mac_key(master.secret(), &store_id);
         let actor = self.actor_json();
-        let block = self.usage.block;
+        let block = self.options.reservation_block();
         let deferred = self.usage.pending.is_some();
         let fields = |key: &KeyRow, v: &VersionRow| {
             json!({ "key": name, "version": v.version, "class": key.class, "size": size,
@@ -294,7 +285,7 @@ impl Service {
     pub(super) fn dek(&mut self, key: &KeyRow, v: &VersionRow) -> Result<Secret32> {
         let master = self.master.as_ref().ok_or(Error::Locked)?;
         let store_id = *self.store.store_id();
-        if !self.usage.cache_deks {
+        if !self.options.dek_cache {
             return unwrap_version(master, &store_id, key, v);
         }
         let slot = (key.name.clone(), v.version);
