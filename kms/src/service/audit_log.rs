@@ -53,9 +53,7 @@ mod tests {
     #[test]
     fn failing_audit_write_stops_the_operation() {
         let (fx, mut svc) = fixture();
-        let k = name("k");
-        svc.create_key(&k, &spec(KeyPurpose::Encrypt))
-            .expect("create");
+        let k = encryption_key(&mut svc, "k");
         {
             let conn = Connection::open(&fx.path).expect("open raw");
             conn.execute_batch(

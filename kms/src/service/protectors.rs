@@ -90,24 +90,7 @@ impl Service {
         request: &EnrollRequest,
         ui: &dyn Callbacks,
     ) -> Result<ProtectorInfo> {
-        let master = self.master.as_ref().ok_or(Error::Locked)?;
-        let backend = backend_for(&self.backends, kind)?.clone();
-        let enrollment = backend.enroll(request, ui)?;
-        let store_id = *self.store.store_id();
-        let mac = audit::mac_key(master.secret(), &store_id);
-        let actor = self.actor_json();
-        self.store.write(|db| {
-            add_protector(
-                db,
-                &store_id,
-                master,
-                backend.as_ref(),
-                enrollment,
-                &request.label,
-                &actor,
-                &mac,
-            )
-        })
+        self.enroll_then(kind, request, ui, |_, _, _, _| Ok(()))
     }
 
     /// Replaces protector `old` with a fresh enrollment of `kind`, in one
@@ -124,10 +107,38 @@ impl Service {
         request: &EnrollRequest,
         ui: &dyn Callbacks,
     ) -> Result<ProtectorInfo> {
-        let master = self.master.as_ref().ok_or(Error::Locked)?;
+        if self.master.is_none() {
+            return Err(Error::Locked);
+        }
         if !self.store.db().protectors()?.iter().any(|p| p.id == old) {
             return Err(Error::ProtectorNotFound { id: old });
         }
+        self.enroll_then(kind, request, ui, |db, info, actor, mac| {
+            if !db.delete_protector(old)? {
+                return Err(Error::ProtectorNotFound { id: old });
+            }
+            audit::append(
+                db,
+                Action::ProtectorReplace,
+                true,
+                &json!({ "old": old, "new": info.id, "kind": kind, "actor": actor }),
+                Some(mac),
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Enrolls a protector of `kind` (the device first, outside the
+    /// transaction) and adds it in one transaction with whatever `then`
+    /// does there.
+    fn enroll_then(
+        &mut self,
+        kind: BackendKind,
+        request: &EnrollRequest,
+        ui: &dyn Callbacks,
+        then: impl FnOnce(&Db<'_>, &ProtectorInfo, &serde_json::Value, &Secret32) -> Result<()>,
+    ) -> Result<ProtectorInfo> {
+        let master = self.master.as_ref().ok_or(Error::Locked)?;
         let backend = backend_for(&self.backends, kind)?.clone();
         let enrollment = backend.enroll(request, ui)?;
         let store_id = *self.store.store_id();
@@ -144,16 +155,7 @@ impl Service {
                 &actor,
                 &mac,
             )?;
-            if !db.delete_protector(old)? {
-                return Err(Error::ProtectorNotFound { id: old });
-            }
-            audit::append(
-                db,
-                Action::ProtectorReplace,
-                true,
-                &json!({ "old": old, "new": info.id, "kind": kind, "actor": actor }),
-                Some(&mac),
-            )?;
+            then(db, &info, &actor, &mac)?;
             Ok(info)
         })
     }

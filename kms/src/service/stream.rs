@@ -149,9 +149,7 @@ mod tests {
     #[test]
     fn decrypt_takes_a_whole_stream_ciphertext_too() {
         let (_fx, mut svc) = fixture();
-        let k = name("k");
-        svc.create_key(&k, &spec(KeyPurpose::Encrypt))
-            .expect("create");
+        let k = encryption_key(&mut svc, "k");
         let mut ct = Vec::new();
         svc.encrypt_stream(
             &k,

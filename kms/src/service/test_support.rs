@@ -176,6 +176,29 @@ pub(super) fn spec(purpose: KeyPurpose) -> KeySpec {
     }
 }
 
+/// Creates an encryption key named `key`.
+pub(super) fn encryption_key(svc: &mut Service, key: &str) -> KeyName {
+    let k = name(key);
+    svc.create_key(&k, &spec(KeyPurpose::Encrypt))
+        .expect("create");
+    k
+}
+
+/// Creates an encryption key named `key` that rotates after `limit`
+/// encryptions by one version.
+pub(super) fn limited_key(svc: &mut Service, key: &str, limit: u64) -> KeyName {
+    let k = name(key);
+    svc.create_key(
+        &k,
+        &KeySpec {
+            usage_limit: Some(limit),
+            ..spec(KeyPurpose::Encrypt)
+        },
+    )
+    .expect("create");
+    k
+}
+
 /// The unwrapped data key of a version, for comparing across rotations.
 pub(super) fn dek(svc: &Service, key: &str, version: u32) -> [u8; 32] {
     let (k, v) = svc.key_version(&name(key), Some(version)).expect("version");

@@ -321,26 +321,22 @@ mod tests {
     use super::*;
     use crate::service::test_support::*;
 
+    /// The versions seven encryptions in a row are reserved from.
+    fn versions_of_seven(svc: &mut Service, k: &KeyName) -> Vec<u32> {
+        (0..7)
+            .map(|_| {
+                svc.reserve_encryption(k, Action::Encrypt, None)
+                    .expect("reserve")
+                    .1
+            })
+            .collect()
+    }
+
     #[test]
     fn usage_counter_is_reserved_before_use_and_rotates_at_the_limit() {
         let (_fx, mut svc) = fixture();
-        let k = name("limited");
-        svc.create_key(
-            &k,
-            &KeySpec {
-                usage_limit: Some(3),
-                ..spec(KeyPurpose::Encrypt)
-            },
-        )
-        .expect("create");
-        let mut versions = Vec::new();
-        for _ in 0..7 {
-            let (_, version, _) = svc
-                .reserve_encryption(&k, Action::Encrypt, None)
-                .expect("reserve");
-            versions.push(version);
-        }
-        assert_eq!(versions, [1, 1, 1, 2, 2, 2, 3]);
+        let k = limited_key(&mut svc, "limited", 3);
+        assert_eq!(versions_of_seven(&mut svc, &k), [1, 1, 1, 2, 2, 2, 3]);
         let info = svc.key(&k).expect("key");
         assert_eq!(
             info.versions.iter().map(|v| v.uses).collect::<Vec<_>>(),
@@ -361,9 +357,7 @@ mod tests {
     #[test]
     fn daemon_mode_reserves_blocks_and_still_rotates_at_the_limit() {
         let (fx, mut svc) = daemon_fixture();
-        let k = name("bulk");
-        svc.create_key(&k, &spec(KeyPurpose::Encrypt))
-            .expect("create");
+        let k = encryption_key(&mut svc, "bulk");
         let ct = svc.encrypt(&k, b"ctx", b"hello").expect("encrypt");
         // One durable reservation of a whole block, counted before any use.
         assert_eq!(
@@ -395,32 +389,14 @@ mod tests {
         let mut other =
             Service::open_with(&fx.path, fx.backends.clone(), Options::daemon()).expect("open");
         other.unlock(UnlockWith::Any, &NoUi).expect("unlock");
-        let small = name("small");
-        other
-            .create_key(
-                &small,
-                &KeySpec {
-                    usage_limit: Some(3),
-                    ..spec(KeyPurpose::Encrypt)
-                },
-            )
-            .expect("create");
-        let mut versions = Vec::new();
-        for _ in 0..7 {
-            let (_, version, _) = other
-                .reserve_encryption(&small, Action::Encrypt, None)
-                .expect("reserve");
-            versions.push(version);
-        }
-        assert_eq!(versions, [1, 1, 1, 2, 2, 2, 3]);
+        let small = limited_key(&mut other, "small", 3);
+        assert_eq!(versions_of_seven(&mut other, &small), [1, 1, 1, 2, 2, 2, 3]);
     }
 
     #[test]
     fn daemon_lock_forgets_cached_keys_and_is_audited() {
         let (_fx, mut svc) = daemon_fixture();
-        let k = name("k");
-        svc.create_key(&k, &spec(KeyPurpose::Encrypt))
-            .expect("create");
+        let k = encryption_key(&mut svc, "k");
         let ct = svc.encrypt(&k, b"", b"secret").expect("encrypt");
         svc.decrypt(b"", &ct).expect("decrypt warms the cache");
         assert!(!svc.usage.deks.is_empty());
@@ -441,9 +417,7 @@ mod tests {
     #[test]
     fn cached_data_key_is_not_used_after_its_wrap_changes() {
         let (_fx, mut svc) = daemon_fixture();
-        let k = name("k");
-        svc.create_key(&k, &spec(KeyPurpose::Encrypt))
-            .expect("create");
+        let k = encryption_key(&mut svc, "k");
         let ct = svc.encrypt(&k, b"", b"data").expect("encrypt");
         // Master rotation re-wraps every version; the cache follows.
         svc.rotate_master().expect("rotate master");
@@ -470,9 +444,7 @@ mod tests {
     #[test]
     fn deferred_uses_are_written_in_one_go_or_not_at_all() {
         let (fx, mut svc) = daemon_fixture();
-        let k = name("k");
-        svc.create_key(&k, &spec(KeyPurpose::Encrypt))
-            .expect("create");
+        let k = encryption_key(&mut svc, "k");
         let before = actions(&svc).len();
         svc.defer_uses();
         let cts: Vec<Vec<u8>> = (0..5)
