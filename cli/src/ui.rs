@@ -347,10 +347,10 @@ impl Ui {
     }
 
     /// Which secret to unlock with, judging by the ones supplied: an
-    /// explicit flag beats the environment, and at equal rank the recovery
-    /// key beats a passphrase (it is cheap to check and is what `enroll
-    /// passphrase` needs), which beats a PIN (a wrong guess at a PIN costs a
-    /// device try). A `reserve`d source is left for the enrollment.
+    /// explicit flag beats the environment, and at equal rank kms's order
+    /// decides ([`Supplied::strongest`]: the recovery key, then a
+    /// passphrase, then a PIN). A `reserve`d source is left for the
+    /// enrollment.
     pub(crate) fn supplied(&self, reserve: Reserve) -> Option<Supplied> {
         let candidates = [
             (Supplied::RecoveryKey, self.recovery.as_ref()),
@@ -366,10 +366,12 @@ impl Ui {
             ),
         ];
         let pick = |explicit: bool| {
-            candidates
-                .iter()
-                .find(|(_, source)| source.is_some_and(|s| s.explicit() == explicit))
-                .map(|(which, _)| *which)
+            Supplied::strongest(
+                candidates
+                    .iter()
+                    .filter(|(_, source)| source.is_some_and(|s| s.explicit() == explicit))
+                    .map(|(which, _)| *which),
+            )
         };
         pick(true).or_else(|| pick(false))
     }
