@@ -479,4 +479,29 @@ mod tests {
         assert!(matches!(svc.commit_uses(), Err(Error::AuditWrite(_))));
         assert_eq!(actions(&svc).len(), before + 11);
     }
+
+    #[test]
+    fn memory_keys_follow_the_same_usage_rule() {
+        let (_fx, mut svc) = daemon_fixture();
+        let k = name("session");
+        svc.create_key(
+            &k,
+            &KeySpec {
+                class: DataClass::Secret,
+                usage_limit: Some(3),
+                ..spec(KeyPurpose::Encrypt)
+            },
+        )
+        .expect("create in memory");
+        assert_eq!(versions_of_seven(&mut svc, &k), [1, 1, 1, 2, 2, 2, 3]);
+        // Each automatic rotation is audited, as a stored key's is.
+        let rotations: Vec<_> = svc
+            .audit_records(0, 10_000)
+            .expect("records")
+            .into_iter()
+            .filter(|r| r.action == "key.rotate")
+            .map(|r| r.fields["reason"].clone())
+            .collect();
+        assert_eq!(rotations, ["usage-limit", "usage-limit"]);
+    }
 }
