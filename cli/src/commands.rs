@@ -16,12 +16,12 @@ use std::path::PathBuf;
 #[cfg(any(feature = "tpm", feature = "pkcs11", feature = "yubikey"))]
 use std::sync::Arc;
 
-use keyward_kms::service::{Backends, ProtectorInfo, UnlockWith};
+use keyward_kms::service::{Backends, Options, ProtectorInfo, UnlockRequest, UnlockWith};
 use keyward_kms::{BackendKind, Error, Service};
 
 use crate::args::{Cli, Command};
 use crate::failure::{Exit, Failure, UNLOCK_HINT, UNLOCK_HINT_HARDWARE};
-use crate::ui::{Reserve, Supplied, Ui};
+use crate::ui::{Reserve, Ui};
 
 /// What every command needs: the parsed arguments, the keystore path, the
 /// user interface and the backends.
@@ -119,14 +119,6 @@ impl Drop for Hardware {
     }
 }
 
-/// Whether protectors of `kind` live on a device (and take a PIN).
-pub(crate) fn is_hardware(kind: BackendKind) -> bool {
-    matches!(
-        kind,
-        BackendKind::Tpm | BackendKind::Pkcs11 | BackendKind::Yubikey
-    )
-}
-
 /// Runs the command `cli` names.
 ///
 /// # Errors
@@ -184,13 +176,23 @@ impl Ctx<'_> {
     /// `StoreNotFound` (checked here first, so that a typo in --store never
     /// creates a file) and whatever [`Service::open`] refuses.
     pub(crate) fn open(&self) -> Result<Service, Failure> {
+        self.open_with(Options::default())
+    }
+
+    /// [`Ctx::open`] working as `options` say (`keyward serve`: the
+    /// daemon's).
+    ///
+    /// # Errors
+    /// As [`Ctx::open`].
+    pub(crate) fn open_with(&self, options: Options) -> Result<Service, Failure> {
         if let Ok(false) = self.path.try_exists() {
             return Err(Error::StoreNotFound {
                 path: self.path.clone(),
             }
             .into());
         }
-        Service::open(&self.path, self.hardware.backends()).map_err(|e| self.ui.explain(e))
+        Service::open_with(&self.path, self.hardware.backends(), options)
+            .map_err(|e| self.ui.explain(e))
     }
 
     /// Maps a Service result, explaining a secret we could not ask for.
@@ -223,7 +225,7 @@ impl Ctx<'_> {
             return Ok(());
         }
         let protectors = self.check(service.protectors())?;
-        let with = self.unlock_choice(&protectors, reserve, protector)?;
+        let with = self.unlock_choice(service, &protectors, reserve, protector)?;
         let kind = match with {
             UnlockWith::Kind(kind) => Some(kind),
             UnlockWith::Id(id) => protectors.iter().find(|p| p.id == id).map(|p| p.kind),
@@ -232,7 +234,10 @@ impl Ctx<'_> {
         // One PIN source per run: the device being enrolled owns it, and
         // handing it to another device would spend one of that device's
         // tries.
-        if reserve == Reserve::Pin && self.ui.has_pin_source() && kind.is_some_and(is_hardware) {
+        if reserve == Reserve::Pin
+            && self.ui.has_pin_source()
+            && kind.is_some_and(BackendKind::is_hardware)
+        {
             return Err(Failure::new(
                 Exit::Usage,
                 "--pin-fd / KEYWARD_PIN gives the PIN of the device being enrolled, so it cannot \
@@ -259,52 +264,39 @@ impl Ctx<'_> {
         crate::client::Daemon::for_store(&self.path)
     }
 
-    /// Which protector(s) to unlock with.
+    /// Which protector(s) to unlock with: kms decides from the flags and
+    /// the secret supplied ([`Service::choose_unlock`]); when nothing
+    /// decides, we ask on the terminal, or say what to supply.
     pub(crate) fn unlock_choice(
         &self,
+        service: &Service,
         protectors: &[ProtectorInfo],
         reserve: Reserve,
         protector: Option<u32>,
     ) -> Result<UnlockWith, Failure> {
-        if let Some(id) = protector {
-            return Ok(UnlockWith::Id(id));
-        }
-        if let Some(kind) = self.cli.with {
-            return Ok(UnlockWith::Kind(kind.into()));
-        }
-        let hardware: Vec<&ProtectorInfo> =
-            protectors.iter().filter(|p| is_hardware(p.kind)).collect();
-        match self.ui.supplied(reserve) {
-            Some(Supplied::RecoveryKey) => return Ok(UnlockWith::Kind(BackendKind::Recovery)),
-            Some(Supplied::Passphrase) => return Ok(UnlockWith::Kind(BackendKind::Passphrase)),
+        let request = UnlockRequest {
+            protector,
+            kind: self.cli.with.map(Into::into),
+            supplied: self.ui.supplied(reserve),
+        };
+        match service.choose_unlock(&request) {
+            Ok(UnlockWith::Any) => {}
+            Ok(with) => return Ok(with),
             // A PIN fits one device; sending it to another would spend one
             // of that device's tries.
-            Some(Supplied::Pin) => {
-                return match hardware.as_slice() {
-                    [only] => Ok(UnlockWith::Id(only.id)),
-                    [] => Err(Failure::new(
-                        Exit::NotFound,
-                        "a PIN was supplied but no hardware protector is enrolled",
-                    )
-                    .hint(
+            Err(e @ Error::PinTarget { .. }) => {
+                let no_device = matches!(&e, Error::PinTarget { devices } if devices.is_empty());
+                return Err(if no_device {
+                    Failure::new(Exit::NotFound, e.to_string()).hint(
                         "`keyward protectors list` shows what is enrolled; supply the secret \
                          of one of those",
-                    )),
-                    many => Err(Failure::new(
-                        Exit::Usage,
-                        format!(
-                            "a PIN was supplied and {} hardware protectors are enrolled ({})",
-                            many.len(),
-                            many.iter()
-                                .map(|p| format!("{} {}", p.kind, p.id))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
                     )
-                    .hint("choose the one the PIN is for with --protector ID or --with KIND")),
-                };
+                } else {
+                    Failure::new(Exit::Usage, e.to_string())
+                        .hint("choose the one the PIN is for with --protector ID or --with KIND")
+                });
             }
-            None => {}
+            Err(e) => return Err(self.ui.explain(e)),
         }
         if self.ui.interactive() {
             return Ok(match protectors {
@@ -367,10 +359,10 @@ impl Ctx<'_> {
             Exit::Auth,
             "the keystore is locked and no secret was supplied to unlock it",
         )
-        .hint(if hardware.is_empty() {
-            UNLOCK_HINT
-        } else {
+        .hint(if protectors.iter().any(|p| p.kind.is_hardware()) {
             UNLOCK_HINT_HARDWARE
+        } else {
+            UNLOCK_HINT
         }))
     }
 

@@ -268,16 +268,9 @@ impl Tty {
 }
 
 /// A secret the user supplied ahead of time (flag or environment), which
-/// picks the protector to unlock with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Supplied {
-    /// A recovery key.
-    RecoveryKey,
-    /// A passphrase.
-    Passphrase,
-    /// A PIN: a hardware protector.
-    Pin,
-}
+/// picks the protector to unlock with (kms ranks them; we say which came
+/// by flag).
+pub(crate) use keyward_kms::service::Supplied;
 
 /// A secret source kept for the protector being enrolled, so that the
 /// unlock before the enrollment must use another one.
@@ -354,10 +347,10 @@ impl Ui {
     }
 
     /// Which secret to unlock with, judging by the ones supplied: an
-    /// explicit flag beats the environment, and at equal rank the recovery
-    /// key beats a passphrase (it is cheap to check and is what `enroll
-    /// passphrase` needs), which beats a PIN (a wrong guess at a PIN costs a
-    /// device try). A `reserve`d source is left for the enrollment.
+    /// explicit flag beats the environment, and at equal rank kms's order
+    /// decides ([`Supplied::strongest`]: the recovery key, then a
+    /// passphrase, then a PIN). A `reserve`d source is left for the
+    /// enrollment.
     pub(crate) fn supplied(&self, reserve: Reserve) -> Option<Supplied> {
         let candidates = [
             (Supplied::RecoveryKey, self.recovery.as_ref()),
@@ -373,10 +366,12 @@ impl Ui {
             ),
         ];
         let pick = |explicit: bool| {
-            candidates
-                .iter()
-                .find(|(_, source)| source.is_some_and(|s| s.explicit() == explicit))
-                .map(|(which, _)| *which)
+            Supplied::strongest(
+                candidates
+                    .iter()
+                    .filter(|(_, source)| source.is_some_and(|s| s.explicit() == explicit))
+                    .map(|(which, _)| *which),
+            )
         };
         pick(true).or_else(|| pick(false))
     }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
-use keyward_kms::audit::AuditRecord;
+use keyward_kms::audit::{Action, AuditRecord};
 use tokio::sync::watch;
 
 use crate::Daemon;
@@ -25,23 +25,11 @@ const POLL: Duration = Duration::from_millis(200);
 /// Records read per poll.
 const BATCH: usize = 1000;
 
-/// Whether an audit action is a security event.
+/// Whether an audit action is a security event
+/// ([`Action::is_security_event`]; an action this build does not know is
+/// not).
 pub(crate) fn is_event(action: &str) -> bool {
-    matches!(
-        action,
-        "unlock"
-            | "unlock.failed"
-            | "lock"
-            | "key.create"
-            | "key.rotate"
-            | "key.retire"
-            | "key.export"
-            | "master.rotate"
-            | "peer.rejected"
-            | "requests.refused.burst"
-            | "socket.tampered"
-    ) || action.starts_with("protector.")
-        || action.starts_with("client.")
+    Action::parse(action).is_some_and(Action::is_security_event)
 }
 
 /// The streaming response, from audit sequence number `since` on.

@@ -45,6 +45,7 @@ use std::time::{Duration, Instant};
 pub use keyward_api::Exit;
 pub use keyward_api::duration::parse_serve_duration as parse_duration;
 use keyward_kms::Service;
+use keyward_kms::audit::Action;
 use keyward_kms::service::Actor;
 use serde_json::Value;
 use tokio::signal::unix::{SignalKind, signal};
@@ -135,11 +136,11 @@ pub(crate) struct Daemon {
 impl Daemon {
     /// Writes a daemon-level audit record (`peer.rejected`, …); a failure
     /// is logged, as there is nobody else to tell.
-    pub(crate) async fn record(&self, action: &str, ok: bool, fields: Value) {
+    pub(crate) async fn record(&self, action: Action, ok: bool, fields: Value) {
         let mut core = self.core.lock().await;
         core.service.set_actor(Actor::current());
         if let Err(e) = core.service.record_event(action, ok, &fields) {
-            tracing::warn!(error = %e, action, "could not write an audit record");
+            tracing::warn!(error = %e, %action, "could not write an audit record");
         }
     }
 
@@ -155,7 +156,7 @@ impl Daemon {
             tokio::spawn(async move {
                 daemon
                     .record(
-                        "requests.refused.burst",
+                        Action::RequestsRefusedBurst,
                         false,
                         serde_json::json!({ "refused": count,
                                             "window_seconds": auth::BURST_WINDOW.as_secs() }),
@@ -209,11 +210,10 @@ pub fn prepare(config: &Config) -> Result<(bool, DaemonLock), Failure> {
 /// The socket cannot be set up; the async runtime cannot start.
 pub fn run(
     config: Config,
-    mut service: Service,
+    service: Service,
     memory_locked: bool,
     lock: DaemonLock,
 ) -> Result<(), Failure> {
-    service.enable_daemon_mode();
     error::set_diagnose(config.diagnose);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

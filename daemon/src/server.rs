@@ -225,7 +225,11 @@ async fn reject(mut stream: UnixStream, daemon: &Arc<Daemon>, uid: u32, pid: Opt
     drop(stream);
     daemon.refused();
     daemon
-        .record("peer.rejected", false, json!({ "uid": uid, "pid": pid }))
+        .record(
+            keyward_kms::audit::Action::PeerRejected,
+            false,
+            json!({ "uid": uid, "pid": pid }),
+        )
         .await;
 }
 

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use keyward_api::types::{Secrets, SessionInfo, UnlockRequest, UnlockWith as With, Unlocked};
 use keyward_kms::backend::{Notice, SecretKind, SecretRequest};
-use keyward_kms::service::{ProtectorInfo, UnlockWith};
-use keyward_kms::{BackendKind, Callbacks, Error, SecretString, Service};
+use keyward_kms::service::{ProtectorInfo, Supplied, UnlockWith};
+use keyward_kms::{Callbacks, Error, SecretString, Service};
 use tokio::sync::watch;
 
 use crate::Exit;
@@ -216,56 +216,53 @@ fn shorter(default: Duration, requested: Option<u64>, name: &str) -> Result<Dura
     }
 }
 
-/// Which protector to unlock with: as asked, else the one the secrets sent
-/// point at (a recovery key, then a passphrase, then a PIN for the only
-/// hardware protector), else any (whose first protector then names the
-/// secret it needs).
+/// Which protector to unlock with: kms decides from `with` and the
+/// secrets sent ([`Service::choose_unlock`], the same choice as the CLI's),
+/// else any (whose first protector then names the secret it needs).
 fn choose(
     service: &Service,
     with: Option<&With>,
     secrets: &Secrets,
 ) -> Result<UnlockWith, ApiError> {
+    let mut request = keyward_kms::service::UnlockRequest::default();
     match with {
-        Some(With::Id(id)) => return Ok(UnlockWith::Id(*id)),
+        Some(With::Id(id)) => request.protector = Some(*id),
         Some(With::Name(name)) if name != "any" => {
-            let kind: BackendKind = name.parse().map_err(|_| {
+            request.kind = Some(name.parse().map_err(|_| {
                 ApiError::bad_request(format!(
                     "\"with\" must be \"any\", a protector kind (recovery, passphrase, tpm, \
                      pkcs11, yubikey) or a protector id, not {name:?}"
                 ))
-            })?;
-            return Ok(UnlockWith::Kind(kind));
+            })?);
         }
         _ => {}
     }
-    if secrets.recovery_key.is_some() {
-        return Ok(UnlockWith::Kind(BackendKind::Recovery));
-    }
-    if secrets.passphrase.is_some() {
-        return Ok(UnlockWith::Kind(BackendKind::Passphrase));
-    }
-    if secrets.pin.is_some() {
-        let protectors = service.protectors()?;
-        let hardware: Vec<_> = protectors.iter().filter(|p| p.kind.is_hardware()).collect();
-        return match hardware.as_slice() {
-            [only] => Ok(UnlockWith::Id(only.id)),
-            [] => Err(ApiError::new(
-                "protector-not-found",
-                Exit::NotFound,
-                "a PIN was sent but no hardware protector is enrolled",
-            )),
-            many => Err(ApiError::new(
-                "invalid-argument",
-                Exit::Usage,
-                format!(
-                    "a PIN was sent and {} hardware protectors are enrolled",
-                    many.len()
-                ),
-            )
-            .hint("name the one the PIN is for with \"with\": ID or KIND")),
-        };
-    }
-    Ok(UnlockWith::Any)
+    request.supplied = Supplied::strongest(
+        [
+            secrets.recovery_key.as_ref().map(|_| Supplied::RecoveryKey),
+            secrets.passphrase.as_ref().map(|_| Supplied::Passphrase),
+            secrets.pin.as_ref().map(|_| Supplied::Pin),
+        ]
+        .into_iter()
+        .flatten(),
+    );
+    service.choose_unlock(&request).map_err(|e| match e {
+        Error::PinTarget { devices } if devices.is_empty() => ApiError::new(
+            "protector-not-found",
+            Exit::NotFound,
+            "a PIN was sent but no hardware protector is enrolled",
+        ),
+        Error::PinTarget { devices } => ApiError::new(
+            "invalid-argument",
+            Exit::Usage,
+            format!(
+                "a PIN was sent and {} hardware protectors are enrolled",
+                devices.len()
+            ),
+        )
+        .hint("name the one the PIN is for with \"with\": ID or KIND"),
+        e => e.into(),
+    })
 }
 
 /// The daemon's [`Callbacks`]: answers from the secrets of one unlock
@@ -408,7 +405,7 @@ mod tests {
     fn sessions_expire_at_the_first_timeout() {
         let protector = ProtectorInfo {
             id: 1,
-            kind: BackendKind::Passphrase,
+            kind: keyward_kms::BackendKind::Passphrase,
             label: "p".into(),
             device_id: None,
             mk_epoch: 1,

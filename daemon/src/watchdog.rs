@@ -42,7 +42,7 @@ pub(crate) async fn run(
                 );
                 daemon
                     .record(
-                        "socket.tampered",
+                        keyward_kms::audit::Action::SocketTampered,
                         false,
                         json!({ "socket": path, "change": "mode",
                                 "mode": format!("{mode:04o}"), "restored": restored.is_ok() }),
@@ -61,7 +61,7 @@ pub(crate) async fn run(
                 );
                 daemon
                     .record(
-                        "socket.tampered",
+                        keyward_kms::audit::Action::SocketTampered,
                         false,
                         json!({ "socket": path, "change": change }),
                     )

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use keyward_kms::backend::SecretRequest;
-use keyward_kms::service::{Backends, KeySpec, UnlockWith};
+use keyward_kms::service::{Backends, KeySpec, Options, UnlockWith};
 use keyward_kms::{
     BackendKind, Callbacks, DataClass, EnrollRequest, KeyName, KeyPurpose, Notice, Result,
     SecretString, Service,
@@ -54,8 +54,7 @@ fn main() -> Result<()> {
         &Fixed,
     )?;
     drop(svc);
-    let mut svc = Service::open(&path, backends)?;
-    svc.enable_daemon_mode();
+    let mut svc = Service::open_with(&path, backends, Options::daemon())?;
     svc.unlock(UnlockWith::Any, &Fixed)?;
     let name = KeyName::new("bench")?;
     svc.create_key(

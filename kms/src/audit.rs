@@ -28,6 +28,188 @@ use crate::{Error, Result};
 const HASH_DOMAIN: &[u8] = b"keyward/v1/audit\0";
 const MAC_INFO: &[u8] = b"keyward/v1/audit-mac";
 
+/// What an audit record says happened: its `action` text, which is part
+/// of the hashed record, so [`Action::as_str`] never changes for an
+/// existing variant (docs/FORMAT.md vectors hash these strings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Action {
+    /// A keystore was created.
+    StoreInit,
+    /// The master key was recovered with a protector.
+    Unlock,
+    /// A protector failed to unlock.
+    UnlockFailed,
+    /// The master key was forgotten (daemon).
+    Lock,
+    /// A protector was enrolled.
+    ProtectorEnroll,
+    /// A protector was replaced by a new enrollment.
+    ProtectorReplace,
+    /// A protector was removed.
+    ProtectorRemove,
+    /// A named key was created.
+    KeyCreate,
+    /// A named key got a new primary version.
+    KeyRotate,
+    /// Old versions of a named key were retired.
+    KeyRetire,
+    /// A public key was exported.
+    KeyExport,
+    /// The master key was replaced.
+    MasterRotate,
+    /// A one-shot encryption.
+    Encrypt,
+    /// A one-shot decryption.
+    Decrypt,
+    /// A stream encryption began.
+    EncryptStream,
+    /// A stream encryption ended.
+    EncryptStreamEnd,
+    /// A stream decryption began.
+    DecryptStream,
+    /// A stream decryption ended.
+    DecryptStreamEnd,
+    /// The decryption half of a rewrap.
+    Rewrap,
+    /// The encryption half of a rewrap.
+    RewrapEncrypt,
+    /// A data key was generated.
+    DatakeyGenerate,
+    /// A data key was unwrapped.
+    DatakeyUnwrap,
+    /// A message was signed with a keyward signing key.
+    Sign,
+    /// A fresh signed message was accepted (its counter recorded).
+    VerifyAccept,
+    /// A message was signed with a device protector's key.
+    DeviceSign,
+    /// A daemon client was added.
+    ClientAdd,
+    /// A daemon client was revoked.
+    ClientRevoke,
+    /// Every daemon client was revoked.
+    ClientRevokeAll,
+    /// The daemon refused a peer on its socket.
+    PeerRejected,
+    /// The daemon saw a burst of refused requests.
+    RequestsRefusedBurst,
+    /// The daemon's socket was replaced or changed under it.
+    SocketTampered,
+}
+
+impl Action {
+    /// Every action, in the order above.
+    pub const ALL: [Self; 31] = [
+        Self::StoreInit,
+        Self::Unlock,
+        Self::UnlockFailed,
+        Self::Lock,
+        Self::ProtectorEnroll,
+        Self::ProtectorReplace,
+        Self::ProtectorRemove,
+        Self::KeyCreate,
+        Self::KeyRotate,
+        Self::KeyRetire,
+        Self::KeyExport,
+        Self::MasterRotate,
+        Self::Encrypt,
+        Self::Decrypt,
+        Self::EncryptStream,
+        Self::EncryptStreamEnd,
+        Self::DecryptStream,
+        Self::DecryptStreamEnd,
+        Self::Rewrap,
+        Self::RewrapEncrypt,
+        Self::DatakeyGenerate,
+        Self::DatakeyUnwrap,
+        Self::Sign,
+        Self::VerifyAccept,
+        Self::DeviceSign,
+        Self::ClientAdd,
+        Self::ClientRevoke,
+        Self::ClientRevokeAll,
+        Self::PeerRejected,
+        Self::RequestsRefusedBurst,
+        Self::SocketTampered,
+    ];
+
+    /// The `action` text of the record.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::StoreInit => "store.init",
+            Self::Unlock => "unlock",
+            Self::UnlockFailed => "unlock.failed",
+            Self::Lock => "lock",
+            Self::ProtectorEnroll => "protector.enroll",
+            Self::ProtectorReplace => "protector.replace",
+            Self::ProtectorRemove => "protector.remove",
+            Self::KeyCreate => "key.create",
+            Self::KeyRotate => "key.rotate",
+            Self::KeyRetire => "key.retire",
+            Self::KeyExport => "key.export",
+            Self::MasterRotate => "master.rotate",
+            Self::Encrypt => "encrypt",
+            Self::Decrypt => "decrypt",
+            Self::EncryptStream => "encrypt.stream",
+            Self::EncryptStreamEnd => "encrypt.stream.end",
+            Self::DecryptStream => "decrypt.stream",
+            Self::DecryptStreamEnd => "decrypt.stream.end",
+            Self::Rewrap => "rewrap",
+            Self::RewrapEncrypt => "rewrap.encrypt",
+            Self::DatakeyGenerate => "datakey.generate",
+            Self::DatakeyUnwrap => "datakey.unwrap",
+            Self::Sign => "sign",
+            Self::VerifyAccept => "verify.accept",
+            Self::DeviceSign => "device.sign",
+            Self::ClientAdd => "client.add",
+            Self::ClientRevoke => "client.revoke",
+            Self::ClientRevokeAll => "client.revoke_all",
+            Self::PeerRejected => "peer.rejected",
+            Self::RequestsRefusedBurst => "requests.refused.burst",
+            Self::SocketTampered => "socket.tampered",
+        }
+    }
+
+    /// The action whose text is `text`, if this build knows it (a newer
+    /// keyward may have written others).
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == text)
+    }
+
+    /// Whether the daemon streams records of this action as security
+    /// events (`GET /v1/events`): changes of who can unlock or use keys,
+    /// and what the daemon refused. Uses of keys are not events.
+    pub fn is_security_event(self) -> bool {
+        matches!(
+            self,
+            Self::Unlock
+                | Self::UnlockFailed
+                | Self::Lock
+                | Self::ProtectorEnroll
+                | Self::ProtectorReplace
+                | Self::ProtectorRemove
+                | Self::KeyCreate
+                | Self::KeyRotate
+                | Self::KeyRetire
+                | Self::KeyExport
+                | Self::MasterRotate
+                | Self::ClientAdd
+                | Self::ClientRevoke
+                | Self::ClientRevokeAll
+                | Self::PeerRejected
+                | Self::RequestsRefusedBurst
+                | Self::SocketTampered
+        )
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One audit record as stored and shown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRecord {
@@ -126,12 +308,12 @@ fn checkpoint_mac(key: &Secret32, seq: u64, hash: &[u8]) -> [u8; 32] {
 /// be abandoned, and the operation with it.
 pub(crate) fn append(
     db: &Db<'_>,
-    action: &str,
+    action: Action,
     ok: bool,
     fields: &serde_json::Value,
     mac: Option<&Secret32>,
 ) -> Result<u64> {
-    append_inner(db, action, ok, fields, mac).map_err(|e| Error::AuditWrite(Box::new(e)))
+    append_inner(db, action.as_str(), ok, fields, mac).map_err(|e| Error::AuditWrite(Box::new(e)))
 }
 
 /// Appends several records in order inside the caller's transaction, as
@@ -143,7 +325,7 @@ pub(crate) fn append(
 /// As [`append`].
 pub(crate) fn append_many<'r>(
     db: &Db<'_>,
-    records: impl IntoIterator<Item = (&'r str, bool, &'r serde_json::Value)>,
+    records: impl IntoIterator<Item = (Action, bool, &'r serde_json::Value)>,
     mac: Option<&Secret32>,
 ) -> Result<u64> {
     append_many_inner(db, records, mac).map_err(|e| Error::AuditWrite(Box::new(e)))
@@ -151,7 +333,7 @@ pub(crate) fn append_many<'r>(
 
 fn append_many_inner<'r>(
     db: &Db<'_>,
-    records: impl IntoIterator<Item = (&'r str, bool, &'r serde_json::Value)>,
+    records: impl IntoIterator<Item = (Action, bool, &'r serde_json::Value)>,
     mac: Option<&Secret32>,
 ) -> Result<u64> {
     let (mut seq, mut hash) = head(db)?;
@@ -162,7 +344,7 @@ fn append_many_inner<'r>(
         .prepare_cached("INSERT INTO audit (seq, record, hash) VALUES (?1, ?2, ?3)")?;
     for (action, ok, fields) in records {
         seq += 1;
-        let text = record_text(seq, now, action, ok, fields, &hex::encode(hash))?;
+        let text = record_text(seq, now, action.as_str(), ok, fields, &hex::encode(hash))?;
         hash = record_hash(&text);
         insert.execute(rusqlite::params![seq, text, &hash[..]])?;
     }
@@ -368,7 +550,7 @@ mod tests {
         let text = record_text(
             1,
             1_700_000_000,
-            "store.init",
+            Action::StoreInit.as_str(),
             true,
             &serde_json::json!({ "store_id": "000102030405060708090a0b0c0d0e0f" }),
             &"0".repeat(64),
@@ -400,5 +582,26 @@ mod tests {
             hex::encode(checkpoint_mac(&key, 1, &hash)),
             "6979893032f14076e332beb4f073f6a03430690398e5dcb64f49155c9c86f223"
         );
+    }
+
+    #[test]
+    fn action_texts_are_unique_and_parse_back() {
+        let mut seen = std::collections::HashSet::new();
+        for action in Action::ALL {
+            assert!(seen.insert(action.as_str()), "{action} twice");
+            assert_eq!(Action::parse(action.as_str()), Some(action));
+        }
+        assert_eq!(Action::parse("no.such.action"), None);
+        for action in [
+            "unlock",
+            "protector.enroll",
+            "client.revoke_all",
+            "peer.rejected",
+        ] {
+            assert!(Action::parse(action).is_some_and(Action::is_security_event));
+        }
+        for action in ["encrypt", "decrypt", "sign", "verify.accept", "store.init"] {
+            assert!(!Action::parse(action).is_some_and(Action::is_security_event));
+        }
     }
 }

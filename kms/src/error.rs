@@ -199,6 +199,14 @@ pub enum Error {
     /// Refused: removing it would leave no way to unlock.
     #[error("refusing to remove the last protector: the keystore could never be unlocked again")]
     LastProtector,
+    /// A PIN was supplied to choose the protector, but it fits no single
+    /// one: no hardware protector is enrolled (`devices` is empty), or
+    /// several are and the caller must name the one it is for.
+    #[error("{}", crate::service::pin_target_message(devices))]
+    PinTarget {
+        /// The hardware protectors enrolled: kind and id.
+        devices: Vec<(crate::BackendKind, u32)>,
+    },
     /// The passphrase did not unlock the protector.
     #[error("wrong passphrase")]
     WrongPassphrase,
@@ -394,6 +402,12 @@ impl Error {
             Self::NoSuchProtectorKind { .. } | Self::ProtectorNotFound { .. } => {
                 "protector-not-found"
             }
+            // No device for the PIN is "not found"; several is a choice
+            // the caller must make.
+            Self::PinTarget { devices } => match devices.as_slice() {
+                [] => "protector-not-found",
+                _ => "invalid-argument",
+            },
             Self::LastProtector => "last-protector",
             Self::WrongPassphrase => "wrong-passphrase",
             Self::WrongRecoveryKey | Self::RecoveryKeyFormat { .. } => "wrong-recovery-key",

@@ -1079,3 +1079,140 @@ pub(crate) fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use rusqlite::Connection;
+
+    use super::*;
+    use crate::keys::KeyName;
+
+    #[test]
+    fn store_refuses_foreign_corrupt_newer_and_unsafe_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = |n: &str| dir.path().join(n);
+        let write = |path: &Path, bytes: &[u8]| {
+            fs::write(path, bytes).expect("write");
+            fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod");
+        };
+
+        assert!(matches!(
+            Store::open(&p("missing")),
+            Err(Error::StoreNotFound { .. })
+        ));
+        write(&p("empty"), b"");
+        assert!(matches!(
+            Store::open(&p("empty")),
+            Err(Error::NotAKeystore { .. })
+        ));
+        write(&p("zeros"), &[0u8; 8192]);
+        assert!(matches!(
+            Store::open(&p("zeros")),
+            Err(Error::NotAKeystore { .. })
+        ));
+        write(&p("garbage"), &[0x5au8; 8192]);
+        assert!(matches!(
+            Store::open(&p("garbage")),
+            Err(Error::NotAKeystore { .. })
+        ));
+
+        let foreign = p("foreign.db");
+        Connection::open(&foreign)
+            .expect("create")
+            .execute_batch("CREATE TABLE t(x)")
+            .expect("t");
+        fs::set_permissions(&foreign, fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert!(matches!(
+            Store::open(&foreign),
+            Err(Error::NotAKeystore { .. })
+        ));
+
+        let newer = p("newer.db");
+        drop(Store::create(&newer).expect("create"));
+        raw_pragma(&newer, "user_version", SCHEMA_VERSION_PLUS_ONE);
+        assert!(matches!(
+            Store::open(&newer),
+            Err(Error::StoreTooNew {
+                found: SCHEMA_VERSION_PLUS_ONE,
+                supported: SCHEMA_VERSION
+            })
+        ));
+
+        let good = p("good.db");
+        drop(Store::create(&good).expect("create"));
+        fs::set_permissions(&good, fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert!(matches!(
+            Store::open(&good),
+            Err(Error::UnsafePermissions { .. })
+        ));
+        fs::set_permissions(&good, fs::Permissions::from_mode(0o600)).expect("chmod");
+        Store::open(&good).expect("opens again at 0600");
+        let link = p("link.db");
+        std::os::unix::fs::symlink(&good, &link).expect("symlink");
+        assert!(matches!(
+            Store::open(&link),
+            Err(Error::UnsafePermissions { .. })
+        ));
+    }
+
+    const SCHEMA_VERSION_PLUS_ONE: u32 = SCHEMA_VERSION + 1;
+
+    fn raw_pragma(path: &Path, pragma: &str, value: u32) {
+        Connection::open(path)
+            .expect("open")
+            .pragma_update(None, pragma, value)
+            .expect("pragma");
+    }
+
+    #[test]
+    fn migrates_a_version_1_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("v1.db");
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .expect("create");
+            let conn = Connection::open(&path).expect("open");
+            conn.pragma_update(None, "application_id", APPLICATION_ID)
+                .expect("app id");
+            migrate_to(&conn, 0, 1).expect("v1 schema");
+            conn.execute(
+                "INSERT INTO meta (name, value) VALUES ('store_id', ?1), ('mk_epoch', 1),
+                 ('created_at', 0), ('next_protector_id', 1)",
+                [&[9u8; 16][..]],
+            )
+            .expect("meta");
+            conn.execute(
+                "INSERT INTO keys VALUES ('old', 'sign', 'general', 1, 1, NULL, 100, 0)",
+                [],
+            )
+            .expect("key");
+        }
+        let store = Store::open(&path).expect("migrates");
+        assert_eq!(store.store_id(), &[9u8; 16]);
+        let key = store
+            .db()
+            .key(&KeyName::new("old").expect("valid name"))
+            .expect("key survives");
+        assert_eq!(key.sign_counter, 0, "new column has its default");
+        assert_eq!(
+            store
+                .db()
+                .replay_counter(&KeyName::new("old").expect("valid name"), b"x")
+                .expect("replay table"),
+            None
+        );
+        let v: u32 = Connection::open(&path)
+            .expect("open")
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("version");
+        assert_eq!(v, SCHEMA_VERSION);
+    }
+}

@@ -18,7 +18,7 @@ use keyward_kms::{Enrollment, Error, SignAlgorithm};
 use p256::pkcs8::EncodePublicKey as _;
 use serde_json::json;
 
-use super::{Ctx, is_hardware};
+use super::Ctx;
 use crate::args::{ExportPublicArgs, SignArgs};
 use crate::failure::{Exit, Failure};
 use crate::files::{Content, Input, Output, print, print_json};
@@ -57,7 +57,7 @@ fn device_enrollment(
     id: u32,
 ) -> Result<Enrollment, Failure> {
     let enrollment = ctx.check(service.enrollment(id))?;
-    if !is_hardware(enrollment.kind) {
+    if !enrollment.kind.is_hardware() {
         return Err(Failure::new(
             Exit::Usage,
             format!(

@@ -40,7 +40,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, args: &ServeArgs) -> Result<(), Failure> {
         diagnose,
     };
     let (memory_locked, lock) = keyward_daemon::prepare(&config).map_err(from_daemon)?;
-    let service = ctx.open()?;
+    let service = ctx.open_with(keyward_kms::service::Options::daemon())?;
     keyward_daemon::run(config, service, memory_locked, lock).map_err(from_daemon)
 }
 

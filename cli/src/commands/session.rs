@@ -45,7 +45,7 @@ pub(super) fn unlock(ctx: &Ctx<'_>, args: &UnlockArgs) -> Result<(), Failure> {
     let with = {
         let service = ctx.open()?;
         let protectors = ctx.check(service.protectors())?;
-        ctx.unlock_choice(&protectors, Reserve::Nothing, ctx.cli.protector)?
+        ctx.unlock_choice(&service, &protectors, Reserve::Nothing, ctx.cli.protector)?
     };
     let with = match with {
         UnlockWith::Any => With::Name("any".to_owned()),

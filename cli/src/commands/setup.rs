@@ -69,7 +69,7 @@ fn create_store_dir(path: &Path) -> Result<(), Failure> {
 
 fn describe(p: &ProtectorInfo) -> String {
     let device = match &p.device_id {
-        Some(d) if super::is_hardware(p.kind) => format!(" on {d}"),
+        Some(d) if p.kind.is_hardware() => format!(" on {d}"),
         _ => String::new(),
     };
     format!("protector {}: {} '{}'{device}", p.id, p.kind, p.label)
