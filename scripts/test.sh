@@ -36,6 +36,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 # build machines cannot reach (deny.toml says how each advisory that
 # touches us was decided). cargo-deny is built from source when missing:
 # 0.20.2 (needs rustc >= 1.88) took 3 min 45 s on our 2-core machines.
+# No two top-level modules of one crate import each other (a circle makes
+# a newcomer read both to change either): scripts/module-cycles.py.
+step "no import circle between the modules of a crate"
+python3 scripts/module-cycles.py
+
 step "cargo deny check licenses bans sources"
 if ! cargo deny --version >/dev/null 2>&1; then
   cargo install --locked cargo-deny --version 0.20.2

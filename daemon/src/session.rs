@@ -357,7 +357,7 @@ mod tests {
     use super::*;
 
     fn secrets(json: &str) -> Secrets {
-        crate::api::wire::parse(json.as_bytes()).expect("valid secrets")
+        serde_json::from_str(json).expect("valid secrets")
     }
 
     #[test]
