@@ -30,7 +30,7 @@ pub mod library;
 pub mod uri;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use cryptoki::context::Pkcs11;
 use cryptoki::error::{Error as CkError, RvError};
@@ -41,7 +41,9 @@ use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::{Slot, TokenInfo};
+use keyward_kms::backend::lock_or_reset;
 use keyward_kms::crypto::ecies;
+use keyward_kms::error::{DeviceError, Instead};
 use keyward_kms::secret::random_bytes;
 use keyward_kms::{
     BackendKind, Callbacks, Capabilities, DeviceInfo, EnrollRequest, Enrollment, Error, Health,
@@ -55,7 +57,7 @@ use zeroize::Zeroize;
 pub use descriptor::{Descriptor, Mode, SignKey};
 pub use uri::Uri;
 
-use errors::{KIND, device, unsupported};
+use errors::{KIND, device, failed, unsupported};
 
 /// DER of the P-256 curve OID 1.2.840.10045.3.1.7 (CKA_EC_PARAMS).
 const P256_PARAMS: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
@@ -218,7 +220,7 @@ impl<T> CkExt<T> for std::result::Result<T, CkError> {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Our mutexes guard plain collections that are consistent after every
     // statement, so a panic elsewhere never leaves them half-updated.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+    lock_or_reset(m, |_| {})
 }
 
 impl Token {
@@ -532,7 +534,7 @@ impl Backend {
         let label = info.label().trim_end().to_owned();
         let serial = info.serial_number().trim_end().to_owned();
         if serial.is_empty() {
-            return Err(device(
+            return Err(failed(
                 "no serial",
                 format!(
                     "token \"{label}\" reports no serial number; keyward needs one to tell tokens apart"
@@ -568,22 +570,22 @@ impl Backend {
         match mode {
             Mode::Ecdh if !ecdh_ok => {
                 return Err(unsupported(
-                    "CKM_EC_KEY_PAIR_GEN + CKM_ECDH1_DERIVE (the ecdh mode); enroll this token \
-                     with mode=aes-gcm",
+                    "CKM_EC_KEY_PAIR_GEN + CKM_ECDH1_DERIVE (the ecdh mode)",
+                    Instead::AesGcm,
                 ));
             }
             Mode::AesGcm if !gcm_ok => {
                 return Err(unsupported(
-                    "CKM_AES_KEY_GEN + CKM_AES_GCM (the aes-gcm mode); enroll this token with \
-                     mode=ecdh",
+                    "CKM_AES_KEY_GEN + CKM_AES_GCM (the aes-gcm mode)",
+                    Instead::Ecdh,
                 ));
             }
             _ => {}
         }
         if ed25519 && !(has(MechanismType::ECC_EDWARDS_KEY_PAIR_GEN) && has(MechanismType::EDDSA)) {
             return Err(unsupported(
-                "CKM_EC_EDWARDS_KEY_PAIR_GEN + CKM_EDDSA (sign=ed25519); enroll without \
-                 sign=ed25519 to sign with ECDSA P-256",
+                "CKM_EC_EDWARDS_KEY_PAIR_GEN + CKM_EDDSA",
+                Instead::NoEd25519,
             ));
         }
         if mode == Mode::AesGcm && req.option("sign") == Some("ecdsa") {
@@ -688,7 +690,7 @@ impl Backend {
             }
         };
         if back.expose() != secret.expose() {
-            return Err(device(
+            return Err(failed(
                 "self-test",
                 format!(
                     "{} returned a different secret than it was given in the enrollment \
@@ -713,7 +715,7 @@ impl Backend {
                     .is_ok()
             });
             if !ok {
-                return Err(device(
+                return Err(failed(
                     "self-test",
                     format!(
                         "the Ed25519 signature of {} does not verify with its public key",
@@ -795,13 +797,13 @@ fn module_by_name(name: &str) -> Result<PathBuf> {
             }
         }
     }
-    Err(Error::DeviceNotFound {
-        kind: KIND.into(),
-        hint: Some(format!(
-            "no PKCS#11 module named {name:?} in {}; give module-path= instead",
-            dirs.join(", ")
-        )),
-    })
+    Err(Error::not_found(
+        KIND,
+        DeviceError::ModuleNotInstalled {
+            name: name.to_owned(),
+            dirs: dirs.iter().map(|&d| d.to_owned()).collect(),
+        },
+    ))
 }
 
 /// The slot holding the token `label` with `serial`. A token with the label
@@ -837,17 +839,14 @@ fn find_slot(lib: &Pkcs11, label: &str, serial: &str) -> Result<Slot> {
             found: descriptor::token_identity(label, found),
         });
     }
-    Err(Error::DeviceNotFound {
-        kind: KIND.into(),
-        hint: Some(format!(
-            "token \"{label}\" (serial {serial}) is not present; insert it{}",
-            if present.is_empty() {
-                " (no initialized token is visible)".to_owned()
-            } else {
-                format!(" (visible: {})", present.join(", "))
-            }
-        )),
-    })
+    Err(Error::not_found(
+        KIND,
+        DeviceError::TokenAbsent {
+            label: label.to_owned(),
+            serial: serial.to_owned(),
+            visible: present,
+        },
+    ))
 }
 
 /// Picks the one token matching the URI's token attributes.
@@ -871,16 +870,18 @@ fn select_token(lib: &Pkcs11, uri: &Uri) -> Result<(Slot, TokenInfo)> {
                 .library_version
                 .is_none_or(|(a, b)| a == v.major() && b == v.minor());
         if !ok {
-            return Err(Error::DeviceNotFound {
-                kind: KIND.into(),
-                hint: Some(format!(
-                    "the module is \"{}\" \"{}\" {}.{}, not the library the URI names",
-                    info.manufacturer_id().trim_end(),
-                    info.library_description().trim_end(),
-                    v.major(),
-                    v.minor()
-                )),
-            });
+            return Err(Error::not_found(
+                KIND,
+                DeviceError::LibraryMismatch {
+                    found: format!(
+                        "\"{}\" \"{}\" {}.{}",
+                        info.manufacturer_id().trim_end(),
+                        info.library_description().trim_end(),
+                        v.major(),
+                        v.minor()
+                    ),
+                },
+            ));
         }
     }
     let mut matches = Vec::new();
@@ -917,16 +918,10 @@ fn select_token(lib: &Pkcs11, uri: &Uri) -> Result<(Slot, TokenInfo)> {
     }
     match matches.len() {
         1 => Ok(matches.remove(0)),
-        0 => Err(Error::DeviceNotFound {
-            kind: KIND.into(),
-            hint: Some(if seen.is_empty() {
-                "no initialized token is visible through this module; initialize one \
-                 (e.g. softhsm2-util --init-token --free --label NAME)"
-                    .to_owned()
-            } else {
-                format!("no token matches the URI; visible: {}", seen.join(", "))
-            }),
-        }),
+        0 => Err(Error::not_found(
+            KIND,
+            DeviceError::NoMatchingToken { visible: seen },
+        )),
         n => Err(Error::InvalidArgument {
             what: format!(
                 "{n} tokens match the PKCS#11 URI ({}); add token= and serial= to choose one",
@@ -1025,7 +1020,8 @@ fn ec_key(session: &Session, uri: &Uri, label: &str) -> Res<(EnrolledKey, bool)>
         .map_err(|e| {
             if errors::is_mechanism_refused(&e) {
                 Fail::Kw(unsupported(
-                    "P-256 key generation (CKM_EC_KEY_PAIR_GEN); enroll with mode=aes-gcm",
+                    "P-256 key generation (CKM_EC_KEY_PAIR_GEN)",
+                    Instead::AesGcm,
                 ))
             } else {
                 Fail::Ck(e, "C_GenerateKeyPair")
@@ -1072,7 +1068,7 @@ fn existing_ec_key(session: &Session, private: ObjectHandle) -> Res<EnrolledKey>
         }
     }
     let wrong = |why: &str| {
-        Fail::Kw(device(
+        Fail::Kw(failed(
             "wrong key",
             format!("the key the URI names cannot be used in ecdh mode: {why}"),
         ))
@@ -1145,7 +1141,8 @@ fn aes_key(
         .map_err(|e| {
             if errors::is_mechanism_refused(&e) {
                 Fail::Kw(unsupported(
-                    "AES-256 key generation (CKM_AES_KEY_GEN); enroll with mode=ecdh",
+                    "AES-256 key generation (CKM_AES_KEY_GEN)",
+                    Instead::Ecdh,
                 ))
             } else {
                 Fail::Ck(e, "C_GenerateKey")
@@ -1196,7 +1193,7 @@ fn existing_aes_key(session: &Session, key: ObjectHandle, ui: &dyn Callbacks) ->
         }
     }
     let wrong = |why: &str| {
-        Fail::Kw(device(
+        Fail::Kw(failed(
             "wrong key",
             format!("the key the URI names cannot be used in aes-gcm mode: {why}"),
         ))
@@ -1260,8 +1257,8 @@ fn ed25519_key(session: &Session, label: &str) -> Res<(SignKey, Vec<ObjectHandle
         .map_err(|e| {
             if errors::is_mechanism_refused(&e) {
                 Fail::Kw(unsupported(
-                    "Ed25519 key generation (CKM_EC_EDWARDS_KEY_PAIR_GEN); enroll without \
-                     sign=ed25519",
+                    "Ed25519 key generation (CKM_EC_EDWARDS_KEY_PAIR_GEN)",
+                    Instead::NoEd25519,
                 ))
             } else {
                 Fail::Ck(e, "C_GenerateKeyPair")
@@ -1283,13 +1280,13 @@ fn ed25519_sign(session: &Session, private: ObjectHandle, msg: &[u8]) -> Res<[u8
     let mechanism = Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure));
     let sig = session.sign(&mechanism, private, msg).map_err(|e| {
         if errors::is_mechanism_refused(&e) {
-            Fail::Kw(unsupported("CKM_EDDSA with this key"))
+            Fail::Kw(unsupported("CKM_EDDSA with this key", Instead::Nothing))
         } else {
             Fail::Ck(e, "C_Sign")
         }
     })?;
     sig.as_slice().try_into().map_err(|_| {
-        Fail::Kw(device(
+        Fail::Kw(failed(
             "CKM_EDDSA",
             format!("the token returned a {}-byte Ed25519 signature", sig.len()),
         ))
@@ -1303,7 +1300,7 @@ fn find(session: &Session, class: ObjectClass, id: &[u8]) -> Res<Vec<ObjectHandl
 }
 
 fn ambiguous(id: &[u8]) -> Fail {
-    Fail::Kw(device(
+    Fail::Kw(failed(
         "ambiguous key",
         format!(
             "several objects of one class share CKA_ID {}; remove the duplicates",
@@ -1338,9 +1335,9 @@ fn read_ec_point_raw(session: &Session, public: ObjectHandle) -> Res<Vec<u8>> {
             _ => None,
         })
         .ok_or_else(|| {
-            Fail::Kw(device(
+            Fail::Kw(failed(
                 "no CKA_EC_POINT",
-                "the public key object has no EC point".into(),
+                "the public key object has no EC point",
             ))
         })
 }
@@ -1421,7 +1418,8 @@ fn token_ecdh(session: &Session, private: ObjectHandle, epk: &p256::PublicKey) -
         .map_err(|e| {
             if errors::is_mechanism_refused(&e) {
                 Fail::Kw(unsupported(
-                    "CKM_ECDH1_DERIVE with the null KDF; enroll this token with mode=aes-gcm",
+                    "CKM_ECDH1_DERIVE with the null KDF",
+                    Instead::AesGcm,
                 ))
             } else {
                 Fail::Ck(e, "C_DeriveKey")
@@ -1440,7 +1438,7 @@ fn token_ecdh(session: &Session, private: ObjectHandle, epk: &p256::PublicKey) -
         })
         .unwrap_or_default();
     let z = Secret32::try_from_slice(&value).map_err(|_| {
-        Fail::Kw(device(
+        Fail::Kw(failed(
             "ecdh output",
             format!(
                 "the token returned {} bytes for the ECDH secret instead of 32",
@@ -1492,7 +1490,7 @@ fn aes_wrap(token: &Token, key: ObjectHandle, secret: &Secret32, aad: &[u8]) -> 
         s.encrypt(&Mechanism::AesGcm(params), key, secret.expose())
             .map_err(|e| {
                 if errors::is_mechanism_refused(&e) {
-                    Fail::Kw(unsupported("CKM_AES_GCM; enroll this token with mode=ecdh"))
+                    Fail::Kw(unsupported("CKM_AES_GCM", Instead::Ecdh))
                 } else {
                     Fail::Ck(e, "C_Encrypt")
                 }
@@ -1501,9 +1499,9 @@ fn aes_wrap(token: &Token, key: ObjectHandle, secret: &Secret32, aad: &[u8]) -> 
     if iv != sent_iv || ct.len() != 32 + descriptor::GCM_TAG_LEN {
         // A module that picks its own IV or tag length would make blobs we
         // could not describe; refuse rather than store them.
-        return Err(device(
+        return Err(failed(
             "CKM_AES_GCM",
-            "the token changed the IV or returned an unexpected length".into(),
+            "the token changed the IV or returned an unexpected length",
         )
         .into());
     }
@@ -1539,7 +1537,7 @@ fn aes_unwrap(token: &Token, key: ObjectHandle, blob: &[u8], aad: &[u8]) -> Res<
                 _,
             )) => Err(Error::UnwrapFailed.into()),
             Err(e) if errors::is_mechanism_refused(&e) => {
-                Err(unsupported("CKM_AES_GCM; enroll this token with mode=ecdh").into())
+                Err(unsupported("CKM_AES_GCM", Instead::Ecdh).into())
             }
             Err(e) => Err(Fail::Ck(e, "C_Decrypt")),
         }
@@ -1617,14 +1615,9 @@ impl keyward_kms::Backend for Backend {
             Mode::AesGcm => self
                 .with_token(&d, |token| {
                     if !token.is_logged_in() {
-                        return Err(device(
-                            "CKR_USER_NOT_LOGGED_IN",
-                            format!(
-                                "the aes-gcm protector on {} wraps on the token, which needs \
-                                 its PIN: unlock with this protector first",
-                                token.identity()
-                            ),
-                        )
+                        return Err(device(DeviceError::NotLoggedIn {
+                            token: token.identity(),
+                        })
                         .into());
                     }
                     let key = token.key(&KeyRef::wrap(&d, &enrollment.public_key))?;
@@ -1673,9 +1666,10 @@ impl keyward_kms::Backend for Backend {
             });
         }
         if d.mode != Mode::Ecdh {
-            return Err(unsupported(
-                "signing with an aes-gcm enrollment (enroll with mode=ecdh or sign=ed25519)",
-            ));
+            return Err(Error::NotSupported {
+                kind: KIND.to_string(),
+                what: "signing with an aes-gcm enrollment",
+            });
         }
         let digest = Sha256::digest(msg);
         let key = KeyRef::wrap(&d, &enrollment.public_key);
@@ -1687,6 +1681,7 @@ impl keyward_kms::Backend for Backend {
                         if errors::is_mechanism_refused(&e) {
                             Fail::Kw(unsupported(
                                 "CKM_ECDSA with this key (it may lack CKA_SIGN)",
+                                Instead::Nothing,
                             ))
                         } else {
                             Fail::Ck(e, "C_Sign")
@@ -1695,7 +1690,7 @@ impl keyward_kms::Backend for Backend {
             })
         })?;
         let sig = p256::ecdsa::Signature::from_slice(&raw).map_err(|_| {
-            device(
+            failed(
                 "CKM_ECDSA",
                 format!(
                     "the token returned a {}-byte signature, not r||s",
@@ -1725,7 +1720,9 @@ impl keyward_kms::Backend for Backend {
         let slot = match find_slot(&lib, &d.token_label, &d.token_serial) {
             Ok(slot) => slot,
             Err(Error::DeviceNotFound { hint, .. }) => {
-                return Ok(absent(hint.unwrap_or_else(|| "token not present".into())));
+                return Ok(absent(
+                    hint.map_or_else(|| "token not present".into(), |h| h.to_string()),
+                ));
             }
             Err(Error::WrongDevice { expected, found }) => {
                 return Ok(Health {

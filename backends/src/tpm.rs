@@ -68,6 +68,7 @@ use keyward_kms::backend::{
     SecretKind, SecretRequest, SignAlgorithm, Signature, WrapMode, Wrapped,
 };
 use keyward_kms::crypto::ecies;
+use keyward_kms::error::DeviceError;
 use keyward_kms::secret::Secret32;
 use keyward_kms::{Error, Result};
 
@@ -83,7 +84,7 @@ pub const DEFAULT_TCTI: &str = "device:/dev/tpmrm0";
 /// `device:/dev/tpmrm0`, `tabrmd:`).
 pub const TCTI_ENV: &str = "KEYWARD_TPM_TCTI";
 
-const KIND: &str = "tpm";
+const KIND: BackendKind = BackendKind::Tpm;
 
 /// The TPM 2.0 backend. See the module documentation.
 pub struct Backend {
@@ -175,17 +176,9 @@ impl Backend {
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<Conn>> {
-        match self.conn.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => {
-                // A panic inside a TPM call: the ESAPI state is unknown, so
-                // we start over with a fresh context.
-                let mut guard = poisoned.into_inner();
-                *guard = None;
-                self.conn.clear_poison();
-                guard
-            }
-        }
+        // A panic inside a TPM call: the ESAPI state is unknown, so we
+        // start over with a fresh context.
+        backend::lock_or_reset(&self.conn, |conn| *conn = None)
     }
 
     /// Runs `f` on the TPM at `tcti` with the context lock held. Every
@@ -452,7 +445,7 @@ impl backend::Backend for Backend {
             let map = |f: Fail| map_fail(&f, &tcti);
             let (srk, point) = scope.srk().map_err(map)?;
             if descriptor::srk_id(point.to_sec1_bytes().as_ref()) != srk_id {
-                return Err(device_error(
+                return Err(failed(
                     "srk-changed",
                     "the TPM changed during enrollment; try again",
                 ));
@@ -544,10 +537,7 @@ impl backend::Backend for Backend {
             },
         )?;
         if opened.expose() != probe.expose() {
-            return Err(device_error(
-                "self-test",
-                "the new TPM key failed its self-test",
-            ));
+            return Err(failed("self-test", "the new TPM key failed its self-test"));
         }
         self.sign_with(&params, &tcti, &auth, b"keyward/v1/tpm-enroll-test")?;
         tracing::info!(
@@ -662,7 +652,7 @@ impl backend::Backend for Backend {
                 matches: false,
                 retries_left: None,
                 lockout_seconds: None,
-                detail: hint.unwrap_or_else(|| format!("no TPM at {tcti}")),
+                detail: hint.map_or_else(|| format!("no TPM at {tcti}"), |h| h.to_string()),
             }),
             Err(e) => Err(e),
         }
@@ -721,7 +711,7 @@ impl Backend {
                 .map_err(|f| key_use_error(scope, &f, params, tcti))
         })?;
         let signature = p256::ecdsa::Signature::from_scalars(r, s).map_err(|_| {
-            device_error(
+            failed(
                 "bad-signature",
                 "the TPM returned an invalid ECDSA signature",
             )
@@ -729,7 +719,7 @@ impl Backend {
         p256::ecdsa::VerifyingKey::from(&verifying)
             .verify(msg, &signature)
             .map_err(|_| {
-                device_error(
+                failed(
                     "bad-signature",
                     "the TPM's signature does not verify under the enrolled key",
                 )
@@ -753,38 +743,37 @@ fn connect(tcti: &str) -> Result<Context> {
 }
 
 fn not_found(tcti: &str) -> Error {
-    Error::DeviceNotFound {
-        kind: KIND.into(),
-        hint: Some(format!(
-            "cannot reach the TPM at {tcti}: is the TPM present / swtpm running? \
-             set {TCTI_ENV} or --tcti to another TCTI"
-        )),
-    }
+    Error::not_found(
+        KIND,
+        DeviceError::Unreachable {
+            tcti: tcti.to_owned(),
+        },
+    )
 }
 
-fn device_error(code: &str, message: impl Into<String>) -> Error {
-    Error::Device {
-        kind: KIND.into(),
-        code: code.into(),
-        message: message.into(),
-    }
+/// A TPM misbehaviour at step `code`.
+fn failed(code: &'static str, detail: impl Into<String>) -> Error {
+    Error::device(
+        KIND,
+        DeviceError::Failed {
+            code,
+            detail: detail.into(),
+        },
+    )
 }
 
 fn check_kind(enrollment: &Enrollment) -> Result<()> {
-    if enrollment.kind == BackendKind::Tpm {
-        Ok(())
-    } else {
-        Err(Error::InvalidArgument {
-            what: format!("a {} enrollment given to the TPM backend", enrollment.kind),
-        })
-    }
+    enrollment.check_kind(KIND)
 }
 
 /// Errors after which the context is not reused.
 fn drops_context(e: &Error) -> bool {
     match e {
         Error::DeviceNotFound { .. } | Error::DeviceRemoved => true,
-        Error::Device { code, .. } => code == "0x902" || code == "0x903",
+        Error::Device {
+            error: DeviceError::Tpm { rc, .. },
+            ..
+        } => matches!(rc, 0x902 | 0x903),
         _ => false,
     }
 }
@@ -819,22 +808,13 @@ fn check_pcrs(scope: &mut Scope<'_>, params: &Params, tcti: &str) -> Result<()> 
     }
 }
 
-/// The PCR-mismatch error: what happened and what to do.
+/// The PCR-mismatch error, naming the PCRs that changed.
 fn pcr_mismatch(changed: &[u8]) -> Error {
-    let list = if changed.is_empty() {
-        "PCR values".to_owned()
-    } else {
-        let names: Vec<String> = changed.iter().map(ToString::to_string).collect();
-        format!("PCR {} (sha256 bank)", names.join(", "))
-    };
-    device_error(
-        "pcr-mismatch",
-        format!(
-            "the TPM refuses this key because {list} changed since enrollment \
-             (firmware, boot loader or Secure Boot settings changed). Unlock with your \
-             recovery key or another protector, then run `keyward enroll tpm --replace` \
-             to bind the TPM protector to the current values"
-        ),
+    Error::device(
+        KIND,
+        DeviceError::PcrMismatch {
+            pcrs: changed.to_vec(),
+        },
     )
 }
 
@@ -871,20 +851,23 @@ fn map_fail(fail: &Fail, tcti: &str) -> Error {
     let code = rc::show(&fail.err);
     let Some(raw) = rc::raw(&fail.err) else {
         tracing::warn!(op = fail.op, error = %fail.err, "TPM wrapper error");
-        return device_error(&code, format!("{} failed: {}", fail.op, fail.err));
+        return Error::device(
+            KIND,
+            DeviceError::Tss {
+                op: fail.op.to_owned(),
+                error: fail.err.to_string(),
+            },
+        );
     };
     tracing::warn!(op = fail.op, rc = %code, "TPM command failed");
-    let message = match rc::meaning(raw) {
+    let detail = match rc::meaning(raw) {
         Meaning::Transport => return not_found(tcti),
         Meaning::AuthFail => return Error::WrongPin { retries_left: None },
         Meaning::Lockout => return Error::Lockout { seconds: None },
         Meaning::PolicyFail => "the TPM policy check failed (TPM_RC_POLICY_FAIL): the \
              key's PCR values or PIN policy do not match"
             .to_owned(),
-        Meaning::Integrity => "the TPM cannot load the key: it was made by another TPM, the \
-             TPM was cleared since enrollment, or the stored key was modified \
-             (TPM_RC_INTEGRITY). Unlock with another protector and enroll the TPM again"
-            .to_owned(),
+        Meaning::Integrity => return Error::device(KIND, DeviceError::ForeignKey { rc: raw }),
         Meaning::BadAuth => format!(
             "{} was refused (TPM_RC_BAD_AUTH); if the TPM's owner hierarchy has a password, \
              keyward cannot derive its storage root key",
@@ -900,7 +883,7 @@ fn map_fail(fail: &Fail, tcti: &str) -> Error {
         }
         Meaning::Value | Meaning::Other => format!("{} failed: {}", fail.op, fail.err),
     };
-    device_error(&code, message)
+    Error::device(KIND, DeviceError::Tpm { rc: raw, detail })
 }
 
 #[cfg(test)]

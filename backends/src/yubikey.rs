@@ -81,6 +81,7 @@ use keyward_kms::backend::{
     Notice, SecretKind, SecretRequest, SignAlgorithm, Signature, WrapMode, Wrapped,
 };
 use keyward_kms::crypto::ecies;
+use keyward_kms::error::DeviceError;
 use keyward_kms::secret::{Secret32, SecretString, random_bytes};
 use keyward_kms::{Error, Result};
 
@@ -88,7 +89,7 @@ pub use descriptor::{
     OPTION_OVERWRITE, OPTION_PIN_POLICY, OPTION_SLOT, OPTION_TOUCH, Params, Pin, Touch,
 };
 use descriptor::{Options, retired_slots, slot_id};
-use errors::{KIND, Op, device, drops_handle, map};
+use errors::{KIND, Op, device, drops_handle, failed, map};
 
 /// The factory PIN of a YubiKey.
 pub const DEFAULT_PIN: &str = "123456";
@@ -474,15 +475,10 @@ impl backend::Backend for Backend {
         let (mut s, retries) = self.start(serial)?;
         let defaults = default_credentials(&mut s)?;
         if defaults.any() {
-            return Err(device(
-                "default-credentials",
-                format!(
-                    "YubiKey {serial} still uses the factory default {}: run `keyward yubikey \
-                     setup --serial {serial}` to set a new PIN and PUK and a random \
-                     PIN-protected management key, then enroll again",
-                    defaults.list()
-                ),
-            ));
+            return Err(device(DeviceError::DefaultCredentials {
+                serial,
+                defaults: defaults.list(),
+            }));
         }
         if retries == 0 {
             return Err(Error::PinBlocked);
@@ -512,7 +508,7 @@ impl backend::Backend for Backend {
         );
         let spki = generated.map_err(|e| s.fail(e, Op::Admin))?;
         let public = p256::PublicKey::from_sec1_bytes(spki.subject_public_key.raw_bytes())
-            .map_err(|_| device("generate", "the YubiKey returned an invalid P-256 key"))?;
+            .map_err(|_| failed("generate", "the YubiKey returned an invalid P-256 key"))?;
         // Mark the slot: a self-signed certificate, signed by the new key
         // (needs the PIN again under policy `always`, and a touch).
         if opts.pin == Pin::Always {
@@ -563,7 +559,7 @@ impl backend::Backend for Backend {
             let r = piv::decrypt_data(s.yk()?, point.as_bytes(), AlgorithmId::EccP256, id);
             let z = r.map_err(|e| s.fail(e, Op::KeyUse { touch }))?;
             Secret32::try_from_slice(&z).map_err(|_| {
-                device(
+                failed(
                     "ecdh",
                     "the YubiKey returned a shared secret of the wrong size",
                 )
@@ -587,9 +583,9 @@ impl backend::Backend for Backend {
         let r = piv::sign_data(s.yk()?, &digest, AlgorithmId::EccP256, id);
         let der = r.map_err(|e| s.fail(e, Op::KeyUse { touch }))?;
         let sig = p256::ecdsa::Signature::from_der(&der)
-            .map_err(|_| device("sign", "the YubiKey returned a malformed signature"))?;
+            .map_err(|_| failed("sign", "the YubiKey returned a malformed signature"))?;
         vk.verify_prehash(&digest, &sig).map_err(|_| {
-            device(
+            failed(
                 "sign",
                 "the YubiKey's signature does not verify with the enrolled key",
             )
@@ -691,13 +687,7 @@ fn join(serials: &[u32]) -> String {
 }
 
 fn not_found(serial: Option<u32>) -> Error {
-    Error::DeviceNotFound {
-        kind: KIND.into(),
-        hint: Some(match serial {
-            Some(s) => format!("insert the YubiKey with serial {s}"),
-            None => "insert a YubiKey".into(),
-        }),
-    }
+    Error::not_found(KIND, DeviceError::NoYubikey { serial })
 }
 
 fn missing_new(what: &str) -> Error {
@@ -707,14 +697,7 @@ fn missing_new(what: &str) -> Error {
 }
 
 fn not_protected(serial: u32) -> Error {
-    device(
-        "management-key",
-        format!(
-            "the management key of YubiKey {serial} is not stored PIN-protected on the \
-             device, so keyward cannot use it: run `keyward yubikey setup --serial {serial}` \
-             (or `ykman piv access change-management-key --generate --protect`)"
-        ),
-    )
+    device(DeviceError::ManagementKeyNotProtected { serial })
 }
 
 /// PINs and PUKs are 6 to 8 characters; anything else is refused here,
@@ -745,10 +728,7 @@ fn scan() -> Result<Vec<YubiKey>> {
             inner: Some(pcsc::Error::NoReadersAvailable),
         }) => return Ok(Vec::new()),
         Err(yubikey::Error::PcscError { inner: Some(p) }) => {
-            return Err(Error::DeviceNotFound {
-                kind: KIND.into(),
-                hint: Some(format!("{}; {p}", errors::PCSCD_HINT)),
-            });
+            return Err(errors::pcsc_unavailable(&p));
         }
         Err(e) => return Err(map(e, Op::Query)),
     };
@@ -871,7 +851,7 @@ fn choose_slot(s: &mut Session<'_>, opts: &Options) -> Result<u8> {
             return Ok(slot);
         }
     }
-    Err(device(
+    Err(failed(
         "no-free-slot",
         "all 20 retired slots (82..95) hold keys: choose one with --slot and overwrite=true",
     ))
@@ -887,20 +867,20 @@ fn check_slot(s: &mut Session<'_>, params: &Params, enrolled: &[u8]) -> Result<(
             None => Vec::new(),
         },
         Err(yubikey::Error::NotFound) => {
-            return Err(device(
-                "6A82",
-                format!(
+            return Err(device(DeviceError::Piv {
+                sw: errors::SW_FILE_NOT_FOUND,
+                detail: format!(
                     "slot {slot:02x} of YubiKey {} is empty: its key was deleted or the PIV \
                      applet was reset. Unlock with another protector, remove this one and \
                      enroll the YubiKey again",
                     params.serial
                 ),
-            ));
+            }));
         }
         Err(yubikey::Error::NotSupported) => match Certificate::read(s.yk()?, id) {
             Ok(cert) => cert.subject_pki().subject_public_key.raw_bytes().to_vec(),
             Err(_) => {
-                return Err(device(
+                return Err(failed(
                     "no-metadata",
                     format!(
                         "YubiKey {} (firmware before 5.3) has no certificate in slot {slot:02x}, \
@@ -958,12 +938,12 @@ fn write_certificate(
     serial[0] &= 0x7f;
     serial[0] |= 0x01;
     let serial = x509_cert::serial_number::SerialNumber::new(&serial)
-        .map_err(|_| device("certificate", "cannot encode the certificate serial"))?;
+        .map_err(|_| failed("certificate", "cannot encode the certificate serial"))?;
     let validity =
         x509_cert::time::Validity::from_now(Duration::from_secs(20 * 365 * 24 * 60 * 60))
-            .map_err(|_| device("certificate", "cannot encode the certificate validity"))?;
+            .map_err(|_| failed("certificate", "cannot encode the certificate validity"))?;
     let subject = x509_cert::name::Name::from_str(CERT_SUBJECT)
-        .map_err(|_| device("certificate", "cannot encode the certificate subject"))?;
+        .map_err(|_| failed("certificate", "cannot encode the certificate subject"))?;
     let r = Certificate::generate_self_signed::<_, p256::NistP256>(
         s.yk()?,
         id,

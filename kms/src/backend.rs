@@ -13,6 +13,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -173,6 +174,39 @@ pub struct Enrollment {
     pub public_key: Vec<u8>,
     /// Backend-specific descriptor (slot, policy, KDF parameters, blobs).
     pub params: serde_json::Value,
+}
+
+impl Enrollment {
+    /// Checks that this enrollment belongs to the backend of `kind`, before
+    /// anything else is read from it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an enrollment of another kind.
+    pub fn check_kind(&self, kind: BackendKind) -> Result<()> {
+        if self.kind == kind {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument {
+                what: format!("a {} protector was handed to the {kind} backend", self.kind),
+            })
+        }
+    }
+}
+
+/// Locks a backend's device state, tolerating poison: a panic while the
+/// lock was held leaves the device's state unknown, so `reset` puts the
+/// guarded value back to a known one (drop open handles, forget sessions)
+/// and the lock is usable again.
+pub fn lock_or_reset<T>(m: &Mutex<T>, reset: impl FnOnce(&mut T)) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => {
+            let mut guard = poisoned.into_inner();
+            reset(&mut guard);
+            m.clear_poison();
+            guard
+        }
+    }
 }
 
 /// A wrapped secret as a backend produced it (docs/FORMAT.md).

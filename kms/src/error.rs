@@ -6,7 +6,13 @@
 //! user can act on (wrong PIN, retired version, last protector) get their own
 //! variant so that the CLI can give a remedy.
 
+mod device;
+
 use std::path::PathBuf;
+
+pub use device::{DeviceError, Instead};
+
+use crate::backend::BackendKind;
 
 /// Result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -220,12 +226,12 @@ pub enum Error {
 
     // ---- hardware ---------------------------------------------------------
     /// No device of the enrolled kind is present.
-    #[error("no {kind} device found{}", hint.as_deref().map(|h| format!(" ({h})")).unwrap_or_default())]
+    #[error("no {kind} device found{}", hint.as_ref().map(|h| format!(" ({h})")).unwrap_or_default())]
     DeviceNotFound {
         /// Backend kind.
         kind: String,
-        /// What we looked for.
-        hint: Option<String>,
+        /// Why none was found, or what we looked for.
+        hint: Option<DeviceError>,
     },
     /// A device is present but it is not the enrolled one.
     #[error("wrong device: expected {expected}, found {found}")]
@@ -268,14 +274,12 @@ pub enum Error {
         what: &'static str,
     },
     /// Any other device failure, with its native code.
-    #[error("{kind} device error {code}: {message}")]
+    #[error("{}", device_message(*kind, error))]
     Device {
         /// Backend kind.
-        kind: String,
-        /// Native code (status word, CKR_*, TPM RC), as text.
-        code: String,
-        /// What the device or library said.
-        message: String,
+        kind: BackendKind,
+        /// What went wrong, typed.
+        error: DeviceError,
     },
 
     // ---- audit and signed messages ----------------------------------------
@@ -350,6 +354,17 @@ pub enum Error {
     },
 }
 
+/// A missing mechanism reads as the capability gap it is; any other
+/// device error names its native code.
+fn device_message(kind: BackendKind, error: &DeviceError) -> String {
+    match error {
+        DeviceError::MechanismMissing { mechanism, .. } => {
+            format!("{kind} backend does not support {mechanism}")
+        }
+        _ => format!("{kind} device error {}: {error}", error.code()),
+    }
+}
+
 fn key_suffix(key: Option<&str>) -> String {
     key.map(|k| format!(" with key '{k}'")).unwrap_or_default()
 }
@@ -405,7 +420,11 @@ impl Error {
             Self::TouchTimeout => "touch-timeout",
             Self::DeviceRemoved => "device-removed",
             Self::Cancelled => "cancelled",
-            Self::NotSupported { .. } => "not-supported",
+            Self::NotSupported { .. }
+            | Self::Device {
+                error: DeviceError::MechanismMissing { .. },
+                ..
+            } => "not-supported",
             Self::Device { .. } => "device",
             Self::AuditWrite(_) => "audit-write",
             Self::AuditTampered { .. } => "audit-tampered",
@@ -417,6 +436,19 @@ impl Error {
             Self::ClientExists { .. } => "client-exists",
             Self::ClientNotFound { .. } => "client-not-found",
             Self::SecretRequired { .. } => "secret-required",
+        }
+    }
+
+    /// Builds an [`Error::Device`] of `kind`.
+    pub fn device(kind: BackendKind, error: DeviceError) -> Self {
+        Self::Device { kind, error }
+    }
+
+    /// Builds an [`Error::DeviceNotFound`] of `kind` with its cause.
+    pub fn not_found(kind: BackendKind, why: DeviceError) -> Self {
+        Self::DeviceNotFound {
+            kind: kind.to_string(),
+            hint: Some(why),
         }
     }
 
