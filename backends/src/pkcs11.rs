@@ -1668,7 +1668,7 @@ impl keyward_kms::Backend for Backend {
         if d.mode != Mode::Ecdh {
             return Err(Error::NotSupported {
                 kind: KIND.to_string(),
-                what: "signing with an aes-gcm enrollment",
+                what: "signing with an aes-gcm enrollment (enroll with mode=ecdh or sign=ed25519)",
             });
         }
         let digest = Sha256::digest(msg);

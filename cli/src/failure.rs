@@ -1069,7 +1069,7 @@ mod tests {
         assert_eq!(hint(Instead::Nothing), "");
         let f = Failure::from(Error::NotSupported {
             kind: "pkcs11".into(),
-            what: "signing with an aes-gcm enrollment",
+            what: "signing with an aes-gcm enrollment (enroll with mode=ecdh or sign=ed25519)",
         });
         assert!(
             f.hint

@@ -218,7 +218,9 @@ impl DeviceError {
 
 impl DeviceError {
     /// What happened, without the advice some variants add to their text
-    /// (for a caller that gives its own remedy).
+    /// (for a caller that gives its own remedy). The advice stays in the
+    /// `Display` text, where callers without remedies of their own (the
+    /// daemon's API, logs) show it.
     pub fn diagnosis(&self) -> String {
         match self {
             Self::PcrMismatch { pcrs } => format!(
@@ -234,6 +236,7 @@ impl DeviceError {
                 "token \"{label}\" (serial {serial}) is not present{}",
                 visible_suffix(visible)
             ),
+            Self::Unreachable { tcti } => format!("cannot reach the TPM at {tcti}"),
             other => other.to_string(),
         }
     }
@@ -282,7 +285,12 @@ impl fmt::Display for DeviceError {
                  since enrollment, or the stored key was modified (TPM_RC_INTEGRITY). Unlock \
                  with another protector and enroll the TPM again",
             ),
-            Self::Unreachable { tcti } => write!(f, "cannot reach the TPM at {tcti}"),
+            Self::Unreachable { .. } => write!(
+                f,
+                "{}: is the TPM present / swtpm running? set KEYWARD_TPM_TCTI or --tcti to \
+                 another TCTI",
+                self.diagnosis()
+            ),
             Self::ModuleNotGiven { .. } => f.write_str("no PKCS#11 module given"),
             Self::ModuleNotFound { path, reason, .. } => {
                 write!(f, "PKCS#11 module {} not found ({reason})", path.display())
