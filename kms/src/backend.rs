@@ -34,7 +34,9 @@ pub enum BackendKind {
     Tpm,
     /// A PKCS#11 token or HSM.
     Pkcs11,
-    /// The in-process mock from keyward-hw-mocks (tests only).
+    /// The in-process mock from keyward-hw-mocks (tests only: the `mock`
+    /// feature, which keyward-hw-mocks enables).
+    #[cfg(any(test, feature = "mock"))]
     Mock,
 }
 
@@ -47,6 +49,7 @@ impl BackendKind {
             Self::Yubikey => "yubikey",
             Self::Tpm => "tpm",
             Self::Pkcs11 => "pkcs11",
+            #[cfg(any(test, feature = "mock"))]
             Self::Mock => "mock",
         }
     }
@@ -59,6 +62,7 @@ impl BackendKind {
             Self::Yubikey => 3,
             Self::Tpm => 4,
             Self::Pkcs11 => 5,
+            #[cfg(any(test, feature = "mock"))]
             Self::Mock => 0xff,
         }
     }
@@ -79,6 +83,7 @@ impl FromStr for BackendKind {
             "yubikey" => Ok(Self::Yubikey),
             "tpm" => Ok(Self::Tpm),
             "pkcs11" => Ok(Self::Pkcs11),
+            #[cfg(any(test, feature = "mock"))]
             "mock" => Ok(Self::Mock),
             _ => Err(Error::InvalidArgument {
                 what: format!("unknown protector kind {s:?}"),
