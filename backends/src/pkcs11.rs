@@ -41,6 +41,7 @@ use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::{Slot, TokenInfo};
+use keyward_kms::backend::ecdh_device::{self, EcdhDevice};
 use keyward_kms::backend::lock_or_reset;
 use keyward_kms::crypto::ecies;
 use keyward_kms::error::{DeviceError, Instead};
@@ -1544,6 +1545,60 @@ fn aes_unwrap(token: &Token, key: ObjectHandle, blob: &[u8], aad: &[u8]) -> Res<
     })
 }
 
+/// The backend as the shared unwrap sees it ([`ecdh_device`]), for
+/// enrollments in the ecdh mode (the aes-gcm mode unwraps on the token).
+struct EcdhToken<'b>(&'b Backend);
+
+/// The enrolled key checked and logged in to; what is needed to find it
+/// again if the token's session goes stale before the derive.
+struct TokenSession<'a> {
+    public: &'a [u8],
+    ui: &'a dyn Callbacks,
+}
+
+impl EcdhDevice for EcdhToken<'_> {
+    type Params = Descriptor;
+    type Session<'a>
+        = TokenSession<'a>
+    where
+        Self: 'a;
+
+    fn kind(&self) -> BackendKind {
+        KIND
+    }
+
+    fn params(&self, enrollment: &Enrollment) -> Result<Descriptor> {
+        Descriptor::from_enrollment(enrollment)
+    }
+
+    fn open_session<'a>(
+        &'a self,
+        enrollment: &'a Enrollment,
+        d: &'a Descriptor,
+        ui: &'a dyn Callbacks,
+    ) -> Result<TokenSession<'a>> {
+        let public = enrollment.public_key.as_slice();
+        self.0.with_token(d, |token| {
+            Backend::ready_key(token, d, &KeyRef::wrap(d, public), ui).map(|_| ())
+        })?;
+        Ok(TokenSession { public, ui })
+    }
+
+    fn ecdh(
+        &self,
+        session: &mut TokenSession<'_>,
+        d: &Descriptor,
+        peer: &p256::PublicKey,
+    ) -> Result<Secret32> {
+        // The key is cached from open_session; a stale session (token
+        // removed and re-inserted) is looked up, and logged in to, again.
+        self.0.with_token(d, |token| {
+            let key = Backend::ready_key(token, d, &KeyRef::wrap(d, session.public), session.ui)?;
+            token.with_session(|s| token_ecdh(s, key, peer))
+        })
+    }
+}
+
 impl keyward_kms::Backend for Backend {
     fn kind(&self) -> BackendKind {
         BackendKind::Pkcs11
@@ -1611,7 +1666,7 @@ impl keyward_kms::Backend for Backend {
     fn wrap(&self, enrollment: &Enrollment, secret: &Secret32, aad: &[u8]) -> Result<Wrapped> {
         let d = Descriptor::from_enrollment(enrollment)?;
         match d.mode {
-            Mode::Ecdh => Ok(Wrapped(ecies::seal(&enrollment.public_key, secret, aad)?)),
+            Mode::Ecdh => ecdh_device::wrap(&EcdhToken(self), enrollment, secret, aad),
             Mode::AesGcm => self
                 .with_token(&d, |token| {
                     if !token.is_logged_in() {
@@ -1635,21 +1690,14 @@ impl keyward_kms::Backend for Backend {
         ui: &dyn Callbacks,
     ) -> Result<Secret32> {
         let d = Descriptor::from_enrollment(enrollment)?;
-        // The blob is checked before we touch the token.
-        match d.mode {
-            Mode::Ecdh => {
-                ecies::ephemeral_key(&wrapped.0)?;
-            }
-            Mode::AesGcm => {
-                descriptor::split_aes_gcm_blob(&wrapped.0)?;
-            }
+        if d.mode == Mode::Ecdh {
+            return ecdh_device::unwrap(&EcdhToken(self), enrollment, wrapped, aad, ui);
         }
+        // The blob is checked before we touch the token.
+        descriptor::split_aes_gcm_blob(&wrapped.0)?;
         self.with_token(&d, |token| {
             let key = Self::ready_key(token, &d, &KeyRef::wrap(&d, &enrollment.public_key), ui)?;
-            match d.mode {
-                Mode::Ecdh => ecdh_unwrap(token, key, &enrollment.public_key, &wrapped.0, aad),
-                Mode::AesGcm => aes_unwrap(token, key, &wrapped.0, aad),
-            }
+            aes_unwrap(token, key, &wrapped.0, aad)
         })
     }
 

@@ -63,6 +63,7 @@ use sha2::{Digest as _, Sha256};
 use tss_esapi::{Context, TctiNameConf};
 use zeroize::Zeroizing;
 
+use keyward_kms::backend::ecdh_device::{self, EcdhDevice};
 use keyward_kms::backend::{
     self, BackendKind, Callbacks, Capabilities, DeviceInfo, EnrollRequest, Enrollment, Health,
     SecretKind, SecretRequest, SignAlgorithm, Signature, WrapMode, Wrapped,
@@ -367,6 +368,82 @@ impl Backend {
     }
 }
 
+/// The backend as the shared unwrap sees it ([`ecdh_device`]).
+struct Device<'b>(&'b Backend);
+
+/// The TPM to use and the enrolled key's hashed PIN, checked against the
+/// TPM's state: the [`EcdhDevice`] session of this backend. The TPM session
+/// itself is opened for each key use.
+struct TpmSession {
+    tcti: String,
+    auth: Zeroizing<Vec<u8>>,
+}
+
+impl fmt::Debug for TpmSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TpmSession")
+            .field("tcti", &self.tcti)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EcdhDevice for Device<'_> {
+    type Params = Params;
+    type Session<'a>
+        = TpmSession
+    where
+        Self: 'a;
+
+    fn kind(&self) -> BackendKind {
+        KIND
+    }
+
+    fn params(&self, enrollment: &Enrollment) -> Result<Params> {
+        let params = Params::from_json(&enrollment.params)?;
+        let blob = Blob::parse(&params.ecdh)?;
+        let point = blob.public_key().ok_or(Error::Malformed {
+            what: "TPM ECDH key in enrollment",
+        })?;
+        if ecies::compress(&point).as_slice() != enrollment.public_key.as_slice() {
+            return Err(Error::Malformed {
+                what: "TPM enrollment public key does not match its key blob",
+            });
+        }
+        Ok(params)
+    }
+
+    fn open_session<'a>(
+        &'a self,
+        _enrollment: &'a Enrollment,
+        params: &'a Params,
+        ui: &'a dyn Callbacks,
+    ) -> Result<TpmSession> {
+        let tcti = self.0.tcti_for(None, Some(&params.tcti));
+        let auth = self.0.checks_and_pin(params, &tcti, ui)?;
+        Ok(TpmSession { tcti, auth })
+    }
+
+    fn ecdh(
+        &self,
+        session: &mut TpmSession,
+        params: &Params,
+        peer: &p256::PublicKey,
+    ) -> Result<Secret32> {
+        let tcti = &session.tcti;
+        self.0.use_key(
+            params,
+            KeyRole::Ecdh,
+            tcti,
+            &session.auth,
+            |scope, tpm_session, key| {
+                scope
+                    .ecdh_zgen(tpm_session, key, peer)
+                    .map_err(|f| key_use_error(scope, &f, params, tcti))
+            },
+        )
+    }
+}
+
 impl backend::Backend for Backend {
     fn kind(&self) -> BackendKind {
         BackendKind::Tpm
@@ -550,8 +627,7 @@ impl backend::Backend for Backend {
     }
 
     fn wrap(&self, enrollment: &Enrollment, secret: &Secret32, aad: &[u8]) -> Result<Wrapped> {
-        check_kind(enrollment)?;
-        ecies::seal(&enrollment.public_key, secret, aad).map(Wrapped)
+        ecdh_device::wrap(&Device(self), enrollment, secret, aad)
     }
 
     fn unwrap(
@@ -561,34 +637,7 @@ impl backend::Backend for Backend {
         aad: &[u8],
         ui: &dyn Callbacks,
     ) -> Result<Secret32> {
-        check_kind(enrollment)?;
-        let params = Params::from_json(&enrollment.params)?;
-        // Refuse a damaged blob before touching the TPM.
-        ecies::ephemeral_key(&wrapped.0)?;
-        let blob = Blob::parse(&params.ecdh)?;
-        let point = blob.public_key().ok_or(Error::Malformed {
-            what: "TPM ECDH key in enrollment",
-        })?;
-        if ecies::compress(&point).as_slice() != enrollment.public_key.as_slice() {
-            return Err(Error::Malformed {
-                what: "TPM enrollment public key does not match its key blob",
-            });
-        }
-        let tcti = self.tcti_for(None, Some(&params.tcti));
-        let auth = self.checks_and_pin(&params, &tcti, ui)?;
-        self.use_key(
-            &params,
-            KeyRole::Ecdh,
-            &tcti,
-            &auth,
-            |scope, session, key| {
-                ecies::open(&enrollment.public_key, &wrapped.0, aad, |epk| {
-                    scope
-                        .ecdh_zgen(session, key, epk)
-                        .map_err(|f| key_use_error(scope, &f, &params, &tcti))
-                })
-            },
-        )
+        ecdh_device::unwrap(&Device(self), enrollment, wrapped, aad, ui)
     }
 
     fn sign(&self, enrollment: &Enrollment, msg: &[u8], ui: &dyn Callbacks) -> Result<Signature> {

@@ -76,6 +76,7 @@ use yubikey::reader::Context;
 use yubikey::{MgmAlgorithmId, MgmKey, YubiKey};
 use zeroize::Zeroizing;
 
+use keyward_kms::backend::ecdh_device::{self, EcdhDevice};
 use keyward_kms::backend::{
     self, BackendKind, Callbacks, Capabilities, DeviceInfo, EnrollRequest, Enrollment, Health,
     Notice, SecretKind, SecretRequest, SignAlgorithm, Signature, WrapMode, Wrapped,
@@ -435,6 +436,76 @@ impl Backend {
     }
 }
 
+/// The backend as the shared unwrap sees it ([`ecdh_device`]).
+struct Device<'b>(&'b Backend);
+
+/// The enrolled slot of a YubiKey whose PIN was accepted (the card lock
+/// held): the [`EcdhDevice`] session of this backend.
+struct SlotSession<'a> {
+    card: Session<'a>,
+    slot: SlotId,
+}
+
+impl fmt::Debug for SlotSession<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SlotSession")
+            .field("serial", &self.card.serial)
+            .field("slot", &self.slot)
+            .finish()
+    }
+}
+
+impl<'b> EcdhDevice for Device<'b> {
+    type Params = Params;
+    type Session<'a>
+        = SlotSession<'b>
+    where
+        Self: 'a;
+
+    fn kind(&self) -> BackendKind {
+        KIND
+    }
+
+    fn params(&self, enrollment: &Enrollment) -> Result<Params> {
+        Params::from_json(&enrollment.params)
+    }
+
+    fn open_session<'a>(
+        &'a self,
+        enrollment: &'a Enrollment,
+        params: &'a Params,
+        ui: &'a dyn Callbacks,
+    ) -> Result<SlotSession<'b>> {
+        let slot = slot_id(params.slot_number()?)?;
+        let card = self.0.unlock_slot(enrollment, params, ui)?;
+        Ok(SlotSession { card, slot })
+    }
+
+    fn ecdh(
+        &self,
+        session: &mut SlotSession<'_>,
+        params: &Params,
+        peer: &p256::PublicKey,
+    ) -> Result<Secret32> {
+        let touch = params.touch_policy.needs_touch();
+        let point = peer.to_sec1_point(false);
+        let s = &mut session.card;
+        let r = piv::decrypt_data(
+            s.yk()?,
+            point.as_bytes(),
+            AlgorithmId::EccP256,
+            session.slot,
+        );
+        let z = r.map_err(|e| s.fail(e, Op::KeyUse { touch }))?;
+        Secret32::try_from_slice(&z).map_err(|_| {
+            failed(
+                "ecdh",
+                "the YubiKey returned a shared secret of the wrong size",
+            )
+        })
+    }
+}
+
 impl backend::Backend for Backend {
     fn kind(&self) -> BackendKind {
         BackendKind::Yubikey
@@ -536,8 +607,7 @@ impl backend::Backend for Backend {
     }
 
     fn wrap(&self, enrollment: &Enrollment, secret: &Secret32, aad: &[u8]) -> Result<Wrapped> {
-        check_kind(enrollment)?;
-        ecies::seal(&enrollment.public_key, secret, aad).map(Wrapped)
+        ecdh_device::wrap(&Device(self), enrollment, secret, aad)
     }
 
     fn unwrap(
@@ -547,24 +617,7 @@ impl backend::Backend for Backend {
         aad: &[u8],
         ui: &dyn Callbacks,
     ) -> Result<Secret32> {
-        check_kind(enrollment)?;
-        let params = Params::from_json(&enrollment.params)?;
-        // A malformed blob is refused before the device is touched.
-        ecies::ephemeral_key(&wrapped.0)?;
-        let id = slot_id(params.slot_number()?)?;
-        let mut s = self.unlock_slot(enrollment, &params, ui)?;
-        let touch = params.touch_policy.needs_touch();
-        ecies::open(&enrollment.public_key, &wrapped.0, aad, |epk| {
-            let point = epk.to_sec1_point(false);
-            let r = piv::decrypt_data(s.yk()?, point.as_bytes(), AlgorithmId::EccP256, id);
-            let z = r.map_err(|e| s.fail(e, Op::KeyUse { touch }))?;
-            Secret32::try_from_slice(&z).map_err(|_| {
-                failed(
-                    "ecdh",
-                    "the YubiKey returned a shared secret of the wrong size",
-                )
-            })
-        })
+        ecdh_device::unwrap(&Device(self), enrollment, wrapped, aad, ui)
     }
 
     fn sign(&self, enrollment: &Enrollment, msg: &[u8], ui: &dyn Callbacks) -> Result<Signature> {
@@ -659,15 +712,7 @@ fn description(params: &Params) -> String {
 }
 
 fn check_kind(enrollment: &Enrollment) -> Result<()> {
-    if enrollment.kind != BackendKind::Yubikey {
-        return Err(Error::InvalidArgument {
-            what: format!(
-                "a {} protector cannot be used by the YubiKey backend",
-                enrollment.kind
-            ),
-        });
-    }
-    Ok(())
+    enrollment.check_kind(KIND)
 }
 
 fn parse_serial(text: &str) -> Result<u32> {

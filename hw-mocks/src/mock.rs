@@ -71,6 +71,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use keyward_kms::backend::ecdh_device::{self, EcdhDevice};
 use keyward_kms::backend::lock_or_reset;
 use keyward_kms::crypto::ecies;
 use keyward_kms::error::DeviceError;
@@ -557,6 +558,40 @@ impl MockBackend {
     }
 }
 
+/// The mock as the shared unwrap sees it ([`ecdh_device`]): the session is
+/// the slot's key, released by [`MockBackend::authorize`] once the device
+/// checks and the PIN passed.
+struct Device<'b>(&'b MockBackend);
+
+impl EcdhDevice for Device<'_> {
+    type Params = Target;
+    type Session<'a>
+        = SecretKey
+    where
+        Self: 'a;
+
+    fn kind(&self) -> BackendKind {
+        KIND
+    }
+
+    fn params(&self, enrollment: &Enrollment) -> Result<Target> {
+        Target::from_enrollment(enrollment)
+    }
+
+    fn open_session<'a>(
+        &'a self,
+        _enrollment: &'a Enrollment,
+        target: &'a Target,
+        ui: &'a dyn Callbacks,
+    ) -> Result<SecretKey> {
+        self.0.authorize(target, ui)
+    }
+
+    fn ecdh(&self, key: &mut SecretKey, _: &Target, peer: &p256::PublicKey) -> Result<Secret32> {
+        Ok(ecies::ecdh(key, peer))
+    }
+}
+
 impl Backend for MockBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Mock
@@ -626,8 +661,7 @@ impl Backend for MockBackend {
     }
 
     fn wrap(&self, enrollment: &Enrollment, secret: &Secret32, aad: &[u8]) -> Result<Wrapped> {
-        let target = Target::from_enrollment(enrollment)?;
-        ecies::seal(&target.public_key, secret, aad).map(Wrapped)
+        ecdh_device::wrap(&Device(self), enrollment, secret, aad)
     }
 
     fn unwrap(
@@ -637,12 +671,7 @@ impl Backend for MockBackend {
         aad: &[u8],
         ui: &dyn Callbacks,
     ) -> Result<Secret32> {
-        let target = Target::from_enrollment(enrollment)?;
-        ecies::ephemeral_key(&wrapped.0)?;
-        let key = self.authorize(&target, ui)?;
-        ecies::open(&target.public_key, &wrapped.0, aad, |epk| {
-            Ok(ecies::ecdh(&key, epk))
-        })
+        ecdh_device::unwrap(&Device(self), enrollment, wrapped, aad, ui)
     }
 
     fn sign(&self, enrollment: &Enrollment, msg: &[u8], ui: &dyn Callbacks) -> Result<Signature> {

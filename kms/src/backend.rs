@@ -11,6 +11,8 @@
 //! key rotation never needs the device present. The device (or, for software
 //! protectors, a key derived from the user's secret) does the private half.
 
+pub mod ecdh_device;
+
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Mutex, MutexGuard};
