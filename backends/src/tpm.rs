@@ -50,7 +50,10 @@
 
 mod descriptor;
 mod device;
+mod errors;
+mod keys;
 mod rc;
+mod unwrap;
 
 use std::fmt;
 use std::str::FromStr;
@@ -75,7 +78,9 @@ use keyward_kms::{Error, Result};
 
 use descriptor::Params;
 use device::{Blob, DaState, Fail, KeyRole, Scope, SessionKind};
+use errors::{check_pcrs, drops_context, failed, key_use_error, lockout, map_fail, not_found};
 use rc::Meaning;
+use unwrap::Device;
 
 /// The TCTI used when neither the caller, `KEYWARD_TPM_TCTI` nor the
 /// enrollment names one: the kernel's resource manager.
@@ -368,82 +373,6 @@ impl Backend {
     }
 }
 
-/// The backend as the shared unwrap sees it ([`ecdh_device`]).
-struct Device<'b>(&'b Backend);
-
-/// The TPM to use and the enrolled key's hashed PIN, checked against the
-/// TPM's state: the [`EcdhDevice`] session of this backend. The TPM session
-/// itself is opened for each key use.
-struct TpmSession {
-    tcti: String,
-    auth: Zeroizing<Vec<u8>>,
-}
-
-impl fmt::Debug for TpmSession {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TpmSession")
-            .field("tcti", &self.tcti)
-            .finish_non_exhaustive()
-    }
-}
-
-impl EcdhDevice for Device<'_> {
-    type Params = Params;
-    type Session<'a>
-        = TpmSession
-    where
-        Self: 'a;
-
-    fn kind(&self) -> BackendKind {
-        KIND
-    }
-
-    fn params(&self, enrollment: &Enrollment) -> Result<Params> {
-        let params = Params::from_json(&enrollment.params)?;
-        let blob = Blob::parse(&params.ecdh)?;
-        let point = blob.public_key().ok_or(Error::Malformed {
-            what: "TPM ECDH key in enrollment",
-        })?;
-        if ecies::compress(&point).as_slice() != enrollment.public_key.as_slice() {
-            return Err(Error::Malformed {
-                what: "TPM enrollment public key does not match its key blob",
-            });
-        }
-        Ok(params)
-    }
-
-    fn open_session<'a>(
-        &'a self,
-        _enrollment: &'a Enrollment,
-        params: &'a Params,
-        ui: &'a dyn Callbacks,
-    ) -> Result<TpmSession> {
-        let tcti = self.0.tcti_for(None, Some(&params.tcti));
-        let auth = self.0.checks_and_pin(params, &tcti, ui)?;
-        Ok(TpmSession { tcti, auth })
-    }
-
-    fn ecdh(
-        &self,
-        session: &mut TpmSession,
-        params: &Params,
-        peer: &p256::PublicKey,
-    ) -> Result<Secret32> {
-        let tcti = &session.tcti;
-        self.0.use_key(
-            params,
-            KeyRole::Ecdh,
-            tcti,
-            &session.auth,
-            |scope, tpm_session, key| {
-                scope
-                    .ecdh_zgen(tpm_session, key, peer)
-                    .map_err(|f| key_use_error(scope, &f, params, tcti))
-            },
-        )
-    }
-}
-
 impl backend::Backend for Backend {
     fn kind(&self) -> BackendKind {
         BackendKind::Tpm
@@ -714,69 +643,6 @@ impl backend::Backend for Backend {
     }
 }
 
-impl Backend {
-    /// Phase 2 of unwrap and sign: loads the key described by `key_blob`,
-    /// satisfies its policy with `auth`, and hands session and key to `f`.
-    fn use_key<T>(
-        &self,
-        params: &Params,
-        role: KeyRole,
-        tcti: &str,
-        auth: &[u8],
-        f: impl FnOnce(
-            &mut Scope<'_>,
-            tss_esapi::interface_types::session_handles::AuthSession,
-            tss_esapi::handles::KeyHandle,
-        ) -> Result<T>,
-    ) -> Result<T> {
-        let blob = Blob::parse(match role {
-            KeyRole::Ecdh => &params.ecdh,
-            KeyRole::Sign => &params.sign,
-        })?;
-        // Response encryption only where the response is secret: ECDH_ZGen's
-        // outPoint (the shared secret). Its input (the blob's ephemeral
-        // point) and TPM2_Sign's digest and signature are public.
-        let encrypt_response = role == KeyRole::Ecdh;
-        self.with_tpm(tcti, |scope| {
-            let (session, key) =
-                Self::prepare_key(scope, params, &blob, auth, encrypt_response, tcti)?;
-            f(scope, session, key)
-        })
-    }
-
-    /// Signs `msg` with the enrolled signing key and checks the signature
-    /// on the host; returns it DER-encoded.
-    fn sign_with(&self, params: &Params, tcti: &str, auth: &[u8], msg: &[u8]) -> Result<Vec<u8>> {
-        let verifying = hex::decode(&params.sign_public_key)
-            .ok()
-            .and_then(|b| ecies::parse_public_key(&b).ok())
-            .ok_or(Error::Malformed {
-                what: "TPM signing public key",
-            })?;
-        let digest: [u8; 32] = Sha256::digest(msg).into();
-        let (r, s) = self.use_key(params, KeyRole::Sign, tcti, auth, |scope, session, key| {
-            scope
-                .sign(session, key, &digest)
-                .map_err(|f| key_use_error(scope, &f, params, tcti))
-        })?;
-        let signature = p256::ecdsa::Signature::from_scalars(r, s).map_err(|_| {
-            failed(
-                "bad-signature",
-                "the TPM returned an invalid ECDSA signature",
-            )
-        })?;
-        p256::ecdsa::VerifyingKey::from(&verifying)
-            .verify(msg, &signature)
-            .map_err(|_| {
-                failed(
-                    "bad-signature",
-                    "the TPM's signature does not verify under the enrolled key",
-                )
-            })?;
-        Ok(signature.to_der().as_bytes().to_vec())
-    }
-}
-
 /// Opens a context on `tcti`.
 fn connect(tcti: &str) -> Result<Context> {
     let conf = TctiNameConf::from_str(tcti).map_err(|_| Error::InvalidArgument {
@@ -791,148 +657,8 @@ fn connect(tcti: &str) -> Result<Context> {
     })
 }
 
-fn not_found(tcti: &str) -> Error {
-    Error::not_found(
-        KIND,
-        DeviceError::Unreachable {
-            tcti: tcti.to_owned(),
-        },
-    )
-}
-
-/// A TPM misbehaviour at step `code`.
-fn failed(code: &'static str, detail: impl Into<String>) -> Error {
-    Error::device(
-        KIND,
-        DeviceError::Failed {
-            code,
-            detail: detail.into(),
-        },
-    )
-}
-
 fn check_kind(enrollment: &Enrollment) -> Result<()> {
     enrollment.check_kind(KIND)
-}
-
-/// Errors after which the context is not reused.
-fn drops_context(e: &Error) -> bool {
-    match e {
-        Error::DeviceNotFound { .. } | Error::DeviceRemoved => true,
-        Error::Device {
-            error: DeviceError::Tpm { rc, .. },
-            ..
-        } => matches!(rc, 0x902 | 0x903),
-        _ => false,
-    }
-}
-
-fn lockout(da: &DaState) -> Error {
-    Error::Lockout {
-        seconds: (da.interval > 0).then_some(u64::from(da.interval)),
-    }
-}
-
-/// Compares the key's PCRs with their enrolled values.
-fn check_pcrs(scope: &mut Scope<'_>, params: &Params, tcti: &str) -> Result<()> {
-    if params.pcrs.is_empty() {
-        return Ok(());
-    }
-    let now = scope
-        .pcr_values(&params.pcrs)
-        .map_err(|f| map_fail(&f, tcti))?;
-    let then = params.pcr_value_bytes()?;
-    let changed: Vec<u8> = params
-        .pcrs
-        .iter()
-        .zip(now.iter().zip(&then))
-        .filter(|(_, (a, b))| a != b)
-        .map(|(&pcr, _)| pcr)
-        .collect();
-    if changed.is_empty() {
-        Ok(())
-    } else {
-        tracing::warn!(?changed, "PCR values differ from enrollment");
-        Err(pcr_mismatch(&changed))
-    }
-}
-
-/// The PCR-mismatch error, naming the PCRs that changed.
-fn pcr_mismatch(changed: &[u8]) -> Error {
-    Error::device(
-        KIND,
-        DeviceError::PcrMismatch {
-            pcrs: changed.to_vec(),
-        },
-    )
-}
-
-/// Maps a failure while using an enrolled key, refining PIN, lockout and
-/// policy failures with fresh state from the TPM.
-fn key_use_error(scope: &mut Scope<'_>, fail: &Fail, params: &Params, tcti: &str) -> Error {
-    let meaning = rc::raw(&fail.err).map_or(Meaning::Other, rc::meaning);
-    match meaning {
-        Meaning::AuthFail => {
-            tracing::warn!(op = fail.op, rc = %rc::show(&fail.err), "wrong TPM PIN");
-            let retries_left = scope.da_state().ok().map(|da| da.retries_left());
-            Error::WrongPin { retries_left }
-        }
-        Meaning::Lockout => {
-            tracing::warn!(op = fail.op, rc = %rc::show(&fail.err), "TPM lockout");
-            match scope.da_state() {
-                Ok(da) => lockout(&da),
-                Err(_) => Error::Lockout { seconds: None },
-            }
-        }
-        Meaning::PolicyFail | Meaning::Value if !params.pcrs.is_empty() => {
-            tracing::warn!(op = fail.op, rc = %rc::show(&fail.err), "TPM policy check failed");
-            match check_pcrs(scope, params, tcti) {
-                Err(e) => e,
-                Ok(()) => pcr_mismatch(&[]),
-            }
-        }
-        _ => map_fail(fail, tcti),
-    }
-}
-
-/// Maps a TPM failure to the error the user sees, logging the raw code.
-fn map_fail(fail: &Fail, tcti: &str) -> Error {
-    let code = rc::show(&fail.err);
-    let Some(raw) = rc::raw(&fail.err) else {
-        tracing::warn!(op = fail.op, error = %fail.err, "TPM wrapper error");
-        return Error::device(
-            KIND,
-            DeviceError::Tss {
-                op: fail.op.to_owned(),
-                error: fail.err.to_string(),
-            },
-        );
-    };
-    tracing::warn!(op = fail.op, rc = %code, "TPM command failed");
-    let detail = match rc::meaning(raw) {
-        Meaning::Transport => return not_found(tcti),
-        Meaning::AuthFail => return Error::WrongPin { retries_left: None },
-        Meaning::Lockout => return Error::Lockout { seconds: None },
-        Meaning::PolicyFail => "the TPM policy check failed (TPM_RC_POLICY_FAIL): the \
-             key's PCR values or PIN policy do not match"
-            .to_owned(),
-        Meaning::Integrity => return Error::device(KIND, DeviceError::ForeignKey { rc: raw }),
-        Meaning::BadAuth => format!(
-            "{} was refused (TPM_RC_BAD_AUTH); if the TPM's owner hierarchy has a password, \
-             keyward cannot derive its storage root key",
-            fail.op
-        ),
-        Meaning::OutOfMemory => "the TPM has no free object or session slot: another program \
-             holds transient objects (no resource manager on this TCTI?). Use \
-             device:/dev/tpmrm0, or free them with `tpm2_flushcontext -t -s`"
-            .to_owned(),
-        Meaning::Busy => format!("the TPM is busy ({}); try again", fail.op),
-        Meaning::EccPoint => {
-            "the TPM rejected an elliptic-curve point (TPM_RC_ECC_POINT)".to_owned()
-        }
-        Meaning::Value | Meaning::Other => format!("{} failed: {}", fail.op, fail.err),
-    };
-    Error::device(KIND, DeviceError::Tpm { rc: raw, detail })
 }
 
 #[cfg(test)]
@@ -955,13 +681,5 @@ mod tests {
             connect("nonsense:"),
             Err(Error::InvalidArgument { .. })
         ));
-    }
-
-    #[test]
-    fn pcr_message_names_pcrs_and_remedy() {
-        let msg = pcr_mismatch(&[7, 11]).to_string();
-        assert!(msg.contains("PCR 7, 11"), "{msg}");
-        assert!(msg.contains("recovery key"), "{msg}");
-        assert!(msg.contains("keyward enroll tpm --replace"), "{msg}");
     }
 }
