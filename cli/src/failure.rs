@@ -302,6 +302,11 @@ fn device(error: &DeviceError) -> Option<(Exit, Option<String>, String)> {
              --puk-fd / KEYWARD_PUK, or the prompt), then enroll again"
                 .to_owned(),
         ),
+        DeviceError::NoFreeSlot => (
+            Exit::Device,
+            None,
+            "choose a slot with --slot SLOT and destroy its key with --overwrite".to_owned(),
+        ),
         DeviceError::MechanismMissing { instead, .. } => {
             let hint = match instead {
                 Instead::AesGcm => {
@@ -1085,6 +1090,86 @@ mod tests {
                 .as_deref()
                 .is_some_and(|h| h.contains("cargo feature tpm"))
         );
+    }
+
+    #[test]
+    fn every_typed_device_cause_gets_its_code_and_remedy() {
+        let cases = [
+            (
+                Error::device(
+                    BackendKind::Yubikey,
+                    DeviceError::DefaultCredentials {
+                        serial: 7,
+                        defaults: "PIN".into(),
+                    },
+                ),
+                Exit::Device,
+                "run `keyward yubikey setup`",
+            ),
+            (
+                Error::device(BackendKind::Yubikey, DeviceError::NoFreeSlot),
+                Exit::Device,
+                "--overwrite",
+            ),
+            (
+                Error::device(
+                    BackendKind::Pkcs11,
+                    DeviceError::NotLoggedIn { token: "t".into() },
+                ),
+                Exit::Auth,
+                "--protector ID",
+            ),
+            (
+                Error::device(
+                    BackendKind::Pkcs11,
+                    DeviceError::ModuleNotLoadable {
+                        path: Some("/etc/hostname".into()),
+                        reason: "not ELF".into(),
+                    },
+                ),
+                Exit::Device,
+                "--module PATH",
+            ),
+            (
+                Error::not_found(
+                    BackendKind::Pkcs11,
+                    DeviceError::ModuleNotGiven {
+                        usual: vec!["/a.so".into()],
+                        present: vec![],
+                    },
+                ),
+                Exit::Device,
+                "modules usually live at /a.so",
+            ),
+            (
+                Error::not_found(
+                    BackendKind::Pkcs11,
+                    DeviceError::ModuleNotInstalled {
+                        name: "x".into(),
+                        dirs: vec!["/usr/lib".into()],
+                    },
+                ),
+                Exit::Device,
+                "module-path=",
+            ),
+        ];
+        for (err, code, remedy) in cases {
+            let f = Failure::from(err);
+            assert_eq!(f.code, code, "{f:?}");
+            assert!(
+                f.hint.as_deref().is_some_and(|h| h.contains(remedy)),
+                "{f:?}"
+            );
+        }
+        // The diagnosis of a missing module is the backend's, without advice.
+        let f = Failure::from(Error::not_found(
+            BackendKind::Pkcs11,
+            DeviceError::ModuleNotGiven {
+                usual: vec![],
+                present: vec![],
+            },
+        ));
+        assert_eq!(f.message, "no PKCS#11 module given");
     }
 
     #[test]

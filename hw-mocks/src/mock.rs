@@ -257,7 +257,7 @@ impl State {
             (Some(only), None) => Ok(only.serial.clone()),
             (Some(_), Some(_)) => Err(Error::InvalidArgument {
                 what: format!(
-                    "several mock tokens are present ({}): choose one with --device",
+                    "several mock tokens are present ({}): name one in the request's device",
                     self.present_serials()
                 ),
             }),

@@ -460,3 +460,75 @@ impl Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_errors_keep_their_wire_codes_and_text() {
+        let e = Error::device(
+            BackendKind::Tpm,
+            DeviceError::Tpm {
+                rc: 0x902,
+                detail: "no free slot".into(),
+            },
+        );
+        assert_eq!(e.code(), "device");
+        assert_eq!(e.to_string(), "tpm device error 0x902: no free slot");
+        let e = Error::device(
+            BackendKind::Pkcs11,
+            DeviceError::Pkcs11 {
+                rv: "CKR_GENERAL_ERROR".into(),
+                function: "Login (login)".into(),
+            },
+        );
+        assert_eq!(
+            e.to_string(),
+            "pkcs11 device error CKR_GENERAL_ERROR: Login (login)"
+        );
+        let e = Error::device(
+            BackendKind::Yubikey,
+            DeviceError::Piv {
+                sw: 0x6A82,
+                detail: "slot 82 is empty".into(),
+            },
+        );
+        assert_eq!(e.to_string(), "yubikey device error 6A82: slot 82 is empty");
+        // A missing mechanism reads, and is coded, as the gap it is.
+        let e = Error::device(
+            BackendKind::Pkcs11,
+            DeviceError::MechanismMissing {
+                mechanism: "CKM_AES_GCM",
+                instead: Instead::Ecdh,
+            },
+        );
+        assert_eq!(e.code(), "not-supported");
+        assert_eq!(e.to_string(), "pkcs11 backend does not support CKM_AES_GCM");
+        let e = Error::not_found(
+            BackendKind::Tpm,
+            DeviceError::Unreachable {
+                tcti: "device:/dev/tpmrm0".into(),
+            },
+        );
+        assert_eq!(e.code(), "device-not-found");
+        assert_eq!(
+            e.to_string(),
+            "no tpm device found (cannot reach the TPM at device:/dev/tpmrm0: is the TPM \
+             present / swtpm running? set KEYWARD_TPM_TCTI or --tcti to another TCTI)"
+        );
+    }
+
+    #[test]
+    fn pcr_mismatch_diagnosis_is_its_text_without_the_advice() {
+        let e = DeviceError::PcrMismatch { pcrs: vec![7, 11] };
+        let text = e.to_string();
+        assert!(text.starts_with(&e.diagnosis()), "{text}");
+        assert!(text.ends_with("to bind the TPM protector to the current values"));
+        assert!(
+            DeviceError::PcrMismatch { pcrs: vec![] }
+                .diagnosis()
+                .contains("because PCR values changed")
+        );
+    }
+}

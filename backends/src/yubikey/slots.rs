@@ -84,10 +84,7 @@ pub(super) fn choose_slot(s: &mut Session<'_>, opts: &Options) -> Result<u8> {
             return Ok(slot);
         }
     }
-    Err(failed(
-        "no-free-slot",
-        "all 20 retired slots (82..95) hold keys: choose one with --slot and overwrite=true",
-    ))
+    Err(device(DeviceError::NoFreeSlot))
 }
 
 /// Compares the slot's public key with the enrolled one. Never sends a PIN.

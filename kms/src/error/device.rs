@@ -152,6 +152,8 @@ pub enum DeviceError {
         /// Which defaults remain ("PIN, PUK, management key").
         defaults: String,
     },
+    /// Every retired PIV slot already holds a key.
+    NoFreeSlot,
     /// The YubiKey's management key is not stored PIN-protected.
     ManagementKeyNotProtected {
         /// Its serial.
@@ -211,6 +213,7 @@ impl DeviceError {
             Self::NoYubikey { .. } | Self::NotPresent { .. } => "absent".into(),
             Self::DefaultCredentials { .. } => "default-credentials".into(),
             Self::ManagementKeyNotProtected { .. } => "management-key".into(),
+            Self::NoFreeSlot => "no-free-slot".into(),
             Self::Failed { code, .. } => (*code).into(),
         }
     }
@@ -359,6 +362,7 @@ impl fmt::Display for DeviceError {
                  device, so keyward cannot use it: run `keyward yubikey setup --serial \
                  {serial}` (or `ykman piv access change-management-key --generate --protect`)"
             ),
+            Self::NoFreeSlot => f.write_str("all 20 retired slots (82..95) hold keys"),
             Self::NotPresent { detail } => f.write_str(detail),
         }
     }
