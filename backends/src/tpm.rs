@@ -50,7 +50,10 @@
 
 mod descriptor;
 mod device;
+mod errors;
+mod keys;
 mod rc;
+mod unwrap;
 
 use std::fmt;
 use std::str::FromStr;
@@ -63,17 +66,21 @@ use sha2::{Digest as _, Sha256};
 use tss_esapi::{Context, TctiNameConf};
 use zeroize::Zeroizing;
 
+use keyward_kms::backend::ecdh_device::{self, EcdhDevice};
 use keyward_kms::backend::{
     self, BackendKind, Callbacks, Capabilities, DeviceInfo, EnrollRequest, Enrollment, Health,
     SecretKind, SecretRequest, SignAlgorithm, Signature, WrapMode, Wrapped,
 };
 use keyward_kms::crypto::ecies;
+use keyward_kms::error::DeviceError;
 use keyward_kms::secret::Secret32;
 use keyward_kms::{Error, Result};
 
 use descriptor::Params;
 use device::{Blob, DaState, Fail, KeyRole, Scope, SessionKind};
+use errors::{check_pcrs, drops_context, failed, key_use_error, lockout, map_fail, not_found};
 use rc::Meaning;
+use unwrap::Device;
 
 /// The TCTI used when neither the caller, `KEYWARD_TPM_TCTI` nor the
 /// enrollment names one: the kernel's resource manager.
@@ -83,7 +90,7 @@ pub const DEFAULT_TCTI: &str = "device:/dev/tpmrm0";
 /// `device:/dev/tpmrm0`, `tabrmd:`).
 pub const TCTI_ENV: &str = "KEYWARD_TPM_TCTI";
 
-const KIND: &str = "tpm";
+const KIND: BackendKind = BackendKind::Tpm;
 
 /// The TPM 2.0 backend. See the module documentation.
 pub struct Backend {
@@ -175,17 +182,9 @@ impl Backend {
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<Conn>> {
-        match self.conn.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => {
-                // A panic inside a TPM call: the ESAPI state is unknown, so
-                // we start over with a fresh context.
-                let mut guard = poisoned.into_inner();
-                *guard = None;
-                self.conn.clear_poison();
-                guard
-            }
-        }
+        // A panic inside a TPM call: the ESAPI state is unknown, so we
+        // start over with a fresh context.
+        backend::lock_or_reset(&self.conn, |conn| *conn = None)
     }
 
     /// Runs `f` on the TPM at `tcti` with the context lock held. Every
@@ -452,7 +451,7 @@ impl backend::Backend for Backend {
             let map = |f: Fail| map_fail(&f, &tcti);
             let (srk, point) = scope.srk().map_err(map)?;
             if descriptor::srk_id(point.to_sec1_bytes().as_ref()) != srk_id {
-                return Err(device_error(
+                return Err(failed(
                     "srk-changed",
                     "the TPM changed during enrollment; try again",
                 ));
@@ -544,10 +543,7 @@ impl backend::Backend for Backend {
             },
         )?;
         if opened.expose() != probe.expose() {
-            return Err(device_error(
-                "self-test",
-                "the new TPM key failed its self-test",
-            ));
+            return Err(failed("self-test", "the new TPM key failed its self-test"));
         }
         self.sign_with(&params, &tcti, &auth, b"keyward/v1/tpm-enroll-test")?;
         tracing::info!(
@@ -560,8 +556,7 @@ impl backend::Backend for Backend {
     }
 
     fn wrap(&self, enrollment: &Enrollment, secret: &Secret32, aad: &[u8]) -> Result<Wrapped> {
-        check_kind(enrollment)?;
-        ecies::seal(&enrollment.public_key, secret, aad).map(Wrapped)
+        ecdh_device::wrap(&Device(self), enrollment, secret, aad)
     }
 
     fn unwrap(
@@ -571,34 +566,7 @@ impl backend::Backend for Backend {
         aad: &[u8],
         ui: &dyn Callbacks,
     ) -> Result<Secret32> {
-        check_kind(enrollment)?;
-        let params = Params::from_json(&enrollment.params)?;
-        // Refuse a damaged blob before touching the TPM.
-        ecies::ephemeral_key(&wrapped.0)?;
-        let blob = Blob::parse(&params.ecdh)?;
-        let point = blob.public_key().ok_or(Error::Malformed {
-            what: "TPM ECDH key in enrollment",
-        })?;
-        if ecies::compress(&point).as_slice() != enrollment.public_key.as_slice() {
-            return Err(Error::Malformed {
-                what: "TPM enrollment public key does not match its key blob",
-            });
-        }
-        let tcti = self.tcti_for(None, Some(&params.tcti));
-        let auth = self.checks_and_pin(&params, &tcti, ui)?;
-        self.use_key(
-            &params,
-            KeyRole::Ecdh,
-            &tcti,
-            &auth,
-            |scope, session, key| {
-                ecies::open(&enrollment.public_key, &wrapped.0, aad, |epk| {
-                    scope
-                        .ecdh_zgen(session, key, epk)
-                        .map_err(|f| key_use_error(scope, &f, &params, &tcti))
-                })
-            },
-        )
+        ecdh_device::unwrap(&Device(self), enrollment, wrapped, aad, ui)
     }
 
     fn sign(&self, enrollment: &Enrollment, msg: &[u8], ui: &dyn Callbacks) -> Result<Signature> {
@@ -662,7 +630,7 @@ impl backend::Backend for Backend {
                 matches: false,
                 retries_left: None,
                 lockout_seconds: None,
-                detail: hint.unwrap_or_else(|| format!("no TPM at {tcti}")),
+                detail: hint.map_or_else(|| format!("no TPM at {tcti}"), |h| h.to_string()),
             }),
             Err(e) => Err(e),
         }
@@ -672,69 +640,6 @@ impl backend::Backend for Backend {
     /// were already flushed after each operation.
     fn end_session(&self) {
         *self.lock() = None;
-    }
-}
-
-impl Backend {
-    /// Phase 2 of unwrap and sign: loads the key described by `key_blob`,
-    /// satisfies its policy with `auth`, and hands session and key to `f`.
-    fn use_key<T>(
-        &self,
-        params: &Params,
-        role: KeyRole,
-        tcti: &str,
-        auth: &[u8],
-        f: impl FnOnce(
-            &mut Scope<'_>,
-            tss_esapi::interface_types::session_handles::AuthSession,
-            tss_esapi::handles::KeyHandle,
-        ) -> Result<T>,
-    ) -> Result<T> {
-        let blob = Blob::parse(match role {
-            KeyRole::Ecdh => &params.ecdh,
-            KeyRole::Sign => &params.sign,
-        })?;
-        // Response encryption only where the response is secret: ECDH_ZGen's
-        // outPoint (the shared secret). Its input (the blob's ephemeral
-        // point) and TPM2_Sign's digest and signature are public.
-        let encrypt_response = role == KeyRole::Ecdh;
-        self.with_tpm(tcti, |scope| {
-            let (session, key) =
-                Self::prepare_key(scope, params, &blob, auth, encrypt_response, tcti)?;
-            f(scope, session, key)
-        })
-    }
-
-    /// Signs `msg` with the enrolled signing key and checks the signature
-    /// on the host; returns it DER-encoded.
-    fn sign_with(&self, params: &Params, tcti: &str, auth: &[u8], msg: &[u8]) -> Result<Vec<u8>> {
-        let verifying = hex::decode(&params.sign_public_key)
-            .ok()
-            .and_then(|b| ecies::parse_public_key(&b).ok())
-            .ok_or(Error::Malformed {
-                what: "TPM signing public key",
-            })?;
-        let digest: [u8; 32] = Sha256::digest(msg).into();
-        let (r, s) = self.use_key(params, KeyRole::Sign, tcti, auth, |scope, session, key| {
-            scope
-                .sign(session, key, &digest)
-                .map_err(|f| key_use_error(scope, &f, params, tcti))
-        })?;
-        let signature = p256::ecdsa::Signature::from_scalars(r, s).map_err(|_| {
-            device_error(
-                "bad-signature",
-                "the TPM returned an invalid ECDSA signature",
-            )
-        })?;
-        p256::ecdsa::VerifyingKey::from(&verifying)
-            .verify(msg, &signature)
-            .map_err(|_| {
-                device_error(
-                    "bad-signature",
-                    "the TPM's signature does not verify under the enrolled key",
-                )
-            })?;
-        Ok(signature.to_der().as_bytes().to_vec())
     }
 }
 
@@ -752,155 +657,8 @@ fn connect(tcti: &str) -> Result<Context> {
     })
 }
 
-fn not_found(tcti: &str) -> Error {
-    Error::DeviceNotFound {
-        kind: KIND.into(),
-        hint: Some(format!(
-            "cannot reach the TPM at {tcti}: is the TPM present / swtpm running? \
-             set {TCTI_ENV} or --tcti to another TCTI"
-        )),
-    }
-}
-
-fn device_error(code: &str, message: impl Into<String>) -> Error {
-    Error::Device {
-        kind: KIND.into(),
-        code: code.into(),
-        message: message.into(),
-    }
-}
-
 fn check_kind(enrollment: &Enrollment) -> Result<()> {
-    if enrollment.kind == BackendKind::Tpm {
-        Ok(())
-    } else {
-        Err(Error::InvalidArgument {
-            what: format!("a {} enrollment given to the TPM backend", enrollment.kind),
-        })
-    }
-}
-
-/// Errors after which the context is not reused.
-fn drops_context(e: &Error) -> bool {
-    match e {
-        Error::DeviceNotFound { .. } | Error::DeviceRemoved => true,
-        Error::Device { code, .. } => code == "0x902" || code == "0x903",
-        _ => false,
-    }
-}
-
-fn lockout(da: &DaState) -> Error {
-    Error::Lockout {
-        seconds: (da.interval > 0).then_some(u64::from(da.interval)),
-    }
-}
-
-/// Compares the key's PCRs with their enrolled values.
-fn check_pcrs(scope: &mut Scope<'_>, params: &Params, tcti: &str) -> Result<()> {
-    if params.pcrs.is_empty() {
-        return Ok(());
-    }
-    let now = scope
-        .pcr_values(&params.pcrs)
-        .map_err(|f| map_fail(&f, tcti))?;
-    let then = params.pcr_value_bytes()?;
-    let changed: Vec<u8> = params
-        .pcrs
-        .iter()
-        .zip(now.iter().zip(&then))
-        .filter(|(_, (a, b))| a != b)
-        .map(|(&pcr, _)| pcr)
-        .collect();
-    if changed.is_empty() {
-        Ok(())
-    } else {
-        tracing::warn!(?changed, "PCR values differ from enrollment");
-        Err(pcr_mismatch(&changed))
-    }
-}
-
-/// The PCR-mismatch error: what happened and what to do.
-fn pcr_mismatch(changed: &[u8]) -> Error {
-    let list = if changed.is_empty() {
-        "PCR values".to_owned()
-    } else {
-        let names: Vec<String> = changed.iter().map(ToString::to_string).collect();
-        format!("PCR {} (sha256 bank)", names.join(", "))
-    };
-    device_error(
-        "pcr-mismatch",
-        format!(
-            "the TPM refuses this key because {list} changed since enrollment \
-             (firmware, boot loader or Secure Boot settings changed). Unlock with your \
-             recovery key or another protector, then run `keyward enroll tpm --replace` \
-             to bind the TPM protector to the current values"
-        ),
-    )
-}
-
-/// Maps a failure while using an enrolled key, refining PIN, lockout and
-/// policy failures with fresh state from the TPM.
-fn key_use_error(scope: &mut Scope<'_>, fail: &Fail, params: &Params, tcti: &str) -> Error {
-    let meaning = rc::raw(&fail.err).map_or(Meaning::Other, rc::meaning);
-    match meaning {
-        Meaning::AuthFail => {
-            tracing::warn!(op = fail.op, rc = %rc::show(&fail.err), "wrong TPM PIN");
-            let retries_left = scope.da_state().ok().map(|da| da.retries_left());
-            Error::WrongPin { retries_left }
-        }
-        Meaning::Lockout => {
-            tracing::warn!(op = fail.op, rc = %rc::show(&fail.err), "TPM lockout");
-            match scope.da_state() {
-                Ok(da) => lockout(&da),
-                Err(_) => Error::Lockout { seconds: None },
-            }
-        }
-        Meaning::PolicyFail | Meaning::Value if !params.pcrs.is_empty() => {
-            tracing::warn!(op = fail.op, rc = %rc::show(&fail.err), "TPM policy check failed");
-            match check_pcrs(scope, params, tcti) {
-                Err(e) => e,
-                Ok(()) => pcr_mismatch(&[]),
-            }
-        }
-        _ => map_fail(fail, tcti),
-    }
-}
-
-/// Maps a TPM failure to the error the user sees, logging the raw code.
-fn map_fail(fail: &Fail, tcti: &str) -> Error {
-    let code = rc::show(&fail.err);
-    let Some(raw) = rc::raw(&fail.err) else {
-        tracing::warn!(op = fail.op, error = %fail.err, "TPM wrapper error");
-        return device_error(&code, format!("{} failed: {}", fail.op, fail.err));
-    };
-    tracing::warn!(op = fail.op, rc = %code, "TPM command failed");
-    let message = match rc::meaning(raw) {
-        Meaning::Transport => return not_found(tcti),
-        Meaning::AuthFail => return Error::WrongPin { retries_left: None },
-        Meaning::Lockout => return Error::Lockout { seconds: None },
-        Meaning::PolicyFail => "the TPM policy check failed (TPM_RC_POLICY_FAIL): the \
-             key's PCR values or PIN policy do not match"
-            .to_owned(),
-        Meaning::Integrity => "the TPM cannot load the key: it was made by another TPM, the \
-             TPM was cleared since enrollment, or the stored key was modified \
-             (TPM_RC_INTEGRITY). Unlock with another protector and enroll the TPM again"
-            .to_owned(),
-        Meaning::BadAuth => format!(
-            "{} was refused (TPM_RC_BAD_AUTH); if the TPM's owner hierarchy has a password, \
-             keyward cannot derive its storage root key",
-            fail.op
-        ),
-        Meaning::OutOfMemory => "the TPM has no free object or session slot: another program \
-             holds transient objects (no resource manager on this TCTI?). Use \
-             device:/dev/tpmrm0, or free them with `tpm2_flushcontext -t -s`"
-            .to_owned(),
-        Meaning::Busy => format!("the TPM is busy ({}); try again", fail.op),
-        Meaning::EccPoint => {
-            "the TPM rejected an elliptic-curve point (TPM_RC_ECC_POINT)".to_owned()
-        }
-        Meaning::Value | Meaning::Other => format!("{} failed: {}", fail.op, fail.err),
-    };
-    device_error(&code, message)
+    enrollment.check_kind(KIND)
 }
 
 #[cfg(test)]
@@ -923,13 +681,5 @@ mod tests {
             connect("nonsense:"),
             Err(Error::InvalidArgument { .. })
         ));
-    }
-
-    #[test]
-    fn pcr_message_names_pcrs_and_remedy() {
-        let msg = pcr_mismatch(&[7, 11]).to_string();
-        assert!(msg.contains("PCR 7, 11"), "{msg}");
-        assert!(msg.contains("recovery key"), "{msg}");
-        assert!(msg.contains("keyward enroll tpm --replace"), "{msg}");
     }
 }

@@ -56,8 +56,11 @@
 //! }
 //! ```
 
+mod card;
 mod descriptor;
 mod errors;
+mod slots;
+mod unwrap;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -76,19 +79,29 @@ use yubikey::reader::Context;
 use yubikey::{MgmAlgorithmId, MgmKey, YubiKey};
 use zeroize::Zeroizing;
 
+use keyward_kms::backend::ecdh_device::{self, EcdhDevice};
 use keyward_kms::backend::{
     self, BackendKind, Callbacks, Capabilities, DeviceInfo, EnrollRequest, Enrollment, Health,
     Notice, SecretKind, SecretRequest, SignAlgorithm, Signature, WrapMode, Wrapped,
 };
 use keyward_kms::crypto::ecies;
+use keyward_kms::error::DeviceError;
 use keyward_kms::secret::{Secret32, SecretString, random_bytes};
 use keyward_kms::{Error, Result};
 
+use card::{
+    Session, check_kind, check_pin_format, description, find, join, missing_new, not_found,
+    not_protected, parse_serial, release, scan, verify,
+};
 pub use descriptor::{
     OPTION_OVERWRITE, OPTION_PIN_POLICY, OPTION_SLOT, OPTION_TOUCH, Params, Pin, Touch,
 };
 use descriptor::{Options, retired_slots, slot_id};
-use errors::{KIND, Op, device, drops_handle, map};
+use errors::{KIND, Op, device, drops_handle, failed, map};
+use slots::{
+    check_slot, choose_slot, default_credentials, random_management_key, write_certificate,
+};
+use unwrap::Device;
 
 /// The factory PIN of a YubiKey.
 pub const DEFAULT_PIN: &str = "123456";
@@ -138,48 +151,6 @@ pub struct FactoryDefaults {
     pub puk: bool,
     /// The management key is the default one.
     pub management_key: bool,
-}
-
-/// The lock on the card handles, with the serial in use.
-struct Session<'a> {
-    guard: MutexGuard<'a, BTreeMap<u32, YubiKey>>,
-    serial: u32,
-}
-
-impl Session<'_> {
-    fn yk(&mut self) -> Result<&mut YubiKey> {
-        self.guard.get_mut(&self.serial).ok_or(Error::DeviceRemoved)
-    }
-
-    /// Maps `e`, dropping the handle if the card went away.
-    ///
-    /// The crate reports a reply cut short by a removal as a generic or
-    /// parse error; those are checked with a harmless probe (SELECT and a
-    /// retries query, no PIN) and reported as [`Error::DeviceRemoved`]
-    /// when the card no longer answers.
-    fn fail(&mut self, e: yubikey::Error, op: Op) -> Error {
-        let gone = drops_handle(&e)
-            || (matches!(
-                e,
-                yubikey::Error::GenericError
-                    | yubikey::Error::ParseError
-                    | yubikey::Error::SizeError
-                    | yubikey::Error::AppletNotFound { .. }
-            ) && self
-                .guard
-                .get_mut(&self.serial)
-                .is_some_and(|yk| yk.get_pin_retries().is_err()));
-        if gone {
-            if let Some(yk) = self.guard.remove(&self.serial) {
-                release(yk);
-            }
-            if !drops_handle(&e) {
-                tracing::debug!("YubiKey stopped answering after: {e}");
-                return Error::DeviceRemoved;
-            }
-        }
-        map(e, op)
-    }
 }
 
 impl Backend {
@@ -474,15 +445,10 @@ impl backend::Backend for Backend {
         let (mut s, retries) = self.start(serial)?;
         let defaults = default_credentials(&mut s)?;
         if defaults.any() {
-            return Err(device(
-                "default-credentials",
-                format!(
-                    "YubiKey {serial} still uses the factory default {}: run `keyward yubikey \
-                     setup --serial {serial}` to set a new PIN and PUK and a random \
-                     PIN-protected management key, then enroll again",
-                    defaults.list()
-                ),
-            ));
+            return Err(device(DeviceError::DefaultCredentials {
+                serial,
+                defaults: defaults.list(),
+            }));
         }
         if retries == 0 {
             return Err(Error::PinBlocked);
@@ -512,7 +478,7 @@ impl backend::Backend for Backend {
         );
         let spki = generated.map_err(|e| s.fail(e, Op::Admin))?;
         let public = p256::PublicKey::from_sec1_bytes(spki.subject_public_key.raw_bytes())
-            .map_err(|_| device("generate", "the YubiKey returned an invalid P-256 key"))?;
+            .map_err(|_| failed("generate", "the YubiKey returned an invalid P-256 key"))?;
         // Mark the slot: a self-signed certificate, signed by the new key
         // (needs the PIN again under policy `always`, and a touch).
         if opts.pin == Pin::Always {
@@ -540,8 +506,7 @@ impl backend::Backend for Backend {
     }
 
     fn wrap(&self, enrollment: &Enrollment, secret: &Secret32, aad: &[u8]) -> Result<Wrapped> {
-        check_kind(enrollment)?;
-        ecies::seal(&enrollment.public_key, secret, aad).map(Wrapped)
+        ecdh_device::wrap(&Device(self), enrollment, secret, aad)
     }
 
     fn unwrap(
@@ -551,24 +516,7 @@ impl backend::Backend for Backend {
         aad: &[u8],
         ui: &dyn Callbacks,
     ) -> Result<Secret32> {
-        check_kind(enrollment)?;
-        let params = Params::from_json(&enrollment.params)?;
-        // A malformed blob is refused before the device is touched.
-        ecies::ephemeral_key(&wrapped.0)?;
-        let id = slot_id(params.slot_number()?)?;
-        let mut s = self.unlock_slot(enrollment, &params, ui)?;
-        let touch = params.touch_policy.needs_touch();
-        ecies::open(&enrollment.public_key, &wrapped.0, aad, |epk| {
-            let point = epk.to_sec1_point(false);
-            let r = piv::decrypt_data(s.yk()?, point.as_bytes(), AlgorithmId::EccP256, id);
-            let z = r.map_err(|e| s.fail(e, Op::KeyUse { touch }))?;
-            Secret32::try_from_slice(&z).map_err(|_| {
-                device(
-                    "ecdh",
-                    "the YubiKey returned a shared secret of the wrong size",
-                )
-            })
-        })
+        ecdh_device::unwrap(&Device(self), enrollment, wrapped, aad, ui)
     }
 
     fn sign(&self, enrollment: &Enrollment, msg: &[u8], ui: &dyn Callbacks) -> Result<Signature> {
@@ -587,9 +535,9 @@ impl backend::Backend for Backend {
         let r = piv::sign_data(s.yk()?, &digest, AlgorithmId::EccP256, id);
         let der = r.map_err(|e| s.fail(e, Op::KeyUse { touch }))?;
         let sig = p256::ecdsa::Signature::from_der(&der)
-            .map_err(|_| device("sign", "the YubiKey returned a malformed signature"))?;
+            .map_err(|_| failed("sign", "the YubiKey returned a malformed signature"))?;
         vk.verify_prehash(&digest, &sig).map_err(|_| {
-            device(
+            failed(
                 "sign",
                 "the YubiKey's signature does not verify with the enrolled key",
             )
@@ -657,324 +605,6 @@ impl backend::Backend for Backend {
 }
 
 // ---- helpers ------------------------------------------------------------
-
-fn description(params: &Params) -> String {
-    format!("YubiKey {} slot {}", params.serial, params.slot)
-}
-
-fn check_kind(enrollment: &Enrollment) -> Result<()> {
-    if enrollment.kind != BackendKind::Yubikey {
-        return Err(Error::InvalidArgument {
-            what: format!(
-                "a {} protector cannot be used by the YubiKey backend",
-                enrollment.kind
-            ),
-        });
-    }
-    Ok(())
-}
-
-fn parse_serial(text: &str) -> Result<u32> {
-    let t = text.trim();
-    let t = t.strip_prefix("yubikey:").unwrap_or(t);
-    u32::from_str(t).map_err(|_| Error::InvalidArgument {
-        what: format!("a YubiKey serial is a decimal number, not {text:?}"),
-    })
-}
-
-fn join(serials: &[u32]) -> String {
-    serials
-        .iter()
-        .map(u32::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn not_found(serial: Option<u32>) -> Error {
-    Error::DeviceNotFound {
-        kind: KIND.into(),
-        hint: Some(match serial {
-            Some(s) => format!("insert the YubiKey with serial {s}"),
-            None => "insert a YubiKey".into(),
-        }),
-    }
-}
-
-fn missing_new(what: &str) -> Error {
-    Error::InvalidArgument {
-        what: format!("the card still has the factory {what}: give a new {what} to set"),
-    }
-}
-
-fn not_protected(serial: u32) -> Error {
-    device(
-        "management-key",
-        format!(
-            "the management key of YubiKey {serial} is not stored PIN-protected on the \
-             device, so keyward cannot use it: run `keyward yubikey setup --serial {serial}` \
-             (or `ykman piv access change-management-key --generate --protect`)"
-        ),
-    )
-}
-
-/// PINs and PUKs are 6 to 8 characters; anything else is refused here,
-/// without spending a try on the card.
-fn check_pin_format(pin: &str, what: &str) -> Result<()> {
-    if (6..=8).contains(&pin.len()) && pin.is_ascii() {
-        Ok(())
-    } else {
-        Err(Error::InvalidArgument {
-            what: format!("a YubiKey {what} has 6 to 8 ASCII characters"),
-        })
-    }
-}
-
-/// Drops a handle without resetting the card for others.
-fn release(yk: YubiKey) {
-    if let Err((yk, e)) = yk.disconnect(pcsc::Disposition::LeaveCard) {
-        tracing::debug!("YubiKey disconnect failed: {e}");
-        drop(yk);
-    }
-}
-
-/// Every YubiKey in every reader, opened.
-fn scan() -> Result<Vec<YubiKey>> {
-    let mut ctx = match Context::open() {
-        Ok(c) => c,
-        Err(yubikey::Error::PcscError {
-            inner: Some(pcsc::Error::NoReadersAvailable),
-        }) => return Ok(Vec::new()),
-        Err(yubikey::Error::PcscError { inner: Some(p) }) => {
-            return Err(Error::DeviceNotFound {
-                kind: KIND.into(),
-                hint: Some(format!("{}; {p}", errors::PCSCD_HINT)),
-            });
-        }
-        Err(e) => return Err(map(e, Op::Query)),
-    };
-    let readers = match ctx.iter() {
-        Ok(r) => r,
-        Err(yubikey::Error::PcscError {
-            inner: Some(pcsc::Error::NoReadersAvailable),
-        }) => return Ok(Vec::new()),
-        Err(e) => return Err(map(e, Op::Query)),
-    };
-    Ok(readers.filter_map(|r| r.open().ok()).collect())
-}
-
-/// The card with `serial`, among all readers.
-fn find(serial: u32) -> Result<YubiKey> {
-    let mut hit = None;
-    let mut others = Vec::new();
-    for yk in scan()? {
-        let s = u32::from(yk.serial());
-        if s == serial && hit.is_none() {
-            hit = Some(yk);
-        } else {
-            others.push(s);
-            release(yk);
-        }
-    }
-    match hit {
-        Some(yk) => Ok(yk),
-        None if others.is_empty() => Err(not_found(Some(serial))),
-        None => Err(Error::WrongDevice {
-            expected: format!("YubiKey serial {serial}"),
-            found: format!("YubiKey serial {} (insert {serial})", join(&others)),
-        }),
-    }
-}
-
-/// Sends VERIFY once; never retried.
-fn verify(s: &mut Session<'_>, pin: &SecretString) -> Result<()> {
-    let r = s.yk()?.verify_pin(pin.expose_secret().as_bytes());
-    r.map_err(|e| s.fail(e, Op::Verify))
-}
-
-/// Which credentials are still the factory defaults.
-#[derive(Debug, Default)]
-struct Defaults {
-    pin: bool,
-    puk: bool,
-    management: bool,
-}
-
-impl Defaults {
-    fn any(&self) -> bool {
-        self.pin || self.puk || self.management
-    }
-
-    fn list(&self) -> String {
-        let mut v = Vec::new();
-        if self.pin {
-            v.push("PIN");
-        }
-        if self.puk {
-            v.push("PUK");
-        }
-        if self.management {
-            v.push("management key");
-        }
-        v.join(", ")
-    }
-}
-
-/// Reads the PIN, PUK and management-key metadata (firmware 5.3+). Older
-/// firmware: only the management key can be checked without spending a
-/// try (by authenticating with the default key).
-fn default_credentials(s: &mut Session<'_>) -> Result<Defaults> {
-    let mut d = Defaults::default();
-    for (slot, flag) in [
-        (ManagementSlotId::Pin, &mut d.pin),
-        (ManagementSlotId::Puk, &mut d.puk),
-        (ManagementSlotId::Management, &mut d.management),
-    ] {
-        match piv::metadata(s.yk()?, SlotId::Management(slot)) {
-            Ok(md) => *flag = md.default == Some(true),
-            Err(yubikey::Error::NotSupported) => {
-                if slot == ManagementSlotId::Management {
-                    let yk = s.yk()?;
-                    let default = MgmKey::get_default(yk).map_err(|e| map(e, Op::Admin))?;
-                    *flag = yk.authenticate(&default).is_ok();
-                }
-            }
-            Err(e) => return Err(s.fail(e, Op::Query)),
-        }
-    }
-    Ok(d)
-}
-
-/// Whether `id` holds a key.
-fn occupied(s: &mut Session<'_>, id: SlotId) -> Result<bool> {
-    match piv::metadata(s.yk()?, id) {
-        Ok(_) => Ok(true),
-        Err(yubikey::Error::NotFound) => Ok(false),
-        Err(yubikey::Error::NotSupported) => Ok(Certificate::read(s.yk()?, id).is_ok()),
-        Err(e) => Err(s.fail(e, Op::Query)),
-    }
-}
-
-fn choose_slot(s: &mut Session<'_>, opts: &Options) -> Result<u8> {
-    if let Some(slot) = opts.slot {
-        if occupied(s, slot_id(slot)?)? && !opts.overwrite {
-            return Err(Error::InvalidArgument {
-                what: format!(
-                    "slot {slot:02x} already holds a key; choose another slot, or pass \
-                     overwrite=true (--overwrite) to destroy it"
-                ),
-            });
-        }
-        return Ok(slot);
-    }
-    for (slot, id) in retired_slots() {
-        if !occupied(s, id)? {
-            return Ok(slot);
-        }
-    }
-    Err(device(
-        "no-free-slot",
-        "all 20 retired slots (82..95) hold keys: choose one with --slot and overwrite=true",
-    ))
-}
-
-/// Compares the slot's public key with the enrolled one. Never sends a PIN.
-fn check_slot(s: &mut Session<'_>, params: &Params, enrolled: &[u8]) -> Result<()> {
-    let slot = params.slot_number()?;
-    let id = slot_id(slot)?;
-    let found: Vec<u8> = match piv::metadata(s.yk()?, id) {
-        Ok(md) => match md.public {
-            Some(spki) => spki.subject_public_key.raw_bytes().to_vec(),
-            None => Vec::new(),
-        },
-        Err(yubikey::Error::NotFound) => {
-            return Err(device(
-                "6A82",
-                format!(
-                    "slot {slot:02x} of YubiKey {} is empty: its key was deleted or the PIV \
-                     applet was reset. Unlock with another protector, remove this one and \
-                     enroll the YubiKey again",
-                    params.serial
-                ),
-            ));
-        }
-        Err(yubikey::Error::NotSupported) => match Certificate::read(s.yk()?, id) {
-            Ok(cert) => cert.subject_pki().subject_public_key.raw_bytes().to_vec(),
-            Err(_) => {
-                return Err(device(
-                    "no-metadata",
-                    format!(
-                        "YubiKey {} (firmware before 5.3) has no certificate in slot {slot:02x}, \
-                         so the key cannot be checked before the PIN is sent",
-                        params.serial
-                    ),
-                ));
-            }
-        },
-        Err(e) => return Err(s.fail(e, Op::Query)),
-    };
-    let same = p256::PublicKey::from_sec1_bytes(&found)
-        .is_ok_and(|pk| ecies::compress(&pk).as_slice() == enrolled);
-    if !same {
-        return Err(Error::WrongDevice {
-            expected: format!(
-                "the keyward key in slot {slot:02x} of YubiKey {}",
-                params.serial
-            ),
-            found: "another key in that slot (it was replaced, or the PIV applet was reset)".into(),
-        });
-    }
-    Ok(())
-}
-
-/// A random management key: AES-256 from firmware 5.4, 3DES before.
-fn random_management_key(version: yubikey::Version) -> Result<MgmKey> {
-    let aes = version.major > 5 || (version.major == 5 && version.minor >= 4);
-    let (alg, len) = if aes {
-        (MgmAlgorithmId::Aes256, 32)
-    } else {
-        (MgmAlgorithmId::ThreeDes, 24)
-    };
-    // 3DES refuses weak keys; a random key is weak with negligible
-    // probability, but try a few.
-    for _ in 0..4 {
-        let mut bytes = Zeroizing::new(vec![0u8; len]);
-        random_bytes(&mut bytes)?;
-        if let Ok(key) = MgmKey::from_bytes(bytes.as_slice(), Some(alg)) {
-            return Ok(key);
-        }
-    }
-    Err(Error::Random)
-}
-
-/// Writes the self-signed `CN=keyward` certificate into slot `id`.
-fn write_certificate(
-    s: &mut Session<'_>,
-    id: SlotId,
-    spki: x509_cert::spki::SubjectPublicKeyInfoOwned,
-    touch: bool,
-) -> Result<()> {
-    let mut serial = [0u8; 16];
-    random_bytes(&mut serial)?;
-    serial[0] &= 0x7f;
-    serial[0] |= 0x01;
-    let serial = x509_cert::serial_number::SerialNumber::new(&serial)
-        .map_err(|_| device("certificate", "cannot encode the certificate serial"))?;
-    let validity =
-        x509_cert::time::Validity::from_now(Duration::from_secs(20 * 365 * 24 * 60 * 60))
-            .map_err(|_| device("certificate", "cannot encode the certificate validity"))?;
-    let subject = x509_cert::name::Name::from_str(CERT_SUBJECT)
-        .map_err(|_| device("certificate", "cannot encode the certificate subject"))?;
-    let r = Certificate::generate_self_signed::<_, p256::NistP256>(
-        s.yk()?,
-        id,
-        serial,
-        validity,
-        subject,
-        spki,
-        |_| Ok(()),
-    );
-    r.map(|_| ()).map_err(|e| s.fail(e, Op::KeyUse { touch }))
-}
 
 #[cfg(test)]
 mod tests {

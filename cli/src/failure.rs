@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 
+use keyward_kms::error::{DeviceError, Instead};
 use keyward_kms::{BackendKind, Error};
 
 /// Process exit codes (docs/CLI.md), shared with the daemon API's `exit`.
@@ -86,107 +87,74 @@ pub(crate) fn from_kms_for(err: &Error, kind: Option<BackendKind>) -> Failure {
     }
 }
 
-/// Where a PKCS#11 `DeviceNotFound` is about the module rather than the
-/// token: the backend's hints for a missing module start this way.
-fn is_pkcs11_module_problem(hint: &str) -> bool {
-    hint.starts_with("PKCS#11 module ") || hint.starts_with("no PKCS#11 module")
-}
-
-/// The PCR list of the TPM backend's PCR-mismatch message ("... because
-/// PCR 7, 11 (sha256 bank) changed ..."), as `--pcrs` takes it.
-fn pcr_list(message: &str) -> Option<String> {
-    let start = message.find("because PCR ")? + "because PCR ".len();
-    let rest = &message[start..];
-    let list = &rest[..rest.find(" (sha256 bank)")?];
-    let pcrs: Vec<&str> = list.split(", ").collect();
-    pcrs.iter()
-        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| pcrs.join(","))
-}
-
 /// Exit code, replacement message (if any) and remedy of the errors of the
-/// hardware backends (docs/CLI.md, "Hardware protectors").
+/// hardware backends (docs/CLI.md, "Hardware protectors"). Device causes
+/// are matched by variant ([`DeviceError`]); their text is never parsed.
 fn hardware(err: &Error, kind: Option<BackendKind>) -> Option<(Exit, Option<String>, String)> {
     const OTHER: &str = "unlock with another protector (e.g. --recovery-key-file FILE)";
     let tpm = kind == Some(BackendKind::Tpm);
     let pkcs11 = kind == Some(BackendKind::Pkcs11);
     let yubikey = kind == Some(BackendKind::Yubikey);
     Some(match err {
-        Error::DeviceNotFound { kind, hint } if kind == "tpm" => (
+        Error::DeviceNotFound { kind, hint } if kind == BackendKind::Tpm.as_str() => (
             Exit::Device,
-            // The backend says "cannot reach the TPM at TCTI: <remedy>";
-            // the remedy is ours, below.
-            hint.as_deref()
-                .and_then(|h| h.split_once(": is the TPM"))
-                .map(|(diagnosis, _)| diagnosis.to_owned()),
+            hint.as_ref().map(DeviceError::diagnosis),
             format!(
                 "is swtpm running, or is /dev/tpmrm0 there and usable by you (group tss)? \
                  set KEYWARD_TPM_TCTI or --tcti to the TPM's TCTI, or {OTHER}"
             ),
         ),
         Error::DeviceNotFound {
-            kind,
-            hint: Some(hint),
-        } if kind == "pkcs11" && is_pkcs11_module_problem(hint) => {
-            let (diagnosis, remedy) = hint
-                .split_once(" given: ")
-                .map(|(d, r)| (format!("{d} given"), r))
-                .or_else(|| hint.split_once("; ").map(|(d, r)| (d.to_owned(), r)))
-                .unwrap_or_else(|| (hint.clone(), "give it with --module PATH"));
-            (Exit::Device, Some(diagnosis), remedy.to_owned())
-        }
-        Error::DeviceNotFound { kind, hint } if kind == "pkcs11" => (
+            hint: Some(cause @ DeviceError::ModuleNotGiven { usual, present }),
+            ..
+        } => (
             Exit::Device,
-            hint.as_deref()
-                .filter(|h| h.starts_with("token ") && h.contains(" is not present; insert it"))
-                .map(|h| format!("PKCS#11 {}", h.replacen("; insert it", "", 1))),
+            Some(cause.diagnosis()),
+            format!(
+                "pass --module PATH, set KEYWARD_PKCS11_MODULE, or add ?module-path=PATH to the \
+                 URI; modules usually live at {}{}",
+                usual.join(", "),
+                if present.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (present here: {})", present.join(", "))
+                }
+            ),
+        ),
+        Error::DeviceNotFound {
+            hint: Some(cause @ DeviceError::ModuleNotFound { usual, .. }),
+            ..
+        } => (
+            Exit::Device,
+            Some(cause.diagnosis()),
+            format!(
+                "install it or give the right path with --module / KEYWARD_PKCS11_MODULE (usual \
+                 places: {})",
+                usual.join(", ")
+            ),
+        ),
+        Error::DeviceNotFound {
+            hint: Some(cause @ DeviceError::ModuleNotInstalled { .. }),
+            ..
+        } => (
+            Exit::Device,
+            Some(cause.diagnosis()),
+            "give module-path= instead".to_owned(),
+        ),
+        Error::DeviceNotFound { kind, hint } if kind == BackendKind::Pkcs11.as_str() => (
+            Exit::Device,
+            match hint {
+                Some(cause @ DeviceError::TokenAbsent { .. }) => {
+                    Some(format!("PKCS#11 {}", cause.diagnosis()))
+                }
+                _ => None,
+            },
             format!(
                 "insert the token and try again (SoftHSM: check SOFTHSM2_CONF and its token \
                  directory), or {OTHER}"
             ),
         ),
-        Error::Device { kind, code, .. } if kind == "pkcs11" && code == "dlopen" => (
-            Exit::Device,
-            None,
-            "give the path of a PKCS#11 module for this machine with --module PATH or \
-             KEYWARD_PKCS11_MODULE"
-                .to_owned(),
-        ),
-        Error::Device { kind, code, .. }
-            if kind == "pkcs11" && code == "CKR_USER_NOT_LOGGED_IN" =>
-        {
-            (
-                Exit::Auth,
-                None,
-                "an aes-gcm PKCS#11 protector wraps on its token, so the token must be logged in: \
-             unlock with that protector (--protector ID and its PIN), then run the command again"
-                    .to_owned(),
-            )
-        }
-        Error::Device {
-            kind,
-            code,
-            message,
-        } if kind == "tpm" && code == "pcr-mismatch" => {
-            // The backend's message ends with its own remedy; we give ours,
-            // with the exact command, as the hint.
-            let diagnosis = message
-                .split_once(". Unlock with")
-                .map_or(message.as_str(), |(d, _)| d);
-            let pcrs = pcr_list(message).unwrap_or_else(|| "LIST".to_owned());
-            (
-                Exit::Auth,
-                Some(diagnosis.to_owned()),
-                format!(
-                    "unlock with the recovery key and bind a new TPM protector to the current \
-                     values in one step: `keyward enroll tpm --replace --pcrs {pcrs} \
-                     --recovery-key-file FILE`; no data is lost"
-                ),
-            )
-        }
-        Error::Device { kind, code, .. } if kind == "tpm" && code == "0x1df" => {
-            (Exit::Device, None, WRONG_TPM_HINT.to_owned())
-        }
+        Error::Device { error, .. } => return device(error),
         Error::WrongDevice { .. } if tpm => (Exit::Device, None, WRONG_TPM_HINT.to_owned()),
         Error::WrongDevice { .. } if pkcs11 => (
             Exit::Device,
@@ -240,13 +208,6 @@ fn hardware(err: &Error, kind: Option<BackendKind>) -> Option<(Exit, Option<Stri
              KEYWARD_PIN or the prompt); after 3 wrong PINs in a row the YubiKey blocks it"
                 .to_owned(),
         ),
-        Error::Device { code, .. } if yubikey && code == "default-credentials" => (
-            Exit::Device,
-            None,
-            "run `keyward yubikey setup` (new PIN and PUK from --pin-fd / KEYWARD_PIN and \
-             --puk-fd / KEYWARD_PUK, or the prompt), then enroll again"
-                .to_owned(),
-        ),
         Error::PinBlocked if pkcs11 => (
             Exit::Auth,
             None,
@@ -255,25 +216,7 @@ fn hardware(err: &Error, kind: Option<BackendKind>) -> Option<(Exit, Option<Stri
                  --login-type so --init-pin`), or {OTHER}"
             ),
         ),
-        Error::NotSupported { kind, what } if kind == "pkcs11" => {
-            // The signing case first: its text also names mode=ecdh.
-            let hint = if what.starts_with("signing with an aes-gcm") {
-                "an aes-gcm protector has no key to sign with: enroll the token with --mode \
-                 ecdh, or add an Ed25519 key with --sign ed25519"
-            } else if what.contains("mode=aes-gcm") {
-                "the token lacks a mechanism of the ecdh mode: enroll it with `keyward enroll \
-                 pkcs11 --uri URI --mode aes-gcm`"
-            } else if what.contains("mode=ecdh") {
-                "the token lacks a mechanism of the aes-gcm mode: enroll it with `keyward \
-                 enroll pkcs11 --uri URI --mode ecdh`"
-            } else if what.contains("sign=ed25519") {
-                "the token cannot make Ed25519 keys: enroll it without --sign ed25519 to sign \
-                 with ECDSA P-256"
-            } else {
-                return None;
-            };
-            (Exit::Device, None, hint.to_owned())
-        }
+        // The service's answer for a kind this build lacks (not a device's).
         Error::NotSupported { kind, what } if what.ends_with("in this build of keyward") => (
             Exit::Device,
             None,
@@ -282,6 +225,85 @@ fn hardware(err: &Error, kind: Option<BackendKind>) -> Option<(Exit, Option<Stri
                  use a build with it, or unlock with another protector"
             ),
         ),
+        // The one capability gap of the PKCS#11 backend: an aes-gcm
+        // enrollment has no key to sign with.
+        Error::NotSupported { kind, .. } if kind == BackendKind::Pkcs11.as_str() => (
+            Exit::Device,
+            None,
+            "an aes-gcm protector has no key to sign with: enroll the token with --mode \
+             ecdh, or add an Ed25519 key with --sign ed25519"
+                .to_owned(),
+        ),
+        _ => return None,
+    })
+}
+
+/// Exit code, replacement message (if any) and remedy of an
+/// [`Error::Device`], by its typed cause; `None` for the generic remedy.
+fn device(error: &DeviceError) -> Option<(Exit, Option<String>, String)> {
+    Some(match error {
+        DeviceError::ModuleNotLoadable { .. } => (
+            Exit::Device,
+            None,
+            "give the path of a PKCS#11 module for this machine with --module PATH or \
+             KEYWARD_PKCS11_MODULE"
+                .to_owned(),
+        ),
+        DeviceError::NotLoggedIn { .. } => (
+            Exit::Auth,
+            None,
+            "an aes-gcm PKCS#11 protector wraps on its token, so the token must be logged in: \
+             unlock with that protector (--protector ID and its PIN), then run the command again"
+                .to_owned(),
+        ),
+        DeviceError::PcrMismatch { pcrs } => {
+            let list = if pcrs.is_empty() {
+                "LIST".to_owned()
+            } else {
+                let names: Vec<String> = pcrs.iter().map(ToString::to_string).collect();
+                names.join(",")
+            };
+            (
+                Exit::Auth,
+                Some(error.diagnosis()),
+                format!(
+                    "unlock with the recovery key and bind a new TPM protector to the current \
+                     values in one step: `keyward enroll tpm --replace --pcrs {list} \
+                     --recovery-key-file FILE`; no data is lost"
+                ),
+            )
+        }
+        DeviceError::ForeignKey { .. } => (Exit::Device, None, WRONG_TPM_HINT.to_owned()),
+        DeviceError::DefaultCredentials { .. } => (
+            Exit::Device,
+            None,
+            "run `keyward yubikey setup` (new PIN and PUK from --pin-fd / KEYWARD_PIN and \
+             --puk-fd / KEYWARD_PUK, or the prompt), then enroll again"
+                .to_owned(),
+        ),
+        DeviceError::NoFreeSlot => (
+            Exit::Device,
+            None,
+            "choose a slot with --slot SLOT and destroy its key with --overwrite".to_owned(),
+        ),
+        DeviceError::MechanismMissing { instead, .. } => {
+            let hint = match instead {
+                Instead::AesGcm => {
+                    "the token lacks a mechanism of the ecdh mode: enroll it with `keyward \
+                     enroll pkcs11 --uri URI --mode aes-gcm`"
+                }
+                Instead::Ecdh => {
+                    "the token lacks a mechanism of the aes-gcm mode: enroll it with `keyward \
+                     enroll pkcs11 --uri URI --mode ecdh`"
+                }
+                Instead::NoEd25519 => {
+                    "the token cannot make Ed25519 keys: enroll it without --sign ed25519 to \
+                     sign with ECDSA P-256"
+                }
+                _ => return None,
+            };
+            (Exit::Device, None, hint.to_owned())
+        }
         _ => return None,
     })
 }
@@ -580,7 +602,11 @@ pub(crate) fn from_kms(err: &Error) -> Failure {
             Some("reconnect the device and try again; the keystore was not changed".into()),
         ),
         Error::Cancelled => (Exit::Failure, None),
-        Error::NotSupported { .. } => (Exit::Device, None),
+        Error::NotSupported { .. }
+        | Error::Device {
+            error: DeviceError::MechanismMissing { .. },
+            ..
+        } => (Exit::Device, None),
         Error::Device { .. } => (
             Exit::Device,
             Some("run with -v for details and check the device with its own tool".into()),
@@ -739,9 +765,11 @@ mod tests {
                 what: "sign",
             },
             Error::Device {
-                kind: "tpm".into(),
-                code: "0x902".into(),
-                message: "out of memory".into(),
+                kind: BackendKind::Tpm,
+                error: DeviceError::Tpm {
+                    rc: 0x902,
+                    detail: "out of memory".into(),
+                },
             },
             Error::AuditWrite(Box::new(Error::StoreBusy)),
             Error::AuditTampered {
@@ -917,43 +945,38 @@ mod tests {
             assert_ne!(f.hint, from_kms(&Error::WrongPassphrase).hint);
         }
         // Kinds carried by the error itself need no context.
-        let f = Failure::from(Error::DeviceNotFound {
-            kind: "tpm".into(),
-            hint: Some(
-                "cannot reach the TPM at device:/dev/tpmrm0: is the TPM present / swtpm \
-                 running? set KEYWARD_TPM_TCTI or --tcti to another TCTI"
-                    .into(),
-            ),
-        });
+        let f = Failure::from(Error::not_found(
+            BackendKind::Tpm,
+            DeviceError::Unreachable {
+                tcti: "device:/dev/tpmrm0".into(),
+            },
+        ));
         assert_eq!(f.message, "cannot reach the TPM at device:/dev/tpmrm0");
         assert!(
             f.hint
                 .as_deref()
                 .is_some_and(|h| h.starts_with("is swtpm running"))
         );
-        let f = Failure::from(Error::Device {
-            kind: "tpm".into(),
-            code: "0x1df".into(),
-            message: "the TPM cannot load the key".into(),
-        });
+        let f = Failure::from(Error::device(
+            BackendKind::Tpm,
+            DeviceError::ForeignKey { rc: 0x1df },
+        ));
         assert_eq!(f.hint.as_deref(), Some(WRONG_TPM_HINT));
     }
 
     #[test]
     fn pcr_mismatch_is_split_into_diagnosis_and_command() {
-        let f = Failure::from(Error::Device {
-            kind: "tpm".into(),
-            code: "pcr-mismatch".into(),
-            message: "the TPM refuses this key because PCR 7, 11 (sha256 bank) changed since \
-                      enrollment (firmware). Unlock with your recovery key or another \
-                      protector, then run `keyward enroll tpm --replace`"
-                .into(),
-        });
+        let f = Failure::from(Error::device(
+            BackendKind::Tpm,
+            DeviceError::PcrMismatch { pcrs: vec![7, 11] },
+        ));
         assert_eq!(f.code, Exit::Auth);
-        assert_eq!(
-            f.message,
-            "the TPM refuses this key because PCR 7, 11 (sha256 bank) changed since enrollment \
-             (firmware)"
+        // The diagnosis without the backend's own advice; its exact text
+        // is asserted end to end in tests/tests/cli_hw_tpm.rs.
+        assert!(
+            f.message
+                .ends_with("PCR 7, 11 (sha256 bank) changed since enrollment (firmware, boot loader or Secure Boot settings changed)"),
+            "{f:?}"
         );
         assert!(
             f.hint
@@ -961,8 +984,17 @@ mod tests {
                 .is_some_and(|h| h.contains("`keyward enroll tpm --replace --pcrs 7,11 ")),
             "{f:?}"
         );
-        assert_eq!(pcr_list("because PCR values changed"), None);
-        assert_eq!(pcr_list("because PCR x (sha256 bank)"), None);
+        // The TPM refused its policy but the values read back match.
+        let f = Failure::from(Error::device(
+            BackendKind::Tpm,
+            DeviceError::PcrMismatch { pcrs: vec![] },
+        ));
+        assert!(
+            f.hint
+                .as_deref()
+                .is_some_and(|h| h.contains("--pcrs LIST ")),
+            "{f:?}"
+        );
     }
 
     #[cfg(feature = "pkcs11")]
@@ -982,10 +1014,14 @@ mod tests {
                 .as_deref()
                 .is_some_and(|h| h.starts_with("install it or give"))
         );
-        let token = Failure::from(Error::DeviceNotFound {
-            kind: "pkcs11".into(),
-            hint: Some("token \"t\" (serial 1) is not present; insert it (visible: \"u\")".into()),
-        });
+        let token = Failure::from(Error::not_found(
+            BackendKind::Pkcs11,
+            DeviceError::TokenAbsent {
+                label: "t".into(),
+                serial: "1".into(),
+                visible: vec!["\"u\"".into()],
+            },
+        ));
         assert_eq!(
             token.message,
             "PKCS#11 token \"t\" (serial 1) is not present (visible: \"u\")"
@@ -1000,22 +1036,29 @@ mod tests {
 
     #[test]
     fn mechanism_errors_suggest_the_other_mode() {
-        let hint = |what: &'static str| {
-            Failure::from(Error::NotSupported {
-                kind: "pkcs11".into(),
-                what,
-            })
+        let hint = |instead| {
+            Failure::from(Error::device(
+                BackendKind::Pkcs11,
+                DeviceError::MechanismMissing {
+                    mechanism: "CKM_X",
+                    instead,
+                },
+            ))
             .hint
             .unwrap_or_default()
         };
+        assert!(hint(Instead::AesGcm).ends_with("--mode aes-gcm`"));
+        assert!(hint(Instead::Ecdh).ends_with("--mode ecdh`"));
+        assert!(hint(Instead::NoEd25519).contains("without --sign ed25519"));
+        assert_eq!(hint(Instead::Nothing), "");
+        let f = Failure::from(Error::NotSupported {
+            kind: "pkcs11".into(),
+            what: "signing with an aes-gcm enrollment (enroll with mode=ecdh or sign=ed25519)",
+        });
         assert!(
-            hint("CKM_ECDH1_DERIVE with the null KDF; enroll this token with mode=aes-gcm")
-                .ends_with("--mode aes-gcm`")
-        );
-        assert!(hint("CKM_AES_GCM; enroll this token with mode=ecdh").ends_with("--mode ecdh`"));
-        assert!(
-            hint("signing with an aes-gcm enrollment (enroll with mode=ecdh or sign=ed25519)")
-                .starts_with("an aes-gcm protector has no key to sign with")
+            f.hint
+                .as_deref()
+                .is_some_and(|h| h.starts_with("an aes-gcm protector has no key to sign with"))
         );
         let f = Failure::from(Error::NotSupported {
             kind: "tpm".into(),
@@ -1026,6 +1069,86 @@ mod tests {
                 .as_deref()
                 .is_some_and(|h| h.contains("cargo feature tpm"))
         );
+    }
+
+    #[test]
+    fn every_typed_device_cause_gets_its_code_and_remedy() {
+        let cases = [
+            (
+                Error::device(
+                    BackendKind::Yubikey,
+                    DeviceError::DefaultCredentials {
+                        serial: 7,
+                        defaults: "PIN".into(),
+                    },
+                ),
+                Exit::Device,
+                "run `keyward yubikey setup`",
+            ),
+            (
+                Error::device(BackendKind::Yubikey, DeviceError::NoFreeSlot),
+                Exit::Device,
+                "--overwrite",
+            ),
+            (
+                Error::device(
+                    BackendKind::Pkcs11,
+                    DeviceError::NotLoggedIn { token: "t".into() },
+                ),
+                Exit::Auth,
+                "--protector ID",
+            ),
+            (
+                Error::device(
+                    BackendKind::Pkcs11,
+                    DeviceError::ModuleNotLoadable {
+                        path: Some("/etc/hostname".into()),
+                        reason: "not ELF".into(),
+                    },
+                ),
+                Exit::Device,
+                "--module PATH",
+            ),
+            (
+                Error::not_found(
+                    BackendKind::Pkcs11,
+                    DeviceError::ModuleNotGiven {
+                        usual: vec!["/a.so".into()],
+                        present: vec![],
+                    },
+                ),
+                Exit::Device,
+                "modules usually live at /a.so",
+            ),
+            (
+                Error::not_found(
+                    BackendKind::Pkcs11,
+                    DeviceError::ModuleNotInstalled {
+                        name: "x".into(),
+                        dirs: vec!["/usr/lib".into()],
+                    },
+                ),
+                Exit::Device,
+                "module-path=",
+            ),
+        ];
+        for (err, code, remedy) in cases {
+            let f = Failure::from(err);
+            assert_eq!(f.code, code, "{f:?}");
+            assert!(
+                f.hint.as_deref().is_some_and(|h| h.contains(remedy)),
+                "{f:?}"
+            );
+        }
+        // The diagnosis of a missing module is the backend's, without advice.
+        let f = Failure::from(Error::not_found(
+            BackendKind::Pkcs11,
+            DeviceError::ModuleNotGiven {
+                usual: vec![],
+                present: vec![],
+            },
+        ));
+        assert_eq!(f.message, "no PKCS#11 module given");
     }
 
     #[test]

@@ -68,10 +68,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use keyward_kms::backend::ecdh_device::{self, EcdhDevice};
+use keyward_kms::backend::lock_or_reset;
 use keyward_kms::crypto::ecies;
+use keyward_kms::error::DeviceError;
 use keyward_kms::{
     Backend, BackendKind, Callbacks, Capabilities, DeviceInfo, EnrollRequest, Enrollment, Error,
     Health, Notice, Result, Secret32, SecretKind, SecretRequest, SecretString, SignAlgorithm,
@@ -94,7 +97,7 @@ pub const MODEL: &str = "keyward mock token";
 /// Firmware string reported by [`Backend::devices`].
 pub const FIRMWARE: &str = "0.1.0-mock";
 
-const KIND: &str = "mock";
+const KIND: BackendKind = BackendKind::Mock;
 const OPTION_SLOT: &str = "slot";
 const OPTION_TOUCH: &str = "touch";
 
@@ -196,6 +199,11 @@ impl MockDevice {
     }
 }
 
+/// No mock token is there, for the reason `detail` gives.
+fn absent(detail: String) -> Error {
+    Error::not_found(KIND, DeviceError::NotPresent { detail })
+}
+
 impl fmt::Debug for MockDevice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MockDevice")
@@ -237,25 +245,19 @@ impl State {
                 return Ok(serial.to_owned());
             }
             let present = self.present_serials();
-            return Err(Error::DeviceNotFound {
-                kind: KIND.to_owned(),
-                hint: Some(if present.is_empty() {
-                    format!("insert the mock token with serial {serial}")
-                } else {
-                    format!("no mock token {serial}; present: {present}")
-                }),
-            });
+            return Err(absent(if present.is_empty() {
+                format!("insert the mock token with serial {serial}")
+            } else {
+                format!("no mock token {serial}; present: {present}")
+            }));
         }
         let mut present = self.present();
         match (present.next(), present.next()) {
-            (None, _) => Err(Error::DeviceNotFound {
-                kind: KIND.to_owned(),
-                hint: Some("insert a mock token".to_owned()),
-            }),
+            (None, _) => Err(absent("insert a mock token".to_owned())),
             (Some(only), None) => Ok(only.serial.clone()),
             (Some(_), Some(_)) => Err(Error::InvalidArgument {
                 what: format!(
-                    "several mock tokens are present ({}): choose one with --device",
+                    "several mock tokens are present ({}): name one in the request's device",
                     self.present_serials()
                 ),
             }),
@@ -272,13 +274,10 @@ impl State {
         if !self.present().any(|d| d.serial == target.serial) {
             let others = self.present_serials();
             return Err(if others.is_empty() {
-                Error::DeviceNotFound {
-                    kind: KIND.to_owned(),
-                    hint: Some(format!(
-                        "insert the mock token with serial {}",
-                        target.serial
-                    )),
-                }
+                absent(format!(
+                    "insert the mock token with serial {}",
+                    target.serial
+                ))
             } else {
                 Error::WrongDevice {
                     expected: format!("mock token {}", target.serial),
@@ -318,14 +317,7 @@ struct Target {
 
 impl Target {
     fn from_enrollment(enrollment: &Enrollment) -> Result<Self> {
-        if enrollment.kind != BackendKind::Mock {
-            return Err(Error::InvalidArgument {
-                what: format!(
-                    "a {} protector was handed to the mock backend",
-                    enrollment.kind
-                ),
-            });
-        }
+        enrollment.check_kind(KIND)?;
         if enrollment
             .params
             .get("v")
@@ -402,10 +394,7 @@ impl MockBackend {
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic in a test thread must not wedge every other test using
         // the same mock; the state stays consistent between statements.
-        self.shared
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock_or_reset(&self.shared.state, |_| {})
     }
 
     /// Plugs in `device`, replacing any device with the same serial.
@@ -569,6 +558,40 @@ impl MockBackend {
     }
 }
 
+/// The mock as the shared unwrap sees it ([`ecdh_device`]): the session is
+/// the slot's key, released by [`MockBackend::authorize`] once the device
+/// checks and the PIN passed.
+struct Device<'b>(&'b MockBackend);
+
+impl EcdhDevice for Device<'_> {
+    type Params = Target;
+    type Session<'a>
+        = SecretKey
+    where
+        Self: 'a;
+
+    fn kind(&self) -> BackendKind {
+        KIND
+    }
+
+    fn params(&self, enrollment: &Enrollment) -> Result<Target> {
+        Target::from_enrollment(enrollment)
+    }
+
+    fn open_session<'a>(
+        &'a self,
+        _enrollment: &'a Enrollment,
+        target: &'a Target,
+        ui: &'a dyn Callbacks,
+    ) -> Result<SecretKey> {
+        self.0.authorize(target, ui)
+    }
+
+    fn ecdh(&self, key: &mut SecretKey, _: &Target, peer: &p256::PublicKey) -> Result<Secret32> {
+        Ok(ecies::ecdh(key, peer))
+    }
+}
+
 impl Backend for MockBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Mock
@@ -638,8 +661,7 @@ impl Backend for MockBackend {
     }
 
     fn wrap(&self, enrollment: &Enrollment, secret: &Secret32, aad: &[u8]) -> Result<Wrapped> {
-        let target = Target::from_enrollment(enrollment)?;
-        ecies::seal(&target.public_key, secret, aad).map(Wrapped)
+        ecdh_device::wrap(&Device(self), enrollment, secret, aad)
     }
 
     fn unwrap(
@@ -649,22 +671,21 @@ impl Backend for MockBackend {
         aad: &[u8],
         ui: &dyn Callbacks,
     ) -> Result<Secret32> {
-        let target = Target::from_enrollment(enrollment)?;
-        ecies::ephemeral_key(&wrapped.0)?;
-        let key = self.authorize(&target, ui)?;
-        ecies::open(&target.public_key, &wrapped.0, aad, |epk| {
-            Ok(ecies::ecdh(&key, epk))
-        })
+        ecdh_device::unwrap(&Device(self), enrollment, wrapped, aad, ui)
     }
 
     fn sign(&self, enrollment: &Enrollment, msg: &[u8], ui: &dyn Callbacks) -> Result<Signature> {
         let target = Target::from_enrollment(enrollment)?;
         let key = self.authorize(&target, ui)?;
         let signer = p256::ecdsa::SigningKey::from(&key);
-        let sig: p256::ecdsa::Signature = signer.try_sign(msg).map_err(|_| Error::Device {
-            kind: KIND.to_owned(),
-            code: "sign".to_owned(),
-            message: "ECDSA signing failed".to_owned(),
+        let sig: p256::ecdsa::Signature = signer.try_sign(msg).map_err(|_| {
+            Error::device(
+                KIND,
+                DeviceError::Failed {
+                    code: "sign",
+                    detail: "ECDSA signing failed".to_owned(),
+                },
+            )
         })?;
         Ok(Signature {
             algorithm: SignAlgorithm::EcdsaP256Sha256,

@@ -11,8 +11,11 @@
 //! key rotation never needs the device present. The device (or, for software
 //! protectors, a key derived from the user's secret) does the private half.
 
+pub mod ecdh_device;
+
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -33,7 +36,9 @@ pub enum BackendKind {
     Tpm,
     /// A PKCS#11 token or HSM.
     Pkcs11,
-    /// The in-process mock from keyward-hw-mocks (tests only).
+    /// The in-process mock from keyward-hw-mocks (tests only: the `mock`
+    /// feature, which keyward-hw-mocks enables).
+    #[cfg(any(test, feature = "mock"))]
     Mock,
 }
 
@@ -46,6 +51,7 @@ impl BackendKind {
             Self::Yubikey => "yubikey",
             Self::Tpm => "tpm",
             Self::Pkcs11 => "pkcs11",
+            #[cfg(any(test, feature = "mock"))]
             Self::Mock => "mock",
         }
     }
@@ -64,6 +70,7 @@ impl BackendKind {
             Self::Yubikey => 3,
             Self::Tpm => 4,
             Self::Pkcs11 => 5,
+            #[cfg(any(test, feature = "mock"))]
             Self::Mock => 0xff,
         }
     }
@@ -84,6 +91,7 @@ impl FromStr for BackendKind {
             "yubikey" => Ok(Self::Yubikey),
             "tpm" => Ok(Self::Tpm),
             "pkcs11" => Ok(Self::Pkcs11),
+            #[cfg(any(test, feature = "mock"))]
             "mock" => Ok(Self::Mock),
             _ => Err(Error::InvalidArgument {
                 what: format!("unknown protector kind {s:?}"),
@@ -179,6 +187,39 @@ pub struct Enrollment {
     pub public_key: Vec<u8>,
     /// Backend-specific descriptor (slot, policy, KDF parameters, blobs).
     pub params: serde_json::Value,
+}
+
+impl Enrollment {
+    /// Checks that this enrollment belongs to the backend of `kind`, before
+    /// anything else is read from it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an enrollment of another kind.
+    pub fn check_kind(&self, kind: BackendKind) -> Result<()> {
+        if self.kind == kind {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument {
+                what: format!("a {} protector was handed to the {kind} backend", self.kind),
+            })
+        }
+    }
+}
+
+/// Locks a backend's device state, tolerating poison: a panic while the
+/// lock was held leaves the device's state unknown, so `reset` puts the
+/// guarded value back to a known one (drop open handles, forget sessions)
+/// and the lock is usable again.
+pub fn lock_or_reset<T>(m: &Mutex<T>, reset: impl FnOnce(&mut T)) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => {
+            let mut guard = poisoned.into_inner();
+            reset(&mut guard);
+            m.clear_poison();
+            guard
+        }
+    }
 }
 
 /// A wrapped secret as a backend produced it (docs/FORMAT.md).

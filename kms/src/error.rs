@@ -6,7 +6,13 @@
 //! user can act on (wrong PIN, retired version, last protector) get their own
 //! variant so that the CLI can give a remedy.
 
+mod device;
+
 use std::path::PathBuf;
+
+pub use device::{DeviceError, Instead};
+
+use crate::backend::BackendKind;
 
 /// Result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -228,12 +234,12 @@ pub enum Error {
 
     // ---- hardware ---------------------------------------------------------
     /// No device of the enrolled kind is present.
-    #[error("no {kind} device found{}", hint.as_deref().map(|h| format!(" ({h})")).unwrap_or_default())]
+    #[error("no {kind} device found{}", hint.as_ref().map(|h| format!(" ({h})")).unwrap_or_default())]
     DeviceNotFound {
         /// Backend kind.
         kind: String,
-        /// What we looked for.
-        hint: Option<String>,
+        /// Why none was found, or what we looked for.
+        hint: Option<DeviceError>,
     },
     /// A device is present but it is not the enrolled one.
     #[error("wrong device: expected {expected}, found {found}")]
@@ -276,14 +282,12 @@ pub enum Error {
         what: &'static str,
     },
     /// Any other device failure, with its native code.
-    #[error("{kind} device error {code}: {message}")]
+    #[error("{}", device_message(*kind, error))]
     Device {
         /// Backend kind.
-        kind: String,
-        /// Native code (status word, CKR_*, TPM RC), as text.
-        code: String,
-        /// What the device or library said.
-        message: String,
+        kind: BackendKind,
+        /// What went wrong, typed.
+        error: DeviceError,
     },
 
     // ---- audit and signed messages ----------------------------------------
@@ -358,6 +362,17 @@ pub enum Error {
     },
 }
 
+/// A missing mechanism reads as the capability gap it is; any other
+/// device error names its native code.
+fn device_message(kind: BackendKind, error: &DeviceError) -> String {
+    match error {
+        DeviceError::MechanismMissing { mechanism, .. } => {
+            format!("{kind} backend does not support {mechanism}")
+        }
+        _ => format!("{kind} device error {}: {error}", error.code()),
+    }
+}
+
 fn key_suffix(key: Option<&str>) -> String {
     key.map(|k| format!(" with key '{k}'")).unwrap_or_default()
 }
@@ -419,7 +434,11 @@ impl Error {
             Self::TouchTimeout => "touch-timeout",
             Self::DeviceRemoved => "device-removed",
             Self::Cancelled => "cancelled",
-            Self::NotSupported { .. } => "not-supported",
+            Self::NotSupported { .. }
+            | Self::Device {
+                error: DeviceError::MechanismMissing { .. },
+                ..
+            } => "not-supported",
             Self::Device { .. } => "device",
             Self::AuditWrite(_) => "audit-write",
             Self::AuditTampered { .. } => "audit-tampered",
@@ -434,11 +453,96 @@ impl Error {
         }
     }
 
+    /// Builds an [`Error::Device`] of `kind`.
+    pub fn device(kind: BackendKind, error: DeviceError) -> Self {
+        Self::Device { kind, error }
+    }
+
+    /// Builds an [`Error::DeviceNotFound`] of `kind` with its cause.
+    pub fn not_found(kind: BackendKind, why: DeviceError) -> Self {
+        Self::DeviceNotFound {
+            kind: kind.to_string(),
+            hint: Some(why),
+        }
+    }
+
     /// Builds an [`Error::Io`] with the operation that failed.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Self::Io {
             context: context.into(),
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_errors_keep_their_wire_codes_and_text() {
+        let e = Error::device(
+            BackendKind::Tpm,
+            DeviceError::Tpm {
+                rc: 0x902,
+                detail: "no free slot".into(),
+            },
+        );
+        assert_eq!(e.code(), "device");
+        assert_eq!(e.to_string(), "tpm device error 0x902: no free slot");
+        let e = Error::device(
+            BackendKind::Pkcs11,
+            DeviceError::Pkcs11 {
+                rv: "CKR_GENERAL_ERROR".into(),
+                function: "Login (login)".into(),
+            },
+        );
+        assert_eq!(
+            e.to_string(),
+            "pkcs11 device error CKR_GENERAL_ERROR: Login (login)"
+        );
+        let e = Error::device(
+            BackendKind::Yubikey,
+            DeviceError::Piv {
+                sw: 0x6A82,
+                detail: "slot 82 is empty".into(),
+            },
+        );
+        assert_eq!(e.to_string(), "yubikey device error 6A82: slot 82 is empty");
+        // A missing mechanism reads, and is coded, as the gap it is.
+        let e = Error::device(
+            BackendKind::Pkcs11,
+            DeviceError::MechanismMissing {
+                mechanism: "CKM_AES_GCM",
+                instead: Instead::Ecdh,
+            },
+        );
+        assert_eq!(e.code(), "not-supported");
+        assert_eq!(e.to_string(), "pkcs11 backend does not support CKM_AES_GCM");
+        let e = Error::not_found(
+            BackendKind::Tpm,
+            DeviceError::Unreachable {
+                tcti: "device:/dev/tpmrm0".into(),
+            },
+        );
+        assert_eq!(e.code(), "device-not-found");
+        assert_eq!(
+            e.to_string(),
+            "no tpm device found (cannot reach the TPM at device:/dev/tpmrm0: is the TPM \
+             present / swtpm running? set KEYWARD_TPM_TCTI or --tcti to another TCTI)"
+        );
+    }
+
+    #[test]
+    fn pcr_mismatch_diagnosis_is_its_text_without_the_advice() {
+        let e = DeviceError::PcrMismatch { pcrs: vec![7, 11] };
+        let text = e.to_string();
+        assert!(text.starts_with(&e.diagnosis()), "{text}");
+        assert!(text.ends_with("to bind the TPM protector to the current values"));
+        assert!(
+            DeviceError::PcrMismatch { pcrs: vec![] }
+                .diagnosis()
+                .contains("because PCR values changed")
+        );
     }
 }

@@ -39,14 +39,7 @@ fn capabilities() -> Capabilities {
 /// Checks that `enrollment` is a version-1 descriptor of `kind` with a valid
 /// compressed P-256 public key, and returns that key.
 fn enrolled_key(enrollment: &Enrollment, kind: BackendKind) -> Result<[u8; ecies::POINT_LEN]> {
-    if enrollment.kind != kind {
-        return Err(Error::InvalidArgument {
-            what: format!(
-                "a {} protector was handed to the {kind} backend",
-                enrollment.kind
-            ),
-        });
-    }
+    enrollment.check_kind(kind)?;
     if enrollment
         .params
         .get("v")

@@ -12,6 +12,7 @@ use keyward_backends::yubikey::{self, Backend as YubikeyBackend};
 use keyward_hw_mocks::piv::{CardConfig, PivFixture, Touch, VirtualCard};
 use keyward_kms::backend::{Backend, EnrollRequest, Enrollment, Notice, SecretRequest};
 use keyward_kms::crypto::ecies;
+use keyward_kms::error::DeviceError;
 use keyward_kms::secret::{Secret32, SecretString};
 use keyward_kms::service::{Backends, KeySpec, UnlockWith};
 use keyward_kms::{Callbacks, DataClass, Error, KeyName, KeyPurpose, Result, SecretKind, Service};
@@ -124,8 +125,12 @@ fn factory_defaults_are_refused_until_setup() {
     let ui = TestCallbacks::new().answer(SecretKind::Pin, "123456");
     let err = yk.enroll(&request(&[]), &ui).expect_err("defaults");
     match &err {
-        Error::Device { code, message, .. } => {
-            assert_eq!(code, "default-credentials");
+        Error::Device {
+            error: error @ DeviceError::DefaultCredentials { .. },
+            ..
+        } => {
+            assert_eq!(error.code(), "default-credentials");
+            let message = error.to_string();
             assert!(message.contains("PIN, PUK, management key"), "{message}");
             assert!(message.contains("keyward yubikey setup"), "{message}");
         }
@@ -541,8 +546,12 @@ fn occupied_slots_are_never_overwritten_unless_asked() {
     });
     let err = yk.unwrap(&e2, &w, AAD, &ui).expect_err("empty slot");
     match &err {
-        Error::Device { code, message, .. } => {
-            assert_eq!(code, "6A82");
+        Error::Device {
+            error: error @ DeviceError::Piv { sw: 0x6A82, .. },
+            ..
+        } => {
+            assert_eq!(error.code(), "6A82");
+            let message = error.to_string();
             assert!(message.contains("is empty"), "{message}");
         }
         other => panic!("expected Device 6A82, got {other:?}"),

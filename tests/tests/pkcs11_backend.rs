@@ -19,6 +19,7 @@ use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 use keyward_backends::pkcs11::{self, Descriptor, Mode};
 use keyward_hw_mocks::softhsm::{self, MODULE, SoftHsmToken};
+use keyward_kms::error::DeviceError;
 use keyward_kms::service::{Backends, UnlockWith};
 use keyward_kms::{
     Backend as _, BackendKind, Callbacks, EnrollRequest, Enrollment, Error, Notice, Result,
@@ -202,8 +203,12 @@ fn aes_gcm_wrap_needs_login() {
             .expect("enroll");
         b.logout();
         match b.wrap(&e, &secret(), b"aad") {
-            Err(Error::Device { code, message, .. }) => {
-                assert_eq!(code, "CKR_USER_NOT_LOGGED_IN");
+            Err(Error::Device {
+                error: error @ DeviceError::NotLoggedIn { .. },
+                ..
+            }) => {
+                assert_eq!(error.code(), "CKR_USER_NOT_LOGGED_IN");
+                let message = error.to_string();
                 assert!(
                     message.contains("unlock with this protector first"),
                     "{message}"
@@ -340,9 +345,10 @@ fn removed_token_reported() {
         match b.unwrap(&e, &w, b"aad", &ui) {
             Err(Error::DeviceNotFound {
                 kind,
-                hint: Some(hint),
+                hint: Some(hint @ DeviceError::TokenAbsent { .. }),
             }) => {
                 assert_eq!(kind, "pkcs11");
+                let hint = hint.to_string();
                 assert!(hint.contains("\"removable\""), "{hint}");
                 assert!(hint.contains(token.serial()), "{hint}");
                 assert!(hint.contains("insert it"), "{hint}");
@@ -629,7 +635,8 @@ fn existing_objects_named_by_uri() {
             options: vec![("mode".into(), "aes-gcm".into())],
         };
         match b.enroll(&req, &ui) {
-            Err(Error::Device { message, .. }) => {
+            Err(Error::Device { error, .. }) => {
+                let message = error.to_string();
                 assert!(message.contains("not an AES-256 key"), "{message}");
             }
             other => panic!("{other:?}"),
@@ -663,6 +670,7 @@ fn token_selection_errors() {
         };
         match b.enroll(&req, &ui) {
             Err(Error::DeviceNotFound { hint: Some(h), .. }) => {
+                let h = h.to_string();
                 assert!(h.contains("sel-a"), "{h}");
             }
             other => panic!("{other:?}"),
@@ -707,9 +715,15 @@ fn module_errors_are_clear() {
         options: vec![],
     };
     match b.enroll(&req, &ui) {
-        Err(Error::DeviceNotFound { hint: Some(h), .. }) => {
-            assert!(h.contains("/nonexistent/libpkcs11.so"), "{h}");
-            assert!(h.contains("/usr/lib/softhsm/libsofthsm2.so"), "{h}");
+        Err(Error::DeviceNotFound {
+            hint: Some(DeviceError::ModuleNotFound { path, usual, .. }),
+            ..
+        }) => {
+            assert!(path.to_string_lossy().contains("/nonexistent/libpkcs11.so"));
+            assert!(
+                usual.iter().any(|u| u == "/usr/lib/softhsm/libsofthsm2.so"),
+                "{usual:?}"
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -718,7 +732,10 @@ fn module_errors_are_clear() {
         ..req
     };
     match b.enroll(&req, &ui) {
-        Err(Error::Device { code, .. }) => assert_eq!(code, "dlopen"),
+        Err(Error::Device { error, .. }) => {
+            assert!(matches!(error, DeviceError::ModuleNotLoadable { .. }));
+            assert_eq!(error.code(), "dlopen");
+        }
         other => panic!("{other:?}"),
     }
 }

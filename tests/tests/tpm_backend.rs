@@ -15,6 +15,7 @@ use keyward_kms::backend::{
     Notice, SecretKind, SecretRequest, SignAlgorithm, Signature, WrapMode, Wrapped,
 };
 use keyward_kms::crypto::ecies;
+use keyward_kms::error::DeviceError;
 use keyward_kms::keys::{DataClass, KeyName, KeyPurpose};
 use keyward_kms::secret::{Secret32, SecretString};
 use keyward_kms::service::{Backends, KeySpec, Service, UnlockWith};
@@ -359,7 +360,13 @@ fn pcr_bound_enrollment_fails_after_extend_with_the_pcr_message() {
     let err = backend.unwrap(&e, &w, AAD, &ui).expect_err("PCR changed");
     let msg = err.to_string();
     assert!(
-        matches!(&err, Error::Device { code, .. } if code == "pcr-mismatch"),
+        matches!(
+            &err,
+            Error::Device {
+                error: DeviceError::PcrMismatch { .. },
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert!(msg.contains("PCR 16"), "{msg}");
@@ -392,7 +399,13 @@ fn pcr_bound_enrollment_fails_after_extend_with_the_pcr_message() {
     assert_eq!(ui.count(), before + 1, "our checks passed; the TPM refused");
     let msg = err.to_string();
     assert!(
-        matches!(&err, Error::Device { code, .. } if code == "pcr-mismatch"),
+        matches!(
+            &err,
+            Error::Device {
+                error: DeviceError::PcrMismatch { .. },
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert!(msg.contains("keyward enroll tpm --replace"), "{msg}");
@@ -456,8 +469,8 @@ fn blob_from_another_tpm_is_refused_before_the_pin() {
         .unwrap(&forged, &w, AAD, &ui)
         .expect_err("blob of A on B");
     assert!(
-        matches!(&err, Error::Device { code, message, .. }
-            if code == "0x1df" && message.contains("another TPM")),
+        matches!(&err, Error::Device { error: error @ DeviceError::ForeignKey { .. }, .. }
+            if error.code() == "0x1df" && error.to_string().contains("another TPM")),
         "{err:?}"
     );
 }
@@ -601,8 +614,8 @@ fn out_of_object_memory_is_explained_and_recoverable() {
     }
     let err = backend.unwrap(&e, &w, AAD, &ui).expect_err("no slot");
     assert!(
-        matches!(&err, Error::Device { code, message, .. }
-            if code == "0x902" && message.contains("tpm2_flushcontext")),
+        matches!(&err, Error::Device { error: error @ DeviceError::Tpm { rc: 0x902, .. }, .. }
+            if error.code() == "0x902" && error.to_string().contains("tpm2_flushcontext")),
         "{err:?}"
     );
     tpm.run_tool("tpm2_flushcontext", &["-t".to_owned()])

@@ -127,14 +127,7 @@ impl Descriptor {
     /// [`Error::Malformed`] if a field is missing or of the wrong type;
     /// [`Error::UnsupportedFormat`] for another descriptor version.
     pub fn from_enrollment(enrollment: &Enrollment) -> Result<Self> {
-        if enrollment.kind != BackendKind::Pkcs11 {
-            return Err(Error::InvalidArgument {
-                what: format!(
-                    "a {} enrollment given to the PKCS#11 backend",
-                    enrollment.kind
-                ),
-            });
-        }
+        enrollment.check_kind(BackendKind::Pkcs11)?;
         Self::from_json(&enrollment.params)
     }
 

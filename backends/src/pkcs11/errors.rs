@@ -1,10 +1,11 @@
 //! Mapping of cryptoki errors to keyward's [`Error`], keeping the raw
-//! `CKR_*` name in [`Error::Device::code`].
+//! `CKR_*` name in [`DeviceError::Pkcs11`].
 
 use cryptoki::error::{Error as CkError, RvError};
-use keyward_kms::Error;
+use keyward_kms::error::{DeviceError, Instead};
+use keyward_kms::{BackendKind, Error};
 
-pub(crate) const KIND: &str = "pkcs11";
+pub(crate) const KIND: BackendKind = BackendKind::Pkcs11;
 
 /// The `CKR_*` name of a return value: cryptoki spells them in CamelCase
 /// (`PinIncorrect`), the specification and every vendor's documentation as
@@ -26,15 +27,14 @@ pub(crate) fn ckr_name(rv: RvError) -> String {
 pub(crate) fn map(err: CkError, what: &str) -> Error {
     match err {
         CkError::Pkcs11(rv, function) => map_rv(rv, &format!("{function} ({what})")),
-        CkError::LibraryLoading(e) => Error::Device {
-            kind: KIND.into(),
-            code: "dlopen".into(),
-            message: format!(
-                "the PKCS#11 module could not be loaded ({e}); check the path given with \
-                 --module / KEYWARD_PKCS11_MODULE / module-path="
-            ),
-        },
-        other => device("cryptoki", format!("{what}: {other}")),
+        CkError::LibraryLoading(e) => device(DeviceError::ModuleNotLoadable {
+            path: None,
+            reason: e.to_string(),
+        }),
+        other => device(DeviceError::Failed {
+            code: "cryptoki",
+            detail: format!("{what}: {other}"),
+        }),
     }
 }
 
@@ -42,32 +42,33 @@ fn map_rv(rv: RvError, what: &str) -> Error {
     match rv {
         RvError::PinIncorrect => Error::WrongPin { retries_left: None },
         RvError::PinLocked => Error::PinBlocked,
-        RvError::TokenNotPresent | RvError::TokenNotRecognized => Error::DeviceNotFound {
-            kind: KIND.into(),
-            hint: Some(format!(
-                "the token went away ({}); insert it and try again",
-                ckr_name(rv)
-            )),
-        },
+        RvError::TokenNotPresent | RvError::TokenNotRecognized => {
+            Error::not_found(KIND, DeviceError::TokenGone { rv: ckr_name(rv) })
+        }
         RvError::DeviceRemoved => Error::DeviceRemoved,
-        _ => device(&ckr_name(rv), what.to_owned()),
+        _ => device(DeviceError::Pkcs11 {
+            rv: ckr_name(rv),
+            function: what.to_owned(),
+        }),
     }
 }
 
-pub(crate) fn device(code: &str, message: String) -> Error {
-    Error::Device {
-        kind: KIND.into(),
-        code: code.into(),
-        message,
-    }
+/// An [`Error::Device`] of this backend.
+pub(crate) fn device(error: DeviceError) -> Error {
+    Error::device(KIND, error)
 }
 
-/// A mechanism the token refuses: name it and suggest the other mode.
-pub(crate) fn unsupported(what: &'static str) -> Error {
-    Error::NotSupported {
-        kind: KIND.into(),
-        what,
-    }
+/// A device misbehaviour of this backend at step `code`.
+pub(crate) fn failed(code: &'static str, detail: impl Into<String>) -> Error {
+    device(DeviceError::Failed {
+        code,
+        detail: detail.into(),
+    })
+}
+
+/// A mechanism the token refuses, and the enrollment that would work.
+pub(crate) fn unsupported(mechanism: &'static str, instead: Instead) -> Error {
+    device(DeviceError::MechanismMissing { mechanism, instead })
 }
 
 /// Is this error a sign that our cached session or slot went stale (token
@@ -134,8 +135,12 @@ mod tests {
         ));
         assert!(matches!(e(RvError::DeviceRemoved), Error::DeviceRemoved));
         match e(RvError::GeneralError) {
-            Error::Device { code, message, .. } => {
-                assert_eq!(code, "CKR_GENERAL_ERROR");
+            Error::Device {
+                error: error @ DeviceError::Pkcs11 { .. },
+                ..
+            } => {
+                assert_eq!(error.code(), "CKR_GENERAL_ERROR");
+                let message = error.to_string();
                 assert!(message.contains("login"), "{message}");
             }
             other => panic!("{other:?}"),

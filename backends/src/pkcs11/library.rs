@@ -13,6 +13,7 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
+use keyward_kms::error::DeviceError;
 use keyward_kms::{Error, Result};
 
 use super::errors::{self, KIND};
@@ -46,19 +47,18 @@ pub fn resolve(candidates: &[Option<&Path>]) -> Result<PathBuf> {
         .copied()
         .filter(|p| Path::new(p).exists())
         .collect();
-    Err(Error::DeviceNotFound {
-        kind: KIND.into(),
-        hint: Some(format!(
-            "no PKCS#11 module given: pass --module PATH, set {MODULE_ENV}, or add \
-             ?module-path=PATH to the URI; modules usually live at {}{}",
-            WELL_KNOWN_MODULES.join(", "),
-            if present.is_empty() {
-                String::new()
-            } else {
-                format!(" (present here: {})", present.join(", "))
-            }
-        )),
-    })
+    Err(Error::not_found(
+        KIND,
+        DeviceError::ModuleNotGiven {
+            usual: usual(),
+            present: present.into_iter().map(str::to_owned).collect(),
+        },
+    ))
+}
+
+/// [`WELL_KNOWN_MODULES`], owned, for an error.
+fn usual() -> Vec<String> {
+    WELL_KNOWN_MODULES.iter().map(|&m| m.to_owned()).collect()
 }
 
 /// The module at `path`, loaded and initialized once per process.
@@ -67,14 +67,15 @@ pub fn resolve(candidates: &[Option<&Path>]) -> Result<PathBuf> {
 /// [`Error::DeviceNotFound`] if the file does not exist; [`Error::Device`]
 /// if it cannot be loaded or initialized.
 pub fn load(path: &Path) -> Result<Pkcs11> {
-    let canonical = path.canonicalize().map_err(|e| Error::DeviceNotFound {
-        kind: KIND.into(),
-        hint: Some(format!(
-            "PKCS#11 module {} not found ({e}); install it or give the right path with \
-             --module / {MODULE_ENV} (usual places: {})",
-            path.display(),
-            WELL_KNOWN_MODULES.join(", ")
-        )),
+    let canonical = path.canonicalize().map_err(|e| {
+        Error::not_found(
+            KIND,
+            DeviceError::ModuleNotFound {
+                path: path.to_owned(),
+                reason: e.to_string(),
+                usual: usual(),
+            },
+        )
     })?;
     let registry = LIBRARIES.get_or_init(|| Mutex::new(HashMap::new()));
     // The lock is held across C_Initialize so that two threads never
@@ -84,27 +85,25 @@ pub fn load(path: &Path) -> Result<Pkcs11> {
     if let Some(lib) = map.get(&canonical) {
         return Ok(lib.clone());
     }
-    let lib = Pkcs11::new(&canonical).map_err(|e| Error::Device {
-        kind: KIND.into(),
-        code: "dlopen".into(),
-        message: format!(
-            "cannot load PKCS#11 module {}: {e}; is it a PKCS#11 module for this architecture?",
-            canonical.display()
-        ),
+    let lib = Pkcs11::new(&canonical).map_err(|e| {
+        errors::device(DeviceError::ModuleNotLoadable {
+            path: Some(canonical.clone()),
+            reason: e.to_string(),
+        })
     })?;
     match lib.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
         // Someone else in this process (another crate) initialized it first:
         // the module is usable, it is theirs to finalize.
         Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
         Err(CkError::Pkcs11(RvError::GeneralError, f)) => {
-            return Err(errors::device(
-                "CKR_GENERAL_ERROR",
-                format!(
+            return Err(errors::device(DeviceError::Pkcs11 {
+                rv: "CKR_GENERAL_ERROR".into(),
+                function: format!(
                     "{f} of {} failed; for SoftHSM this usually means SOFTHSM2_CONF names a \
                      missing file or its tokendir does not exist",
                     canonical.display()
                 ),
-            ));
+            }));
         }
         Err(e) => return Err(errors::map(e, "initializing the PKCS#11 module")),
     }
@@ -126,10 +125,15 @@ mod tests {
     #[test]
     fn missing_module_is_device_not_found_with_path() {
         let e = load(Path::new("/nonexistent/libnothing.so")).expect_err("absent");
+        // The remedy (KEYWARD_PKCS11_MODULE, --module) is the CLI's: see
+        // cli/src/failure.rs and tests/tests/cli_hw_pkcs11.rs.
         match e {
-            Error::DeviceNotFound { hint: Some(h), .. } => {
-                assert!(h.contains("/nonexistent/libnothing.so"), "{h}");
-                assert!(h.contains("KEYWARD_PKCS11_MODULE"), "{h}");
+            Error::DeviceNotFound {
+                hint: Some(DeviceError::ModuleNotFound { path, usual, .. }),
+                ..
+            } => {
+                assert_eq!(path, Path::new("/nonexistent/libnothing.so"));
+                assert_eq!(usual, super::usual());
             }
             other => panic!("{other:?}"),
         }
@@ -144,8 +148,12 @@ mod tests {
         let e = load(&f).expect_err("garbage");
         std::fs::remove_dir_all(&dir).ok();
         match e {
-            Error::Device { code, message, .. } => {
-                assert_eq!(code, "dlopen");
+            Error::Device {
+                error: error @ DeviceError::ModuleNotLoadable { .. },
+                ..
+            } => {
+                assert_eq!(error.code(), "dlopen");
+                let message = error.to_string();
                 assert!(message.contains("not-a-module.so"), "{message}");
             }
             other => panic!("{other:?}"),

@@ -42,7 +42,10 @@ pub(crate) struct KeyBlob {
 /// `Enrollment.params` of a TPM protector (docs/TPM.md, "Descriptor").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Params {
-    /// Descriptor version, [`VERSION`].
+    /// Descriptor version, [`VERSION`], under `"v"` as in every other
+    /// descriptor. Descriptors written before keyward unified the key say
+    /// `"version"`; they still read.
+    #[serde(rename = "v", alias = "version")]
     pub(crate) version: u32,
     /// The TCTI used at enrollment: where to look for the TPM when neither
     /// the caller nor `KEYWARD_TPM_TCTI` says otherwise.
@@ -386,5 +389,40 @@ mod tests {
             Err(Error::UnsupportedFormat { version: 2, .. })
         ));
         assert!(Params::from_json(&serde_json::json!({"version": 1})).is_err());
+    }
+
+    #[test]
+    fn version_key_is_v_and_old_descriptors_still_read() {
+        let blob = KeyBlob {
+            public: "00".into(),
+            private: "00".into(),
+        };
+        let p = Params {
+            version: VERSION,
+            tcti: "device:/dev/tpmrm0".into(),
+            srk_template: SRK_TEMPLATE.into(),
+            srk_id: "ab".repeat(32),
+            pin: false,
+            pcrs: vec![],
+            pcr_values: BTreeMap::new(),
+            policy: String::new(),
+            ecdh: blob.clone(),
+            sign: blob,
+            sign_public_key: String::new(),
+        };
+        let new = p.to_json();
+        assert_eq!(new["v"], 1, "{new}");
+        assert!(new.get("version").is_none(), "{new}");
+        assert_eq!(Params::from_json(&new).expect("new key"), p);
+        // A descriptor stored by an earlier keyward.
+        let mut old = new.clone();
+        let map = old.as_object_mut().expect("an object");
+        let v = map.remove("v").expect("v");
+        map.insert("version".into(), v);
+        assert_eq!(Params::from_json(&old).expect("old key"), p);
+        // Both keys at once is not a descriptor keyward wrote.
+        let mut both = new;
+        both["version"] = 1.into();
+        assert!(Params::from_json(&both).is_err());
     }
 }

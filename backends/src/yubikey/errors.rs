@@ -1,12 +1,9 @@
 //! Mapping `yubikey` crate and PC/SC errors to keyward errors with a remedy.
 
-use keyward_kms::Error;
+use keyward_kms::error::DeviceError;
+use keyward_kms::{BackendKind, Error};
 
-pub(crate) const KIND: &str = "yubikey";
-
-/// The hint when PC/SC itself is unreachable.
-pub(crate) const PCSCD_HINT: &str =
-    "PC/SC is unavailable: is pcscd running? (`systemctl start pcscd.socket`)";
+pub(crate) const KIND: BackendKind = BackendKind::Yubikey;
 
 /// What was being done when the error happened: decides what an ambiguous
 /// status word means.
@@ -62,36 +59,53 @@ pub(crate) fn map(e: yubikey::Error, op: Op) -> Error {
         yubikey::Error::WrongPin { tries } if op == Op::Verify => Error::WrongPin {
             retries_left: Some(u32::from(tries)),
         },
-        yubikey::Error::PcscError { inner: Some(p) } if is_no_service(&p) => {
-            Error::DeviceNotFound {
-                kind: KIND.into(),
-                hint: Some(format!("{PCSCD_HINT}; {p}")),
-            }
-        }
+        yubikey::Error::PcscError { inner: Some(p) } if is_no_service(&p) => pcsc_unavailable(&p),
         yubikey::Error::PcscError { inner: Some(p) } if is_removal(&p) => Error::DeviceRemoved,
         yubikey::Error::AuthenticationError if op == (Op::KeyUse { touch: true }) => {
             Error::TouchTimeout
         }
-        yubikey::Error::AuthenticationError if matches!(op, Op::KeyUse { .. }) => device(
-            "6982",
-            "the YubiKey refused the key operation: security status not satisfied \
-             (the PIN was not accepted for this slot)",
-        ),
-        yubikey::Error::AuthenticationError if op == Op::Admin => device(
-            "6982",
-            "the YubiKey refused the management key: run `keyward yubikey setup`",
-        ),
-        other => device(other.name().unwrap_or("YKPIV_ERROR"), format!("{other}")),
+        yubikey::Error::AuthenticationError if matches!(op, Op::KeyUse { .. }) => {
+            device(DeviceError::Piv {
+                sw: SW_SECURITY_STATUS,
+                detail: "the YubiKey refused the key operation: security status not satisfied \
+                         (the PIN was not accepted for this slot)"
+                    .into(),
+            })
+        }
+        yubikey::Error::AuthenticationError if op == Op::Admin => device(DeviceError::Piv {
+            sw: SW_SECURITY_STATUS,
+            detail: "the YubiKey refused the management key: run `keyward yubikey setup`".into(),
+        }),
+        other => failed(other.name().unwrap_or("YKPIV_ERROR"), format!("{other}")),
     }
 }
 
+/// `SW_SECURITY_STATUS_NOT_SATISFIED`.
+pub(crate) const SW_SECURITY_STATUS: u16 = 0x6982;
+/// `SW_FILE_NOT_FOUND`: the slot is empty.
+pub(crate) const SW_FILE_NOT_FOUND: u16 = 0x6A82;
+
+/// The error when PC/SC itself is unreachable.
+pub(crate) fn pcsc_unavailable(p: &pcsc::Error) -> Error {
+    Error::not_found(
+        KIND,
+        DeviceError::PcscUnavailable {
+            detail: p.to_string(),
+        },
+    )
+}
+
 /// An [`Error::Device`] of this backend.
-pub(crate) fn device(code: &str, message: impl Into<String>) -> Error {
-    Error::Device {
-        kind: KIND.into(),
-        code: code.into(),
-        message: message.into(),
-    }
+pub(crate) fn device(error: DeviceError) -> Error {
+    Error::device(KIND, error)
+}
+
+/// A YubiKey misbehaviour at step `code`.
+pub(crate) fn failed(code: &'static str, detail: impl Into<String>) -> Error {
+    device(DeviceError::Failed {
+        code,
+        detail: detail.into(),
+    })
 }
 
 #[cfg(test)]
