@@ -211,7 +211,7 @@ pub enum Error {
     #[error("{}", crate::service::pin_target_message(devices))]
     PinTarget {
         /// The hardware protectors enrolled: kind and id.
-        devices: Vec<(crate::BackendKind, u32)>,
+        devices: Vec<(BackendKind, u32)>,
     },
     /// The passphrase did not unlock the protector.
     #[error("wrong passphrase")]
