@@ -11,7 +11,7 @@
 #    (POST /v1/unlock), creates key `bench`, encrypts one 64-byte message
 #    (POST /v1/encrypt).
 # 3. Runs daemon_bench with 1 and 16 clients, single decrypts and batches
-#    of 100, and prints a markdown table. DESIGN.md's target: tens of
+#    of 100, and prints a markdown table. docs/DESIGN.md's target: tens of
 #    thousands of single decrypts per second, p99 under a millisecond.
 # 4. Stops the daemon (SIGTERM), then measures the same decrypt in process
 #    with kms/examples/inprocess_decrypt.rs, for the ratio (if that example

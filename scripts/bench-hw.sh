@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-shot unlock + decrypt through hardware, against the devices' own
-# tools doing a single operation in a fresh process (DESIGN.md, performance
+# tools doing a single operation in a fresh process (docs/DESIGN.md, performance
 # targets): `keyward decrypt` of a small ciphertext in a new process (open
 # the keystore, unlock with the TPM or token PIN, decrypt, write the audit
 # records) against
@@ -94,7 +94,7 @@ done
 # --- the native tools' objects ---------------------------------------------
 # (a) a sealed 32-byte secret with the same kind of PIN (auth value), under
 # the same SRK template, made persistent so that one tpm2_unseal process is
-# the whole operation (HARDWARE.md's baseline).
+# the whole operation (docs/HARDWARE.md's baseline).
 handle=0x81010001
 # swtpm has no resource manager and 3 object slots, and tpm2-tools leave
 # what they load in the TPM: flush after every step.

@@ -12,7 +12,7 @@
 //!   CKM_AES_GCM with our AAD, for tokens without ECDH. Wrap needs the token
 //!   logged in.
 //!
-//! Library hygiene (HARDWARE.md): one initialized module per path per
+//! Library hygiene (docs/HARDWARE.md): one initialized module per path per
 //! process ([`library`]), OS locking, a logged-in session kept for the life
 //! of the backend (login is per token: closing the last session logs out),
 //! short-lived operation sessions drawn from a small per-token pool so that

@@ -3,7 +3,7 @@
 //!
 //! What it is: [`Backend`], an implementation of
 //! [`keyward_kms::backend::Backend`] over PC/SC (pcscd) with the `yubikey`
-//! crate, pinned to `=0.9.0-rc.0` (docs/YUBIKEY.md, /work/shared/HARDWARE.md).
+//! crate, pinned to `=0.9.0-rc.0` (docs/YUBIKEY.md, docs/HARDWARE.md).
 //! It behaves like age-plugin-yubikey and yubikey-agent: the key never
 //! leaves the device, the management key is a random key stored
 //! PIN-protected on the device, and a PIN is never retried automatically.

@@ -21,7 +21,7 @@
 //!
 //! What it is not: a correctness test (the daemon's tests are), or a
 //! measure of anything but this machine right now: read numbers as ratios
-//! within one run (DESIGN.md, performance targets).
+//! within one run (docs/DESIGN.md, performance targets).
 
 use std::fmt;
 use std::io;

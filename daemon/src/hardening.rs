@@ -1,5 +1,5 @@
 //! What the daemon does to its own process before it holds any secret
-//! (docs/API.md, "Sessions"; DESIGN.md, "Secure by default").
+//! (docs/API.md, "Sessions"; docs/DESIGN.md, "Secure by default").
 //!
 //! - No core dumps: `RLIMIT_CORE` 0, and `PR_SET_DUMPABLE` 0, which also
 //!   keeps other processes of the same user from attaching with ptrace or

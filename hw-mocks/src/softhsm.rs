@@ -3,7 +3,7 @@
 //! (`C_InitToken`, `C_InitPIN`).
 //!
 //! SoftHSM reads `SOFTHSM2_CONF` once per process, in `C_Initialize`, and
-//! keyward loads a module once per process (HARDWARE.md). So the config is
+//! keyward loads a module once per process (docs/HARDWARE.md). So the config is
 //! per *process*, and tests create their own token (with a label of their
 //! own) in the process's token directory. Two ways to get there:
 //!

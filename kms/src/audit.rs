@@ -1,4 +1,4 @@
-//! The hash-chained audit log (DESIGN.md, "Audit log").
+//! The hash-chained audit log (docs/DESIGN.md, "Audit log").
 //!
 //! Each record is one JSON object stored as text in the `audit` table:
 //! `{"seq", "ts", "action", "status", "fields", "prev"}`, where `prev` is the

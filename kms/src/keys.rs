@@ -94,7 +94,7 @@ impl FromStr for KeyPurpose {
     }
 }
 
-/// The data class of a key (DESIGN.md, "Data classes"). Bound into the AAD
+/// The data class of a key (docs/DESIGN.md, "Data classes"). Bound into the AAD
 /// of everything encrypted under the key, so editing the store cannot
 /// downgrade it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

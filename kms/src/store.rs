@@ -1,4 +1,4 @@
-//! The SQLite keystore (DESIGN.md, "Keystore"; layout in docs/FORMAT.md).
+//! The SQLite keystore (docs/DESIGN.md, "Keystore"; layout in docs/FORMAT.md).
 //!
 //! One database file, WAL mode, `synchronous=FULL`, mode 0600 in a 0700
 //! directory. It holds only wrapped key material, non-secret descriptors,

@@ -141,11 +141,8 @@ pub fn enroll_returns_compressed_p256_key(f: &dyn Fixture) {
     assert_eq!(e.enrollment.kind, e.backend.kind());
     assert_eq!(e.enrollment.device_id.is_some(), f.has_device());
     assert!(e.enrollment.params.is_object(), "params is a JSON object");
-    assert_eq!(
-        e.enrollment.params[f.descriptor_version_key()],
-        1,
-        "descriptor version 1"
-    );
+    // Every descriptor carries its format version under "v" (docs/FORMAT.md).
+    assert_eq!(e.enrollment.params["v"], 1, "descriptor version 1");
     let other = e
         .backend
         .enroll(&f.enroll_request(), &*f.callbacks())
@@ -433,7 +430,7 @@ pub fn retry_limit(f: &dyn Fixture) {
             instead(
                 "retry_limit",
                 &format!(
-                    "this device never locks its PIN (SoftHSM2, HARDWARE.md), so there is no \
+                    "this device never locks its PIN (SoftHSM2, docs/HARDWARE.md), so there is no \
                      limit to reach: checked that {NEVER_LOCKS_ATTEMPTS} wrong PINs are each \
                      refused without a counter and leave the right PIN working"
                 ),

@@ -83,7 +83,7 @@ pub enum WrongSecret {
         /// that no failure is forgiven while a test runs.
         recovery_seconds: u64,
     },
-    /// A PIN the device checks but never counts (SoftHSM2: HARDWARE.md,
+    /// A PIN the device checks but never counts (SoftHSM2: docs/HARDWARE.md,
     /// "SoftHSM never locks a PIN"): [`keyward_kms::Error::WrongPin`] with
     /// `retries_left: None`, and the right PIN works after any number of
     /// wrong ones. Real PKCS#11 tokens lock after their own count; a
@@ -204,13 +204,6 @@ pub trait Fixture {
     /// If the enrollment has no such key.
     fn signing_public_key(&self, enrollment: &Enrollment) -> SigningPublicKey {
         SigningPublicKey::p256_of(enrollment)
-    }
-
-    /// The key under which the descriptor (`Enrollment::params`) carries
-    /// its format version, `1`: `"v"` by keyward's convention
-    /// (docs/FORMAT.md), `"version"` in the TPM descriptor (docs/TPM.md).
-    fn descriptor_version_key(&self) -> &'static str {
-        "v"
     }
 
     /// Ends any authentication the backend keeps between operations, as

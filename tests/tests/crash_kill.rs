@@ -2,7 +2,7 @@
 //! moments during key rotations, master-key rotations and encryptions (at
 //! least 50 kills that land while the process runs), then check that the
 //! store opens, every ciphertext written before decrypts, and the audit log
-//! verifies (RELIABILITY.md §4 row 1).
+//! verifies (docs/RELIABILITY.md §4 row 1).
 
 mod common;
 

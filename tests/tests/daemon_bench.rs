@@ -1,5 +1,5 @@
 //! Throughput and latency of `keyward serve` for small decrypts over the
-//! socket (DESIGN.md, "Performance targets": tens of thousands of requests
+//! socket (docs/DESIGN.md, "Performance targets": tens of thousands of requests
 //! per second, p99 under a millisecond). A benchmark, not a test: it is
 //! ignored by default, asserts nothing about time, and prints one JSON line
 //! per configuration.

@@ -968,7 +968,7 @@ fn timings_in_process() {
         report.push((name, median(times)));
     }
     // Baseline: one `tpm2_unseal` process on a persistent sealed object on
-    // the same swtpm (HARDWARE.md measured 12.7 ms).
+    // the same swtpm (docs/HARDWARE.md measured 12.7 ms).
     let baseline = unseal_baseline(&tpm, 10);
     for (name, t) in &report {
         eprintln!("swtpm in-process {name}: median {t:?} over {N}");

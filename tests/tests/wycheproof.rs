@@ -1,6 +1,6 @@
 //! Wycheproof and RFC vectors, run through keyward's own wrappers (not the
 //! underlying crates), so that our length guards and key checks are what is
-//! tested (RELIABILITY.md §0.1, §1, §5.1).
+//! tested (docs/RELIABILITY.md §0.1, §1, §5.1).
 //!
 //! Vectors live in `tests/vectors/` (see its MANIFEST.json for sources and
 //! hashes). Each test prints one summary line and asserts the exact number

@@ -3,7 +3,7 @@
 //! docs/PKCS11.md, with vectors checked below.
 //!
 //! We store how to *find* the key again, never handles or slot ids, which
-//! change between processes (HARDWARE.md): the token's label and serial,
+//! change between processes (docs/HARDWARE.md): the token's label and serial,
 //! the key's CKA_ID and CKA_LABEL, and the module path used at enrollment
 //! as a last-resort hint.
 

@@ -1,7 +1,7 @@
 //! One initialized [`Pkcs11`] per module path per process.
 //!
 //! A PKCS#11 module has process-wide state: `C_Initialize` may be called
-//! once, and SoftHSM reads its configuration only then (HARDWARE.md). So we
+//! once, and SoftHSM reads its configuration only then (docs/HARDWARE.md). So we
 //! keep a registry keyed by the canonical module path, initialize each module
 //! once with OS locking (`CKF_OS_LOCKING_OK`: without it, two threads gave
 //! CKR_GENERAL_ERROR, a segfault and once a hang) and never finalize: the

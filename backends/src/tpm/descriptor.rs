@@ -212,7 +212,7 @@ pub(crate) fn pcr_digest(values: &[[u8; 32]]) -> [u8; 32] {
 /// `policyDigest' = SHA-256(policyDigest || TPM_CC || args)` from 32 zero
 /// bytes (TPM 2.0 Part 3, 23.7 and 23.18). PolicyAuthValue, not
 /// PolicyPassword: with parameter encryption tpm2-tss returns wrong data
-/// for PolicyPassword sessions (tpm2-tss #2574, HARDWARE.md).
+/// for PolicyPassword sessions (tpm2-tss #2574, docs/HARDWARE.md).
 pub(crate) fn policy_digest(pin: bool, pcrs: &[u8], pcr_values: &[[u8; 32]]) -> Option<[u8; 32]> {
     if !pin && pcrs.is_empty() {
         return None;

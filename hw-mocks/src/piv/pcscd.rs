@@ -13,7 +13,7 @@
 //! one process and across test binaries, and nextest puts the `piv_*`
 //! binaries in a single-threaded test group. At most two cards can be
 //! inserted (one per port); a second vpcd entry in the same pcscd breaks
-//! things (HARDWARE.md).
+//! things (docs/HARDWARE.md).
 
 use std::fs::{File, OpenOptions};
 use std::io;

@@ -5,10 +5,10 @@
 //! public only so that the Wycheproof harness in `keyward-tests` can run
 //! vectors through exactly the code the formats use; nothing outside this
 //! crate's formats should build ciphertexts with it. Users of keyward never
-//! supply nonces (DESIGN.md, "AES-GCM limits").
+//! supply nonces (docs/DESIGN.md, "AES-GCM limits").
 //!
 //! AES-256-GCM comes from `ring`, about four times faster here than the
-//! RustCrypto implementation (HARDWARE.md). Nonces are a type with exactly
+//! RustCrypto implementation (docs/HARDWARE.md). Nonces are a type with exactly
 //! 12 bytes, so the IV-length edge cases of GCM cannot be expressed.
 
 use std::fmt;

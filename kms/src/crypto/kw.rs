@@ -6,7 +6,7 @@
 //! aes_wrap tc 108) and accepts an 8-byte wrap done with the 6-round W
 //! function (tc 110). We therefore accept exactly one shape: a 32-byte key
 //! in, a 40-byte blob out, and check both lengths before and after the crate
-//! call (HARDWARE.md, RELIABILITY.md §0.1).
+//! call (docs/HARDWARE.md, docs/RELIABILITY.md §0.1).
 
 use aes_kw::KeyInit;
 use hkdf::Hkdf;

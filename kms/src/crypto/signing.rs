@@ -11,8 +11,8 @@
 //! The message is hashed as it is read, so any size can be signed without
 //! holding it in memory, and the Ed25519 input stays small. Verification is
 //! `verify_strict` only: it refuses non-canonical and low-order `R`, `S >= L`
-//! and low-order public keys, which plain `verify` accepts (HARDWARE.md,
-//! RELIABILITY.md §0.2). Layout and a test vector: docs/FORMAT.md.
+//! and low-order public keys, which plain `verify` accepts (docs/HARDWARE.md,
+//! docs/RELIABILITY.md §0.2). Layout and a test vector: docs/FORMAT.md.
 
 use std::io::Read;
 

@@ -18,7 +18,7 @@ use crate::{Error, Result};
 
 /// Encryptions reserved in the store per block with
 /// [`Options::reservations`]: one durable commit per this many encryptions
-/// (DESIGN.md: "reserve blocks, never under-count"). A crash loses at most
+/// (docs/DESIGN.md: "reserve blocks, never under-count"). A crash loses at most
 /// the unused rest of a block, which only over-counts.
 pub const RESERVATION_BLOCK: u64 = 4096;
 
