@@ -407,29 +407,8 @@ impl backend::Backend for Backend {
     }
 
     fn enroll(&self, req: &EnrollRequest, ui: &dyn Callbacks) -> Result<Enrollment> {
-        let mut pin = true;
-        let mut pcrs = Vec::new();
-        for (key, value) in &req.options {
-            match key.as_str() {
-                "pin" => {
-                    pin = match value.as_str() {
-                        "true" | "yes" | "1" => true,
-                        "false" | "no" | "0" => false,
-                        _ => {
-                            return Err(Error::InvalidArgument {
-                                what: format!("TPM option pin={value:?}: expected true or false"),
-                            });
-                        }
-                    }
-                }
-                "pcrs" => pcrs = descriptor::parse_pcrs(value)?,
-                _ => {
-                    return Err(Error::InvalidArgument {
-                        what: format!("unknown TPM option {key:?} (known: pin, pcrs)"),
-                    });
-                }
-            }
-        }
+        let options = req.options.tpm()?;
+        let (pin, pcrs) = (options.pin, options.pcrs.indices());
         let tcti = self.tcti_for(req.device.as_deref(), None);
 
         // Phase 1: is there a TPM, and which one? (Before any prompt.)
@@ -456,8 +435,8 @@ impl backend::Backend for Backend {
                     "the TPM changed during enrollment; try again",
                 ));
             }
-            let values = scope.pcr_values(&pcrs).map_err(map)?;
-            let policy = descriptor::policy_digest(pin, &pcrs, &values);
+            let values = scope.pcr_values(pcrs).map_err(map)?;
+            let policy = descriptor::policy_digest(pin, pcrs, &values);
             // Salted HMAC session on the SRK: TPM2_Create's first parameter
             // (the new key's auth value) travels encrypted.
             let session = scope
@@ -491,7 +470,7 @@ impl backend::Backend for Backend {
                 srk_template: descriptor::SRK_TEMPLATE.to_owned(),
                 srk_id: srk_id.clone(),
                 pin,
-                pcrs: pcrs.clone(),
+                pcrs: pcrs.to_vec(),
                 pcr_values: pcrs
                     .iter()
                     .copied()

@@ -12,12 +12,15 @@
 //! protectors, a key derived from the user's secret) does the private half.
 
 pub mod ecdh_device;
+pub mod options;
 
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
+
+pub use options::EnrollOptions;
 
 use crate::secret::{Secret32, SecretString};
 use crate::{Error, Result};
@@ -152,24 +155,15 @@ pub struct DeviceInfo {
 
 /// Parameters for a new enrollment. Backends ignore what does not apply and
 /// refuse what they cannot honour.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EnrollRequest {
     /// User label for the protector ("laptop TPM").
     pub label: String,
     /// Device to use (serial, PKCS#11 URI, TCTI); `None`: the only one present.
     pub device: Option<String>,
-    /// Backend-specific options as `key=value` pairs (slot, touch, pcrs, …).
-    pub options: Vec<(String, String)>,
-}
-
-impl EnrollRequest {
-    /// The value of option `key`, if given.
-    pub fn option(&self, key: &str) -> Option<&str> {
-        self.options
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
+    /// The backend's own options (slot, touch, PCRs, …); each backend takes
+    /// its own variant and refuses another's.
+    pub options: EnrollOptions,
 }
 
 /// The non-secret descriptor of one enrolled protector, stored in the

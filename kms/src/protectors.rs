@@ -17,8 +17,7 @@ use p256::ecdsa::signature::Signer;
 use subtle::ConstantTimeEq;
 
 use crate::backend::{
-    BackendKind, Capabilities, EnrollRequest, Enrollment, Health, SignAlgorithm, Signature,
-    WrapMode, Wrapped,
+    BackendKind, Capabilities, Enrollment, Health, SignAlgorithm, Signature, WrapMode, Wrapped,
 };
 use crate::crypto::ecies;
 use crate::secret::Secret32;
@@ -60,28 +59,6 @@ fn enrolled_key(enrollment: &Enrollment, kind: BackendKind) -> Result<[u8; ecies
             })?;
     ecies::parse_public_key(&key)?;
     Ok(key)
-}
-
-/// Refuses enrollment options this protector does not know: an option it
-/// cannot honour (say `touch=always`) must not be silently dropped.
-fn refuse_unknown_options(req: &EnrollRequest, kind: BackendKind, known: &[&str]) -> Result<()> {
-    match req
-        .options
-        .iter()
-        .find(|(key, _)| !known.contains(&key.as_str()))
-    {
-        None => Ok(()),
-        Some((key, _)) => Err(Error::InvalidArgument {
-            what: if known.is_empty() {
-                format!("the {kind} protector takes no option (got {key:?})")
-            } else {
-                format!(
-                    "unknown option {key:?} for the {kind} protector (known: {})",
-                    known.join(", ")
-                )
-            },
-        }),
-    }
 }
 
 /// The wrap of every ECIES protector: only the public key is needed.

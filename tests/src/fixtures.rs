@@ -9,9 +9,10 @@ pub mod tpm;
 use std::sync::Arc;
 
 use keyward_hw_mocks::mock::{DEFAULT_PIN, DEFAULT_RETRIES, MockBackend, MockDevice};
+use keyward_kms::backend::options::{Argon2Options, MockOptions};
 use keyward_kms::protectors::{passphrase, recovery};
 use keyward_kms::secret::ExposeSecret;
-use keyward_kms::{Backend, EnrollRequest, SecretKind};
+use keyward_kms::{Backend, EnrollOptions, EnrollRequest, SecretKind};
 
 use crate::{Fixture, MidOperationFault, TestCallbacks, WrongSecret};
 
@@ -59,7 +60,10 @@ impl Fixture for MockFixture {
         EnrollRequest {
             label: "mock token".into(),
             device: Some(MOCK_SERIAL.into()),
-            options: vec![("slot".into(), "9d".into())],
+            options: EnrollOptions::Mock(MockOptions {
+                slot: Some("9d".into()),
+                touch: None,
+            }),
         }
     }
 
@@ -208,14 +212,11 @@ impl Fixture for PassphraseFixture {
         EnrollRequest {
             label: "laptop passphrase".into(),
             device: None,
-            options: vec![
-                (
-                    passphrase::OPTION_M_KIB.into(),
-                    passphrase::MIN_M_KIB.to_string(),
-                ),
-                (passphrase::OPTION_T.into(), "1".into()),
-                (passphrase::OPTION_P.into(), "1".into()),
-            ],
+            options: EnrollOptions::Passphrase(Argon2Options {
+                m_kib: Some(passphrase::MIN_M_KIB),
+                t: Some(1),
+                p: Some(1),
+            }),
         }
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use keyward_backends::yubikey;
 use keyward_hw_mocks::piv::{CardConfig, PivFixture, VPCD_PORT, VirtualCard};
-use keyward_kms::{Backend, EnrollRequest, SecretKind, SecretString};
+use keyward_kms::{Backend, EnrollOptions, EnrollRequest, SecretKind, SecretString};
 
 use crate::{Fixture, TestCallbacks, WrongSecret};
 
@@ -149,7 +149,7 @@ impl Fixture for YubikeyFixture {
         EnrollRequest {
             label: "simulated YubiKey".into(),
             device: Some(YK_SERIAL.to_string()),
-            options: Vec::new(),
+            options: EnrollOptions::None,
         }
     }
 

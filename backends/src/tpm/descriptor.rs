@@ -26,7 +26,7 @@ const TPM_ALG_SHA256: u16 = 0x000B;
 /// `sizeofSelect` for 24 PCRs, as tss-esapi and every PC TPM use.
 const PCR_SELECT_OCTETS: usize = 3;
 /// Highest PCR index a selection may name.
-pub(crate) const MAX_PCR: u8 = 23;
+pub(crate) const MAX_PCR: u8 = keyward_kms::backend::options::Pcr::MAX;
 
 /// A TPM object as stored: the marshalled `TPM2B_PUBLIC` and
 /// `TPM2B_PRIVATE` (each with its 2-byte big-endian size prefix, the same
@@ -149,26 +149,6 @@ pub(crate) fn device_id(srk_id: &str) -> String {
 /// SHA-256 of an uncompressed SEC1 point, hex.
 pub(crate) fn srk_id(uncompressed_point: &[u8]) -> String {
     hex::encode(Sha256::digest(uncompressed_point))
-}
-
-/// Parses the `pcrs` option: comma-separated decimal indices 0-23
-/// (`"7,11"`), returned sorted and deduplicated. Empty string: none.
-pub(crate) fn parse_pcrs(option: &str) -> Result<Vec<u8>> {
-    let mut pcrs = Vec::new();
-    for part in option.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let pcr: u8 = part.parse().map_err(|_| Error::InvalidArgument {
-            what: format!("PCR {part:?} is not a number (expected e.g. pcrs=7,11)"),
-        })?;
-        if pcr > MAX_PCR {
-            return Err(Error::InvalidArgument {
-                what: format!("PCR {pcr} does not exist (0-{MAX_PCR})"),
-            });
-        }
-        pcrs.push(pcr);
-    }
-    pcrs.sort_unstable();
-    pcrs.dedup();
-    Ok(pcrs)
 }
 
 fn validate_pcrs(pcrs: &[u8]) -> Result<()> {
@@ -325,15 +305,6 @@ mod tests {
         h.update(pcr_only);
         h.update(0x16bu32.to_be_bytes());
         assert_eq!(with_pin, <[u8; 32]>::from(h.finalize()));
-    }
-
-    #[test]
-    fn parse_pcrs_option() {
-        assert_eq!(parse_pcrs("").expect("empty"), Vec::<u8>::new());
-        assert_eq!(parse_pcrs("11, 7,7").expect("list"), vec![7, 11]);
-        assert!(parse_pcrs("24").is_err());
-        assert!(parse_pcrs("x").is_err());
-        assert!(parse_pcrs("-1").is_err());
     }
 
     #[test]
