@@ -436,7 +436,7 @@ pub(crate) struct EnrollYubikeyArgs {
     pub(crate) serial: Option<u32>,
     /// Retired PIV slot for the new key, 82..95 (hex) [default: the first
     /// empty one]
-    #[arg(long, value_name = "SLOT")]
+    #[arg(long, value_name = "SLOT", value_parser = checked::<PivSlot>)]
     pub(crate) slot: Option<PivSlot>,
     /// When the YubiKey wants a touch [default: always]
     #[arg(long, value_enum, value_name = "WHEN")]
@@ -466,6 +466,15 @@ impl EnrollYubikeyArgs {
             overwrite: self.overwrite,
         })
     }
+}
+
+/// Parses an enroll option's value with the check of its kms type; clap
+/// shows the message after "invalid value".
+fn checked<T: std::str::FromStr<Err = keyward_kms::Error>>(text: &str) -> Result<T, String> {
+    text.parse().map_err(|e| match e {
+        keyward_kms::Error::InvalidArgument { what } => what,
+        other => other.to_string(),
+    })
 }
 
 /// YubiKey touch policy on the command line.
@@ -521,7 +530,7 @@ pub(crate) struct EnrollTpmArgs {
     pub(crate) no_pin: bool,
     /// Bind the key to these SHA-256 PCRs (e.g. 7,11): it stops working
     /// when they change (firmware, boot loader, Secure Boot)
-    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = checked::<Pcr>)]
     pub(crate) pcrs: Vec<Pcr>,
     /// Replace the enrolled TPM protector (one transaction), e.g. after a
     /// firmware update changed the PCRs; --protector ID picks it when

@@ -294,7 +294,7 @@ impl FromStr for Pcr {
     fn from_str(text: &str) -> Result<Self> {
         let t = text.trim();
         let index: u8 = t.parse().map_err(|_| Error::InvalidArgument {
-            what: format!("PCR {t:?} is not a number (expected e.g. pcrs=7,11)"),
+            what: format!("PCR {t:?} is not a number (expected e.g. 7,11)"),
         })?;
         Self::new(index).ok_or_else(|| Error::InvalidArgument {
             what: format!("PCR {index} does not exist (0-{})", Self::MAX),
