@@ -51,6 +51,48 @@ use keyward_kms::{Backend, EnrollRequest, Enrollment, SignAlgorithm, Signature};
 
 pub use callbacks::TestCallbacks;
 
+/// Checks a DER ECDSA P-256 signature as a user would, with `openssl dgst
+/// -sha256 -verify`: it verifies over `msg` ("Verified OK"), and not over
+/// another message.
+///
+/// # Panics
+/// If openssl cannot run, rejects the signature or accepts it over
+/// another message.
+pub fn assert_openssl_verifies(public_pem: &str, signature_der: &[u8], msg: &[u8]) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, contents) in [
+        ("pub.pem", public_pem.as_bytes()),
+        ("sig.der", signature_der),
+        ("msg", msg),
+        ("other", b"another message"),
+    ] {
+        std::fs::write(dir.path().join(name), contents).expect("write");
+    }
+    let verify = |file: &str| {
+        // Without the descriptors tpm2-tss leaves open (see clean_command).
+        keyward_hw_mocks::swtpm::clean_command("openssl")
+            .current_dir(dir.path())
+            .args(["dgst", "-sha256", "-verify", "pub.pem"])
+            .args(["-signature", "sig.der", file])
+            .output()
+            .expect("openssl on PATH")
+    };
+    let ok = verify("msg");
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "openssl: {text}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(text.trim(), "Verified OK");
+    let bad = verify("other");
+    assert!(
+        !bad.status.success(),
+        "openssl accepted a wrong message: {}",
+        String::from_utf8_lossy(&bad.stdout)
+    );
+}
+
 /// What a wrong secret is for this backend: which error it gives, and what
 /// happens when wrong secrets keep coming. Each variant states one real
 /// device's semantics; the cases check exactly those.

@@ -603,35 +603,8 @@ fn signature_verifies_with_p256_and_openssl() {
     let parsed = p256::ecdsa::Signature::from_der(&sig.bytes).expect("DER");
     vk.verify(msg, &parsed).expect("p256 verifies");
 
-    let dir = tempfile::tempdir().expect("tempdir");
     let pem = YubikeyBackend::public_key_pem(&e).expect("PEM");
-    std::fs::write(dir.path().join("pub.pem"), pem).expect("write");
-    std::fs::write(dir.path().join("sig.der"), &sig.bytes).expect("write");
-    std::fs::write(dir.path().join("msg"), msg).expect("write");
-    std::fs::write(dir.path().join("other"), b"another message").expect("write");
-    let verify = |file: &str| {
-        std::process::Command::new("openssl")
-            .args([
-                "dgst",
-                "-sha256",
-                "-verify",
-                "pub.pem",
-                "-signature",
-                "sig.der",
-            ])
-            .arg(file)
-            .current_dir(dir.path())
-            .output()
-            .expect("openssl on PATH")
-    };
-    let ok = verify("msg");
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "Verified OK");
-    assert!(!verify("other").status.success());
+    keyward_tests::assert_openssl_verifies(&pem, &sig.bytes, msg);
 }
 
 #[test]

@@ -451,39 +451,10 @@ fn ecdsa_signature_verifies_with_p256_and_openssl() {
         vk.verify(msg, &der).expect("p256 verifies");
         assert!(vk.verify(b"another message", &der).is_err());
 
-        let dir = tempfile::tempdir().expect("tmp");
         let pem = pk
             .to_public_key_pem(p256::pkcs8::LineEnding::LF)
             .expect("pem");
-        std::fs::write(dir.path().join("pub.pem"), pem).expect("write");
-        std::fs::write(dir.path().join("sig.der"), &sig.bytes).expect("write");
-        std::fs::write(dir.path().join("msg"), msg).expect("write");
-        std::fs::write(dir.path().join("other"), b"tampered").expect("write");
-        let verify = |file: &str| {
-            std::process::Command::new("openssl")
-                .current_dir(dir.path())
-                .args([
-                    "dgst",
-                    "-sha256",
-                    "-verify",
-                    "pub.pem",
-                    "-signature",
-                    "sig.der",
-                    file,
-                ])
-                .output()
-                .expect("openssl")
-        };
-        let ok = verify("msg");
-        let text = String::from_utf8_lossy(&ok.stdout);
-        assert!(
-            ok.status.success(),
-            "{text}{}",
-            String::from_utf8_lossy(&ok.stderr)
-        );
-        assert!(text.contains("Verified OK"), "{text}");
-        let bad = verify("other");
-        assert!(!bad.status.success());
+        keyward_tests::assert_openssl_verifies(&pem, &sig.bytes, msg);
     });
 }
 

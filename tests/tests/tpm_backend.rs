@@ -4,7 +4,6 @@
 //! swtpm-tools tpm2-tools openssl).
 
 use std::collections::VecDeque;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -652,18 +651,9 @@ fn tpm_signature_verifies_on_host_and_with_openssl() {
     let other = backend.sign(&e, msg, &ui).expect("sign again");
     assert_ne!(sig.bytes, other.bytes, "ECDSA nonces differ");
 
-    let dir = tempfile::tempdir().expect("tempdir");
     let pem = Tpm::signing_public_key_pem(&e).expect("pem");
     assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{pem}");
-    std::fs::write(dir.path().join("pub.pem"), pem).expect("write");
-    std::fs::write(dir.path().join("sig.der"), &sig.bytes).expect("write");
-    std::fs::write(dir.path().join("msg"), msg).expect("write");
-    std::fs::write(dir.path().join("other"), b"another message").expect("write");
-    let (ok, out) = openssl_verify(dir.path(), "msg");
-    assert!(ok, "openssl: {out}");
-    assert!(out.contains("Verified OK"), "{out}");
-    let (ok, out) = openssl_verify(dir.path(), "other");
-    assert!(!ok, "openssl accepted a wrong message: {out}");
+    keyward_tests::assert_openssl_verifies(&pem, &sig.bytes, msg);
 
     // A wrong PIN does not sign.
     tpm_wrong_pin_sign(&backend, &e);
@@ -675,30 +665,6 @@ fn tpm_wrong_pin_sign(backend: &Tpm, e: &Enrollment) {
         backend.sign(e, b"m", &wrong),
         Err(Error::WrongPin { .. })
     ));
-}
-
-fn openssl_verify(dir: &Path, msg: &str) -> (bool, String) {
-    let out = keyward_hw_mocks::swtpm::clean_command("openssl")
-        .current_dir(dir)
-        .args([
-            "dgst",
-            "-sha256",
-            "-verify",
-            "pub.pem",
-            "-signature",
-            "sig.der",
-            msg,
-        ])
-        .output()
-        .expect("run openssl");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 fn verify_on_host(e: &Enrollment, msg: &[u8], sig: &Signature) {

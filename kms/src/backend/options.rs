@@ -70,72 +70,36 @@ impl EnrollOptions {
             }),
         }
     }
+}
 
-    /// The passphrase protector's options.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] for another backend's options.
-    pub fn passphrase(&self) -> Result<Argon2Options> {
-        let own = if let Self::Passphrase(o) = self {
-            Some(o)
-        } else {
-            None
-        };
-        self.of(BackendKind::Passphrase, own)
-    }
+/// Writes, for each backend that takes options, the accessor that returns
+/// its own variant (or its defaults for [`EnrollOptions::None`]).
+macro_rules! accessors {
+    ($($(#[$cfg:meta])* $name:ident: $variant:ident($options:ty),)*) => {
+        impl EnrollOptions {$(
+            #[doc = concat!("The options of the ", stringify!($variant), " backend.")]
+            ///
+            /// # Errors
+            /// [`Error::InvalidArgument`] for another backend's options.
+            $(#[$cfg])*
+            pub fn $name(&self) -> Result<$options> {
+                let own = match self {
+                    Self::$variant(options) => Some(options),
+                    _ => None,
+                };
+                self.of(BackendKind::$variant, own)
+            }
+        )*}
+    };
+}
 
-    /// The YubiKey backend's options.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] for another backend's options.
-    pub fn yubikey(&self) -> Result<YubikeyOptions> {
-        let own = if let Self::Yubikey(o) = self {
-            Some(o)
-        } else {
-            None
-        };
-        self.of(BackendKind::Yubikey, own)
-    }
-
-    /// The TPM backend's options.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] for another backend's options.
-    pub fn tpm(&self) -> Result<TpmOptions> {
-        let own = if let Self::Tpm(o) = self {
-            Some(o)
-        } else {
-            None
-        };
-        self.of(BackendKind::Tpm, own)
-    }
-
-    /// The PKCS#11 backend's options.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] for another backend's options.
-    pub fn pkcs11(&self) -> Result<Pkcs11Options> {
-        let own = if let Self::Pkcs11(o) = self {
-            Some(o)
-        } else {
-            None
-        };
-        self.of(BackendKind::Pkcs11, own)
-    }
-
-    /// The mock backend's options.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] for another backend's options.
+accessors! {
+    passphrase: Passphrase(Argon2Options),
+    yubikey: Yubikey(YubikeyOptions),
+    tpm: Tpm(TpmOptions),
+    pkcs11: Pkcs11(Pkcs11Options),
     #[cfg(any(test, feature = "mock"))]
-    pub fn mock(&self) -> Result<MockOptions> {
-        let own = if let Self::Mock(o) = self {
-            Some(o)
-        } else {
-            None
-        };
-        self.of(BackendKind::Mock, own)
-    }
+    mock: Mock(MockOptions),
 }
 
 /// Argon2id costs of a new passphrase protector; `None` keeps the
