@@ -14,7 +14,7 @@ use keyward_kms::protectors::{passphrase, recovery};
 use keyward_kms::secret::ExposeSecret;
 use keyward_kms::{Backend, EnrollOptions, EnrollRequest, SecretKind};
 
-use crate::{Fixture, MidOperationFault, TestCallbacks, WrongSecret};
+use crate::{Answers, Fixture, MidOperationFault, TestCallbacks, WrongSecret};
 
 /// Serial of the device the mock fixture enrolls.
 pub const MOCK_SERIAL: &str = "MOCK-0001";
@@ -25,8 +25,7 @@ pub const MOCK_OTHER_SERIAL: &str = "MOCK-0002";
 #[derive(Debug)]
 pub struct MockFixture {
     mock: MockBackend,
-    right: Arc<TestCallbacks>,
-    wrong: Arc<TestCallbacks>,
+    answers: Answers,
 }
 
 impl MockFixture {
@@ -34,8 +33,7 @@ impl MockFixture {
     pub fn new() -> Self {
         Self {
             mock: MockBackend::with_device(MockDevice::new(MOCK_SERIAL)),
-            right: Arc::new(TestCallbacks::new().answer(SecretKind::Pin, DEFAULT_PIN)),
-            wrong: Arc::new(TestCallbacks::new().answer(SecretKind::Pin, "999999")),
+            answers: Answers::pins(DEFAULT_PIN, "999999"),
         }
     }
 
@@ -67,12 +65,8 @@ impl Fixture for MockFixture {
         }
     }
 
-    fn callbacks(&self) -> Arc<TestCallbacks> {
-        self.right.clone()
-    }
-
-    fn wrong_callbacks(&self) -> Arc<TestCallbacks> {
-        self.wrong.clone()
+    fn answers(&self) -> &Answers {
+        &self.answers
     }
 
     fn wrong_secret(&self) -> WrongSecret {
@@ -117,8 +111,7 @@ impl Fixture for MockFixture {
 /// shown at enrollment.
 #[derive(Debug)]
 pub struct RecoveryFixture {
-    right: Arc<TestCallbacks>,
-    wrong: Arc<TestCallbacks>,
+    answers: Answers,
 }
 
 impl RecoveryFixture {
@@ -129,8 +122,8 @@ impl RecoveryFixture {
     pub fn new() -> Self {
         let other = recovery::RecoveryKey::generate().expect("OS RNG");
         Self {
-            right: Arc::new(TestCallbacks::new().answer_with_shown_secret()),
-            wrong: Arc::new(
+            answers: Answers::new(
+                TestCallbacks::new().answer_with_shown_secret(),
                 TestCallbacks::new()
                     .answer(SecretKind::RecoveryKey, other.to_text().expose_secret()),
             ),
@@ -156,12 +149,8 @@ impl Fixture for RecoveryFixture {
         }
     }
 
-    fn callbacks(&self) -> Arc<TestCallbacks> {
-        self.right.clone()
-    }
-
-    fn wrong_callbacks(&self) -> Arc<TestCallbacks> {
-        self.wrong.clone()
+    fn answers(&self) -> &Answers {
+        &self.answers
     }
 
     fn wrong_secret(&self) -> WrongSecret {
@@ -176,20 +165,17 @@ pub const PASSPHRASE: &str = "correct horse battery staple";
 /// (8 MiB, one pass) so that the suite stays fast.
 #[derive(Debug)]
 pub struct PassphraseFixture {
-    right: Arc<TestCallbacks>,
-    wrong: Arc<TestCallbacks>,
+    answers: Answers,
 }
 
 impl PassphraseFixture {
     /// A fresh fixture.
     pub fn new() -> Self {
         Self {
-            right: Arc::new(
+            answers: Answers::new(
                 TestCallbacks::new()
                     .answer(SecretKind::NewPassphrase, PASSPHRASE)
                     .answer(SecretKind::Passphrase, PASSPHRASE),
-            ),
-            wrong: Arc::new(
                 TestCallbacks::new()
                     .answer(SecretKind::Passphrase, "correct horse battery stapler"),
             ),
@@ -220,12 +206,8 @@ impl Fixture for PassphraseFixture {
         }
     }
 
-    fn callbacks(&self) -> Arc<TestCallbacks> {
-        self.right.clone()
-    }
-
-    fn wrong_callbacks(&self) -> Arc<TestCallbacks> {
-        self.wrong.clone()
+    fn answers(&self) -> &Answers {
+        &self.answers
     }
 
     fn wrong_secret(&self) -> WrongSecret {

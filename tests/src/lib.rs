@@ -51,6 +51,45 @@ use keyward_kms::{Backend, EnrollRequest, Enrollment, SignAlgorithm, Signature};
 
 pub use callbacks::TestCallbacks;
 
+/// The callbacks a fixture hands out: one answers with the right secret,
+/// the other with a well-formed wrong one.
+#[derive(Debug, Clone)]
+pub struct Answers {
+    /// Answers with the right secret.
+    pub right: Arc<TestCallbacks>,
+    /// Answers with a wrong secret.
+    pub wrong: Arc<TestCallbacks>,
+}
+
+impl Answers {
+    /// `right` and `wrong`.
+    pub fn new(right: TestCallbacks, wrong: TestCallbacks) -> Self {
+        Self {
+            right: Arc::new(right),
+            wrong: Arc::new(wrong),
+        }
+    }
+
+    /// Callbacks answering PIN prompts with `right` and with `wrong`.
+    pub fn pins(right: &str, wrong: &str) -> Self {
+        let pin = |secret| TestCallbacks::new().answer(keyward_kms::SecretKind::Pin, secret);
+        Self::new(pin(right), pin(wrong))
+    }
+
+    /// How many PINs both were asked for, together.
+    ///
+    /// # Panics
+    /// Past 2^64 prompts.
+    pub fn pins_asked(&self) -> u64 {
+        let asked = [&self.right, &self.wrong]
+            .iter()
+            .flat_map(|ui| ui.prompts())
+            .filter(|p| p.kind == keyward_kms::SecretKind::Pin)
+            .count();
+        u64::try_from(asked).expect("a test asks fewer than 2^64 times")
+    }
+}
+
 /// Checks a DER ECDSA P-256 signature as a user would, with `openssl dgst
 /// -sha256 -verify`: it verifies over `msg` ("Verified OK"), and not over
 /// another message.
@@ -229,11 +268,18 @@ pub trait Fixture {
     /// A request that enrolls successfully.
     fn enroll_request(&self) -> EnrollRequest;
 
+    /// The callbacks this fixture hands out.
+    fn answers(&self) -> &Answers;
+
     /// Callbacks that answer every prompt with the right secret.
-    fn callbacks(&self) -> Arc<TestCallbacks>;
+    fn callbacks(&self) -> Arc<TestCallbacks> {
+        self.answers().right.clone()
+    }
 
     /// Callbacks that answer with a well-formed but wrong secret.
-    fn wrong_callbacks(&self) -> Arc<TestCallbacks>;
+    fn wrong_callbacks(&self) -> Arc<TestCallbacks> {
+        self.answers().wrong.clone()
+    }
 
     /// What a wrong secret is for this backend.
     fn wrong_secret(&self) -> WrongSecret;

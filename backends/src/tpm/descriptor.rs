@@ -325,26 +325,37 @@ mod tests {
         );
     }
 
-    #[test]
-    fn descriptor_checks_policy_against_settings() {
-        let values = [[0u8; 32]];
-        let policy = policy_digest(true, &[16], &values).expect("policy");
+    /// A descriptor without PIN or PCRs, with placeholder blobs.
+    fn unbound() -> Params {
         let blob = KeyBlob {
             public: "00".into(),
             private: "00".into(),
         };
-        let p = Params {
+        Params {
             version: VERSION,
             tcti: "device:/dev/tpmrm0".into(),
             srk_template: SRK_TEMPLATE.into(),
             srk_id: "ab".repeat(32),
+            pin: false,
+            pcrs: vec![],
+            pcr_values: BTreeMap::new(),
+            policy: String::new(),
+            ecdh: blob.clone(),
+            sign: blob,
+            sign_public_key: String::new(),
+        }
+    }
+
+    #[test]
+    fn descriptor_checks_policy_against_settings() {
+        let values = [[0u8; 32]];
+        let policy = policy_digest(true, &[16], &values).expect("policy");
+        let p = Params {
             pin: true,
             pcrs: vec![16],
             pcr_values: BTreeMap::from([(16, hex::encode([0u8; 32]))]),
             policy: hex::encode(policy),
-            ecdh: blob.clone(),
-            sign: blob,
-            sign_public_key: String::new(),
+            ..unbound()
         };
         assert_eq!(Params::from_json(&p.to_json()).expect("valid"), p);
         let mut no_pin = p.clone();
@@ -364,23 +375,7 @@ mod tests {
 
     #[test]
     fn version_key_is_v_and_old_descriptors_still_read() {
-        let blob = KeyBlob {
-            public: "00".into(),
-            private: "00".into(),
-        };
-        let p = Params {
-            version: VERSION,
-            tcti: "device:/dev/tpmrm0".into(),
-            srk_template: SRK_TEMPLATE.into(),
-            srk_id: "ab".repeat(32),
-            pin: false,
-            pcrs: vec![],
-            pcr_values: BTreeMap::new(),
-            policy: String::new(),
-            ecdh: blob.clone(),
-            sign: blob,
-            sign_public_key: String::new(),
-        };
+        let p = unbound();
         let new = p.to_json();
         assert_eq!(new["v"], 1, "{new}");
         assert!(new.get("version").is_none(), "{new}");

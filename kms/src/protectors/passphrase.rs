@@ -295,7 +295,7 @@ impl crate::Backend for Backend {
 
     /// Asks for a new passphrase ([`SecretKind::NewPassphrase`]; the UI
     /// confirms it) and stores the salt, parameters and public key.
-    /// Options: `argon2-m-kib`, `argon2-t`, `argon2-p`.
+    /// Options: [`crate::backend::options::Argon2Options`].
     fn enroll(&self, req: &EnrollRequest, ui: &dyn Callbacks) -> Result<Enrollment> {
         let params = self.params_for(req)?;
         let description = if req.label.is_empty() {
