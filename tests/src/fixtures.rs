@@ -16,17 +16,17 @@ use keyward_kms::{Backend, EnrollOptions, EnrollRequest, SecretKind};
 
 use crate::{Answers, Fixture, MidOperationFault, TestCallbacks, WrongSecret};
 
-/// Serial of the device the mock fixture enrolls.
-pub const MOCK_SERIAL: &str = "MOCK-0001";
-/// Serial of the device [`Fixture::swap_device`] plugs in instead.
-pub const MOCK_OTHER_SERIAL: &str = "MOCK-0002";
-
 /// The in-process mock token, with every hook.
 #[derive(Debug)]
 pub struct MockFixture {
     mock: MockBackend,
     answers: Answers,
 }
+
+/// Serial of the device the mock fixture enrolls.
+pub const MOCK_SERIAL: &str = "MOCK-0001";
+/// Serial of the device [`Fixture::swap_device`] plugs in instead.
+pub const MOCK_OTHER_SERIAL: &str = "MOCK-0002";
 
 impl MockFixture {
     /// One mock token with the default PIN and retries.

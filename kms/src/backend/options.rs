@@ -236,6 +236,20 @@ impl Default for TpmOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Pcr(u8);
 
+impl FromStr for Pcr {
+    type Err = Error;
+
+    /// Parses a decimal index (`7`).
+    fn from_str(text: &str) -> Result<Self> {
+        let index: u8 = text.trim().parse().map_err(|_| Error::InvalidArgument {
+            what: format!("PCR {:?} is not a number (expected e.g. 7,11)", text.trim()),
+        })?;
+        Self::new(index).ok_or_else(|| Error::InvalidArgument {
+            what: format!("PCR {index} does not exist (0-{})", Self::MAX),
+        })
+    }
+}
+
 impl Pcr {
     /// The highest PCR index.
     pub const MAX: u8 = 23;
@@ -248,21 +262,6 @@ impl Pcr {
     /// The index.
     pub fn index(self) -> u8 {
         self.0
-    }
-}
-
-impl FromStr for Pcr {
-    type Err = Error;
-
-    /// Parses a decimal index (`7`).
-    fn from_str(text: &str) -> Result<Self> {
-        let t = text.trim();
-        let index: u8 = t.parse().map_err(|_| Error::InvalidArgument {
-            what: format!("PCR {t:?} is not a number (expected e.g. 7,11)"),
-        })?;
-        Self::new(index).ok_or_else(|| Error::InvalidArgument {
-            what: format!("PCR {index} does not exist (0-{})", Self::MAX),
-        })
     }
 }
 
@@ -331,15 +330,14 @@ impl Pkcs11Mode {
 impl FromStr for Pkcs11Mode {
     type Err = Error;
 
-    /// Parses `ecdh` / `aes-gcm`.
+    /// Parses the spelling [`Pkcs11Mode::as_str`] gives.
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "ecdh" => Ok(Self::Ecdh),
-            "aes-gcm" => Ok(Self::AesGcm),
-            other => Err(Error::InvalidArgument {
-                what: format!("pkcs11 mode {other:?}: use ecdh or aes-gcm"),
-            }),
-        }
+        [Self::Ecdh, Self::AesGcm]
+            .into_iter()
+            .find(|mode| mode.as_str() == s)
+            .ok_or_else(|| Error::InvalidArgument {
+                what: format!("pkcs11 mode {s:?}: use ecdh or aes-gcm"),
+            })
     }
 }
 
