@@ -318,12 +318,7 @@ struct Target {
 impl Target {
     fn from_enrollment(enrollment: &Enrollment) -> Result<Self> {
         enrollment.check_kind(KIND)?;
-        if enrollment
-            .params
-            .get("v")
-            .and_then(serde_json::Value::as_u64)
-            != Some(1)
-        {
+        if enrollment.version() != Some(1) {
             return Err(Error::Malformed {
                 what: "mock protector descriptor has no supported version",
             });
@@ -340,14 +335,7 @@ impl Target {
                 what: "mock protector descriptor has no valid slot",
             })?
             .to_owned();
-        let public_key: [u8; ecies::POINT_LEN] = enrollment
-            .public_key
-            .as_slice()
-            .try_into()
-            .map_err(|_| Error::InvalidPublicKey {
-                what: "enrolled public key is not a 33-byte compressed point",
-            })?;
-        ecies::parse_public_key(&public_key)?;
+        let public_key = enrollment.p256_public_key()?;
         Ok(Self {
             serial,
             slot,

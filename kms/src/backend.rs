@@ -198,6 +198,27 @@ impl Enrollment {
             })
         }
     }
+
+    /// The descriptor's version (its `"v"`), if it has one.
+    pub fn version(&self) -> Option<u64> {
+        self.params.get("v").and_then(serde_json::Value::as_u64)
+    }
+
+    /// The enrolled public key: a compressed P-256 point (33 bytes).
+    ///
+    /// # Errors
+    /// [`Error::InvalidPublicKey`] for anything else.
+    pub fn p256_public_key(&self) -> Result<[u8; crate::crypto::ecies::POINT_LEN]> {
+        let key: [u8; crate::crypto::ecies::POINT_LEN] = self
+            .public_key
+            .as_slice()
+            .try_into()
+            .map_err(|_| Error::InvalidPublicKey {
+                what: "enrolled public key is not a 33-byte compressed point",
+            })?;
+        crate::crypto::ecies::parse_public_key(&key)?;
+        Ok(key)
+    }
 }
 
 /// Locks a backend's device state, tolerating poison: a panic while the

@@ -39,26 +39,12 @@ fn capabilities() -> Capabilities {
 /// compressed P-256 public key, and returns that key.
 fn enrolled_key(enrollment: &Enrollment, kind: BackendKind) -> Result<[u8; ecies::POINT_LEN]> {
     enrollment.check_kind(kind)?;
-    if enrollment
-        .params
-        .get("v")
-        .and_then(serde_json::Value::as_u64)
-        != Some(1)
-    {
+    if enrollment.version() != Some(1) {
         return Err(Error::Malformed {
             what: "protector descriptor has no supported version (\"v\": 1)",
         });
     }
-    let key: [u8; ecies::POINT_LEN] =
-        enrollment
-            .public_key
-            .as_slice()
-            .try_into()
-            .map_err(|_| Error::InvalidPublicKey {
-                what: "enrolled public key is not a 33-byte compressed point",
-            })?;
-    ecies::parse_public_key(&key)?;
-    Ok(key)
+    enrollment.p256_public_key()
 }
 
 /// The wrap of every ECIES protector: only the public key is needed.
