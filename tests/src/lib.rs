@@ -45,6 +45,7 @@ pub mod fixtures;
 pub mod service_cases;
 pub mod yubikey_fixture;
 
+use std::path::Path;
 use std::sync::Arc;
 
 use keyward_kms::{Backend, EnrollRequest, Enrollment, SignAlgorithm, Signature};
@@ -88,6 +89,30 @@ impl Answers {
             .count();
         u64::try_from(asked).expect("a test asks fewer than 2^64 times")
     }
+}
+
+/// The arguments of `keyward sign --protector ID -i INPUT -o OUTPUT`.
+pub fn sign_args<'a>(protector: &'a str, input: &'a str, output: &'a str) -> [&'a str; 7] {
+    ["sign", "--protector", protector, "-i", input, "-o", output]
+}
+
+/// Whether `openssl dgst -sha256 -verify` accepts the DER ECDSA signature
+/// in file `sig` over file `msg` with the public key in file `pem`.
+///
+/// # Panics
+/// If openssl cannot run, or its answer and its exit code disagree.
+pub fn openssl_verifies(pem: &Path, sig: &Path, msg: &Path) -> bool {
+    let out = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-verify"])
+        .arg(pem)
+        .arg("-signature")
+        .arg(sig)
+        .arg(msg)
+        .output()
+        .expect("openssl installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.success(), text.contains("Verified OK"), "{text}");
+    out.status.success()
 }
 
 /// Checks a DER ECDSA P-256 signature as a user would, with `openssl dgst
