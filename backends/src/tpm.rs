@@ -345,23 +345,20 @@ impl Backend {
 
     /// Asks for a new PIN twice and returns its hash.
     fn ask_new_pin(ui: &dyn Callbacks, label: &str) -> Result<Zeroizing<Vec<u8>>> {
-        let first_desc = format!("new TPM PIN for {label:?}");
-        let first = ui.request_secret(&SecretRequest {
-            kind: SecretKind::Pin,
-            description: &first_desc,
-            retries_left: None,
-        })?;
+        let ask = |description: &str| {
+            ui.request_secret(&SecretRequest {
+                kind: SecretKind::Pin,
+                description,
+                retries_left: None,
+            })
+        };
+        let first = ask(&format!("new TPM PIN for {label:?}"))?;
         if first.expose_secret().is_empty() {
             return Err(Error::InvalidArgument {
                 what: "the TPM PIN must not be empty (use pin=false for no PIN)".into(),
             });
         }
-        let second_desc = format!("new TPM PIN for {label:?} (again)");
-        let second = ui.request_secret(&SecretRequest {
-            kind: SecretKind::Pin,
-            description: &second_desc,
-            retries_left: None,
-        })?;
+        let second = ask(&format!("new TPM PIN for {label:?} (again)"))?;
         if first.expose_secret() != second.expose_secret() {
             return Err(Error::InvalidArgument {
                 what: "the two TPM PINs differ".into(),

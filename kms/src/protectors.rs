@@ -100,20 +100,18 @@ fn sign(derived: &SecretKey, msg: &[u8]) -> Result<Signature> {
 /// A software protector is always present; it "matches" when its
 /// descriptor is well formed.
 fn health(enrollment: &Enrollment, kind: BackendKind, what: &str) -> Health {
-    match enrolled_key(enrollment, kind) {
-        Ok(_) => Health {
-            present: true,
-            matches: true,
-            retries_left: None,
-            lockout_seconds: None,
-            detail: format!("software protector; unlocking needs the {what}"),
-        },
-        Err(e) => Health {
-            present: true,
-            matches: false,
-            retries_left: None,
-            lockout_seconds: None,
-            detail: format!("the stored descriptor is unusable: {e}"),
-        },
+    let (matches, detail) = match enrolled_key(enrollment, kind) {
+        Ok(_) => (
+            true,
+            format!("software protector; unlocking needs the {what}"),
+        ),
+        Err(e) => (false, format!("the stored descriptor is unusable: {e}")),
+    };
+    Health {
+        present: true,
+        matches,
+        retries_left: None,
+        lockout_seconds: None,
+        detail,
     }
 }
