@@ -353,14 +353,12 @@ pub(super) fn ec_key(session: &Session, uri: &Uri, label: &str) -> Res<(Enrolled
             &private_template,
         )
         .map_err(|e| {
-            if errors::is_mechanism_refused(&e) {
-                Fail::Kw(unsupported(
-                    "P-256 key generation (CKM_EC_KEY_PAIR_GEN)",
-                    Instead::AesGcm,
-                ))
-            } else {
-                Fail::Ck(e, "C_GenerateKeyPair")
-            }
+            Fail::refused(
+                e,
+                "C_GenerateKeyPair",
+                "P-256 key generation (CKM_EC_KEY_PAIR_GEN)",
+                Instead::AesGcm,
+            )
         })?;
     let point = read_ec_point(session, public)?;
     Ok((
@@ -474,14 +472,12 @@ pub(super) fn aes_key(
     let handle = session
         .generate_key(&Mechanism::AesKeyGen, &template)
         .map_err(|e| {
-            if errors::is_mechanism_refused(&e) {
-                Fail::Kw(unsupported(
-                    "AES-256 key generation (CKM_AES_KEY_GEN)",
-                    Instead::Ecdh,
-                ))
-            } else {
-                Fail::Ck(e, "C_GenerateKey")
-            }
+            Fail::refused(
+                e,
+                "C_GenerateKey",
+                "AES-256 key generation (CKM_AES_KEY_GEN)",
+                Instead::Ecdh,
+            )
         })?;
     Ok((
         EnrolledKey {
@@ -594,14 +590,12 @@ pub(super) fn ed25519_key(session: &Session, label: &str) -> Res<(SignKey, Vec<O
             &private_template,
         )
         .map_err(|e| {
-            if errors::is_mechanism_refused(&e) {
-                Fail::Kw(unsupported(
-                    "Ed25519 key generation (CKM_EC_EDWARDS_KEY_PAIR_GEN)",
-                    Instead::NoEd25519,
-                ))
-            } else {
-                Fail::Ck(e, "C_GenerateKeyPair")
-            }
+            Fail::refused(
+                e,
+                "C_GenerateKeyPair",
+                "Ed25519 key generation (CKM_EC_EDWARDS_KEY_PAIR_GEN)",
+                Instead::NoEd25519,
+            )
         })?;
     let point = read_public(session, public, PublicForm::Ed25519)?;
     Ok((
