@@ -260,14 +260,12 @@ impl keyward_kms::Backend for Backend {
             token.with_session(|s| {
                 s.sign(&Mechanism::Ecdsa, private, digest.as_slice())
                     .map_err(|e| {
-                        if errors::is_mechanism_refused(&e) {
-                            Fail::Kw(unsupported(
-                                "CKM_ECDSA with this key (it may lack CKA_SIGN)",
-                                Instead::Nothing,
-                            ))
-                        } else {
-                            Fail::Ck(e, "C_Sign")
-                        }
+                        Fail::refused(
+                            e,
+                            "C_Sign",
+                            "CKM_ECDSA with this key (it may lack CKA_SIGN)",
+                            Instead::Nothing,
+                        )
                     })
             })
         })?;

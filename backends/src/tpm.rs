@@ -345,23 +345,20 @@ impl Backend {
 
     /// Asks for a new PIN twice and returns its hash.
     fn ask_new_pin(ui: &dyn Callbacks, label: &str) -> Result<Zeroizing<Vec<u8>>> {
-        let first_desc = format!("new TPM PIN for {label:?}");
-        let first = ui.request_secret(&SecretRequest {
-            kind: SecretKind::Pin,
-            description: &first_desc,
-            retries_left: None,
-        })?;
+        let ask = |description: &str| {
+            ui.request_secret(&SecretRequest {
+                kind: SecretKind::Pin,
+                description,
+                retries_left: None,
+            })
+        };
+        let first = ask(&format!("new TPM PIN for {label:?}"))?;
         if first.expose_secret().is_empty() {
             return Err(Error::InvalidArgument {
                 what: "the TPM PIN must not be empty (use pin=false for no PIN)".into(),
             });
         }
-        let second_desc = format!("new TPM PIN for {label:?} (again)");
-        let second = ui.request_secret(&SecretRequest {
-            kind: SecretKind::Pin,
-            description: &second_desc,
-            retries_left: None,
-        })?;
+        let second = ask(&format!("new TPM PIN for {label:?} (again)"))?;
         if first.expose_secret() != second.expose_secret() {
             return Err(Error::InvalidArgument {
                 what: "the two TPM PINs differ".into(),
@@ -407,29 +404,8 @@ impl backend::Backend for Backend {
     }
 
     fn enroll(&self, req: &EnrollRequest, ui: &dyn Callbacks) -> Result<Enrollment> {
-        let mut pin = true;
-        let mut pcrs = Vec::new();
-        for (key, value) in &req.options {
-            match key.as_str() {
-                "pin" => {
-                    pin = match value.as_str() {
-                        "true" | "yes" | "1" => true,
-                        "false" | "no" | "0" => false,
-                        _ => {
-                            return Err(Error::InvalidArgument {
-                                what: format!("TPM option pin={value:?}: expected true or false"),
-                            });
-                        }
-                    }
-                }
-                "pcrs" => pcrs = descriptor::parse_pcrs(value)?,
-                _ => {
-                    return Err(Error::InvalidArgument {
-                        what: format!("unknown TPM option {key:?} (known: pin, pcrs)"),
-                    });
-                }
-            }
-        }
+        let options = req.options.tpm()?;
+        let (pin, pcrs) = (options.pin, options.pcrs.indices());
         let tcti = self.tcti_for(req.device.as_deref(), None);
 
         // Phase 1: is there a TPM, and which one? (Before any prompt.)
@@ -456,8 +432,8 @@ impl backend::Backend for Backend {
                     "the TPM changed during enrollment; try again",
                 ));
             }
-            let values = scope.pcr_values(&pcrs).map_err(map)?;
-            let policy = descriptor::policy_digest(pin, &pcrs, &values);
+            let values = scope.pcr_values(pcrs).map_err(map)?;
+            let policy = descriptor::policy_digest(pin, pcrs, &values);
             // Salted HMAC session on the SRK: TPM2_Create's first parameter
             // (the new key's auth value) travels encrypted.
             let session = scope
@@ -491,7 +467,7 @@ impl backend::Backend for Backend {
                 srk_template: descriptor::SRK_TEMPLATE.to_owned(),
                 srk_id: srk_id.clone(),
                 pin,
-                pcrs: pcrs.clone(),
+                pcrs: pcrs.to_vec(),
                 pcr_values: pcrs
                     .iter()
                     .copied()

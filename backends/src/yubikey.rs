@@ -93,10 +93,8 @@ use card::{
     Session, check_kind, check_pin_format, description, find, join, missing_new, not_found,
     not_protected, parse_serial, release, scan, verify,
 };
-pub use descriptor::{
-    OPTION_OVERWRITE, OPTION_PIN_POLICY, OPTION_SLOT, OPTION_TOUCH, Params, Pin, Touch,
-};
-use descriptor::{Options, retired_slots, slot_id};
+pub use descriptor::{Params, Pin, Touch};
+use descriptor::{pin_policy, retired_slots, slot_id, touch_policy};
 use errors::{KIND, Op, device, drops_handle, failed, map};
 use slots::{
     check_slot, choose_slot, default_credentials, random_management_key, write_certificate,
@@ -436,7 +434,7 @@ impl backend::Backend for Backend {
     }
 
     fn enroll(&self, req: &EnrollRequest, ui: &dyn Callbacks) -> Result<Enrollment> {
-        let opts = Options::from_request(req)?;
+        let opts = req.options.yubikey()?;
         let serial = match &req.device {
             Some(d) => parse_serial(d)?,
             None => Self::only_serial()?,
@@ -473,15 +471,15 @@ impl backend::Backend for Backend {
             yk,
             id,
             AlgorithmId::EccP256,
-            opts.pin.policy(),
-            opts.touch.policy(),
+            pin_policy(opts.pin_policy),
+            touch_policy(opts.touch),
         );
         let spki = generated.map_err(|e| s.fail(e, Op::Admin))?;
         let public = p256::PublicKey::from_sec1_bytes(spki.subject_public_key.raw_bytes())
             .map_err(|_| failed("generate", "the YubiKey returned an invalid P-256 key"))?;
         // Mark the slot: a self-signed certificate, signed by the new key
         // (needs the PIN again under policy `always`, and a touch).
-        if opts.pin == Pin::Always {
+        if opts.pin_policy == Pin::Always {
             verify(&mut s, &pin)?;
         }
         if opts.touch.needs_touch() {
@@ -492,7 +490,7 @@ impl backend::Backend for Backend {
             v: 1,
             serial,
             slot: format!("{slot:02x}"),
-            pin_policy: opts.pin,
+            pin_policy: opts.pin_policy,
             touch_policy: opts.touch,
             firmware,
         };

@@ -8,7 +8,11 @@
 use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
-use keyward_kms::{BackendKind, DataClass, KeyName, KeyPurpose};
+use keyward_kms::backend::options::{
+    Argon2Options, Pcr, PivPinPolicy, PivSlot, PivTouchPolicy, Pkcs11Mode, Pkcs11Options,
+    Pkcs11Sign, TpmOptions, YubikeyOptions,
+};
+use keyward_kms::{BackendKind, DataClass, EnrollOptions, KeyName, KeyPurpose};
 
 /// Help heading of the options every command takes.
 const GLOBAL: &str = "Global options";
@@ -432,8 +436,8 @@ pub(crate) struct EnrollYubikeyArgs {
     pub(crate) serial: Option<u32>,
     /// Retired PIV slot for the new key, 82..95 (hex) [default: the first
     /// empty one]
-    #[arg(long, value_name = "SLOT")]
-    pub(crate) slot: Option<String>,
+    #[arg(long, value_name = "SLOT", value_parser = checked::<PivSlot>)]
+    pub(crate) slot: Option<PivSlot>,
     /// When the YubiKey wants a touch [default: always]
     #[arg(long, value_enum, value_name = "WHEN")]
     pub(crate) touch: Option<TouchArg>,
@@ -453,24 +457,24 @@ pub(crate) struct EnrollYubikeyArgs {
 }
 
 impl EnrollYubikeyArgs {
-    /// The options as the YubiKey backend takes them (`slot`, `touch`,
-    /// `pin-policy`, `overwrite`).
-    pub(crate) fn options(&self) -> Vec<(String, String)> {
-        let mut options = Vec::new();
-        if let Some(slot) = &self.slot {
-            options.push(("slot".to_owned(), slot.clone()));
-        }
-        if let Some(touch) = self.touch {
-            options.push(("touch".to_owned(), touch.as_str().to_owned()));
-        }
-        if let Some(pin) = self.pin_policy {
-            options.push(("pin-policy".to_owned(), pin.as_str().to_owned()));
-        }
-        if self.overwrite {
-            options.push(("overwrite".to_owned(), "true".to_owned()));
-        }
-        options
+    /// The options of the YubiKey backend.
+    pub(crate) fn options(&self) -> EnrollOptions {
+        EnrollOptions::Yubikey(YubikeyOptions {
+            slot: self.slot,
+            pin_policy: self.pin_policy.map(Into::into).unwrap_or_default(),
+            touch: self.touch.map(Into::into).unwrap_or_default(),
+            overwrite: self.overwrite,
+        })
     }
+}
+
+/// Parses an enroll option's value with the check of its kms type; clap
+/// shows the message after "invalid value".
+fn checked<T: std::str::FromStr<Err = keyward_kms::Error>>(text: &str) -> Result<T, String> {
+    text.parse().map_err(|e| match e {
+        keyward_kms::Error::InvalidArgument { what } => what,
+        other => other.to_string(),
+    })
 }
 
 /// YubiKey touch policy on the command line.
@@ -484,12 +488,12 @@ pub(crate) enum TouchArg {
     Never,
 }
 
-impl TouchArg {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Always => "always",
-            Self::Cached => "cached",
-            Self::Never => "never",
+impl From<TouchArg> for PivTouchPolicy {
+    fn from(touch: TouchArg) -> Self {
+        match touch {
+            TouchArg::Always => Self::Always,
+            TouchArg::Cached => Self::Cached,
+            TouchArg::Never => Self::Never,
         }
     }
 }
@@ -503,11 +507,11 @@ pub(crate) enum PinPolicyArg {
     Always,
 }
 
-impl PinPolicyArg {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Once => "once",
-            Self::Always => "always",
+impl From<PinPolicyArg> for PivPinPolicy {
+    fn from(pin: PinPolicyArg) -> Self {
+        match pin {
+            PinPolicyArg::Once => Self::Once,
+            PinPolicyArg::Always => Self::Always,
         }
     }
 }
@@ -526,9 +530,8 @@ pub(crate) struct EnrollTpmArgs {
     pub(crate) no_pin: bool,
     /// Bind the key to these SHA-256 PCRs (e.g. 7,11): it stops working
     /// when they change (firmware, boot loader, Secure Boot)
-    #[arg(long, value_name = "LIST", value_delimiter = ',',
-          value_parser = clap::value_parser!(u8).range(0..=23))]
-    pub(crate) pcrs: Vec<u8>,
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = checked::<Pcr>)]
+    pub(crate) pcrs: Vec<Pcr>,
     /// Replace the enrolled TPM protector (one transaction), e.g. after a
     /// firmware update changed the PCRs; --protector ID picks it when
     /// several are enrolled
@@ -542,14 +545,12 @@ impl EnrollTpmArgs {
         !self.no_pin
     }
 
-    /// The options as the TPM backend takes them (`pin`, `pcrs`).
-    pub(crate) fn options(&self) -> Vec<(String, String)> {
-        let mut options = vec![("pin".to_owned(), self.with_pin().to_string())];
-        if !self.pcrs.is_empty() {
-            let list: Vec<String> = self.pcrs.iter().map(u8::to_string).collect();
-            options.push(("pcrs".to_owned(), list.join(",")));
-        }
-        options
+    /// The options of the TPM backend.
+    pub(crate) fn options(&self) -> EnrollOptions {
+        EnrollOptions::Tpm(TpmOptions {
+            pin: self.with_pin(),
+            pcrs: self.pcrs.iter().copied().collect(),
+        })
     }
 }
 
@@ -579,16 +580,12 @@ pub(crate) struct EnrollPkcs11Args {
 }
 
 impl EnrollPkcs11Args {
-    /// The options as the PKCS#11 backend takes them (`mode`, `sign`).
-    pub(crate) fn options(&self) -> Vec<(String, String)> {
-        let mut options = Vec::new();
-        if let Some(mode) = self.mode {
-            options.push(("mode".to_owned(), mode.as_str().to_owned()));
-        }
-        if let Some(sign) = self.sign {
-            options.push(("sign".to_owned(), sign.as_str().to_owned()));
-        }
-        options
+    /// The options of the PKCS#11 backend.
+    pub(crate) fn options(&self) -> EnrollOptions {
+        EnrollOptions::Pkcs11(Pkcs11Options {
+            mode: self.mode.map(Into::into),
+            sign: self.sign.map(Into::into),
+        })
     }
 }
 
@@ -601,11 +598,11 @@ pub(crate) enum ModeArg {
     AesGcm,
 }
 
-impl ModeArg {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Ecdh => "ecdh",
-            Self::AesGcm => "aes-gcm",
+impl From<ModeArg> for Pkcs11Mode {
+    fn from(mode: ModeArg) -> Self {
+        match mode {
+            ModeArg::Ecdh => Self::Ecdh,
+            ModeArg::AesGcm => Self::AesGcm,
         }
     }
 }
@@ -619,11 +616,11 @@ pub(crate) enum SignArg {
     Ed25519,
 }
 
-impl SignArg {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Ecdsa => "ecdsa",
-            Self::Ed25519 => "ed25519",
+impl From<SignArg> for Pkcs11Sign {
+    fn from(sign: SignArg) -> Self {
+        match sign {
+            SignArg::Ecdsa => Self::Ecdsa,
+            SignArg::Ed25519 => Self::Ed25519,
         }
     }
 }
@@ -678,17 +675,18 @@ pub(crate) struct Argon2Args {
 }
 
 impl Argon2Args {
-    /// The options as the passphrase backend takes them
-    /// (`EnrollRequest::options`).
-    pub(crate) fn options(self) -> Vec<(String, String)> {
-        [
-            ("argon2-m-kib", self.argon2_m_kib),
-            ("argon2-t", self.argon2_t),
-            ("argon2-p", self.argon2_p),
-        ]
-        .into_iter()
-        .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_string())))
-        .collect()
+    /// Whether any Argon2 parameter was given.
+    pub(crate) fn any(self) -> bool {
+        self.options() != Argon2Options::default()
+    }
+
+    /// The options of the passphrase backend.
+    pub(crate) fn options(self) -> Argon2Options {
+        Argon2Options {
+            m_kib: self.argon2_m_kib,
+            t: self.argon2_t,
+            p: self.argon2_p,
+        }
     }
 }
 
@@ -1039,10 +1037,11 @@ mod tests {
                 assert_eq!(label, "passphrase");
                 assert_eq!(
                     argon2.options(),
-                    vec![
-                        ("argon2-m-kib".to_owned(), "1024".to_owned()),
-                        ("argon2-t".to_owned(), "1".to_owned())
-                    ]
+                    Argon2Options {
+                        m_kib: Some(1024),
+                        t: Some(1),
+                        p: None
+                    }
                 );
             }
             other => panic!("unexpected {other:?}"),
@@ -1058,10 +1057,10 @@ mod tests {
                 assert!(args.replace && !args.with_pin());
                 assert_eq!(
                     args.options(),
-                    vec![
-                        ("pin".to_owned(), "false".to_owned()),
-                        ("pcrs".to_owned(), "7,11".to_owned())
-                    ]
+                    EnrollOptions::Tpm(TpmOptions {
+                        pin: false,
+                        pcrs: "7,11".parse().expect("pcrs")
+                    })
                 );
             }
             other => panic!("unexpected {other:?}"),
@@ -1070,7 +1069,7 @@ mod tests {
         match cli.command {
             Command::Enroll(EnrollCommand::Tpm(args)) => {
                 assert_eq!(args.label, "tpm");
-                assert_eq!(args.options(), vec![("pin".to_owned(), "true".to_owned())]);
+                assert_eq!(args.options(), EnrollOptions::Tpm(TpmOptions::default()));
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -1090,10 +1089,10 @@ mod tests {
                 assert_eq!(args.uri, "pkcs11:token=t");
                 assert_eq!(
                     args.options(),
-                    vec![
-                        ("mode".to_owned(), "aes-gcm".to_owned()),
-                        ("sign".to_owned(), "ed25519".to_owned())
-                    ]
+                    EnrollOptions::Pkcs11(Pkcs11Options {
+                        mode: Some(Pkcs11Mode::AesGcm),
+                        sign: Some(Pkcs11Sign::Ed25519)
+                    })
                 );
             }
             other => panic!("unexpected {other:?}"),
@@ -1135,25 +1134,28 @@ mod tests {
                 assert_eq!(args.label, "yubikey");
                 assert_eq!(
                     args.options(),
-                    [
-                        ("slot", "85"),
-                        ("touch", "cached"),
-                        ("pin-policy", "always"),
-                        ("overwrite", "true"),
-                    ]
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    EnrollOptions::Yubikey(YubikeyOptions {
+                        slot: PivSlot::new(0x85),
+                        pin_policy: PivPinPolicy::Always,
+                        touch: PivTouchPolicy::Cached,
+                        overwrite: true,
+                    })
                 );
             }
             other => panic!("{other:?}"),
         }
         let cli = parse(&["enroll", "yubikey"]).expect("parse");
         match cli.command {
-            Command::Enroll(EnrollCommand::Yubikey(args)) => assert!(args.options().is_empty()),
+            Command::Enroll(EnrollCommand::Yubikey(args)) => assert_eq!(
+                args.options(),
+                EnrollOptions::Yubikey(YubikeyOptions::default())
+            ),
             other => panic!("{other:?}"),
         }
         for bad in [
             &["enroll", "yubikey", "--overwrite"][..],
             &["enroll", "yubikey", "--touch", "sometimes"],
+            &["enroll", "yubikey", "--slot", "9a"],
             &["enroll", "yubikey", "--serial", "-1"],
             &["yubikey", "setup", "--puk", "12345678"],
         ] {

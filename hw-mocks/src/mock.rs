@@ -318,12 +318,7 @@ struct Target {
 impl Target {
     fn from_enrollment(enrollment: &Enrollment) -> Result<Self> {
         enrollment.check_kind(KIND)?;
-        if enrollment
-            .params
-            .get("v")
-            .and_then(serde_json::Value::as_u64)
-            != Some(1)
-        {
+        if enrollment.version() != Some(1) {
             return Err(Error::Malformed {
                 what: "mock protector descriptor has no supported version",
             });
@@ -340,14 +335,7 @@ impl Target {
                 what: "mock protector descriptor has no valid slot",
             })?
             .to_owned();
-        let public_key: [u8; ecies::POINT_LEN] = enrollment
-            .public_key
-            .as_slice()
-            .try_into()
-            .map_err(|_| Error::InvalidPublicKey {
-                what: "enrolled public key is not a 33-byte compressed point",
-            })?;
-        ecies::parse_public_key(&public_key)?;
+        let public_key = enrollment.p256_public_key()?;
         Ok(Self {
             serial,
             slot,
@@ -613,34 +601,17 @@ impl Backend for MockBackend {
     }
 
     /// Generates a key in a slot of the chosen device (replacing what the
-    /// slot held). Options: `slot` (default `9d`), `touch` (`always` or
-    /// `never`; default: the device's setting).
+    /// slot held). Options ([`keyward_kms::backend::options::MockOptions`]): the slot (default `9d`) and
+    /// whether it wants a touch (default: the device's setting).
     fn enroll(&self, req: &EnrollRequest, _ui: &dyn Callbacks) -> Result<Enrollment> {
-        if let Some((key, _)) = req
-            .options
-            .iter()
-            .find(|(k, _)| k != OPTION_SLOT && k != OPTION_TOUCH)
-        {
-            return Err(Error::InvalidArgument {
-                what: format!("unknown option {key:?} for the mock protector (known: slot, touch)"),
-            });
-        }
-        let slot = req.option(OPTION_SLOT).unwrap_or(DEFAULT_SLOT).to_owned();
+        let options = req.options.mock()?;
+        let slot = options.slot.unwrap_or_else(|| DEFAULT_SLOT.to_owned());
         if !valid_slot(&slot) {
             return Err(Error::InvalidArgument {
                 what: format!("slot must be 9a, 9c, 9d, 9e or 82..95 (got {slot:?})"),
             });
         }
-        let touch = match req.option(OPTION_TOUCH) {
-            None => None,
-            Some("always") => Some(true),
-            Some("never") => Some(false),
-            Some(other) => {
-                return Err(Error::InvalidArgument {
-                    what: format!("touch must be always or never (got {other:?})"),
-                });
-            }
-        };
+        let touch = options.touch;
         self.delay();
         let key = ecies::random_scalar()?;
         let public_key = ecies::compress(&key.public_key());
@@ -749,6 +720,8 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
+    use keyward_kms::EnrollOptions;
+    use keyward_kms::backend::options::{MockOptions, TpmOptions};
 
     /// Answers PIN prompts with `pin`, records requests and notices, and
     /// can run an action while the prompt is open.
@@ -971,10 +944,10 @@ mod tests {
         assert!(matches!(mock.sign(&e, b"m", &ui), Err(Error::TouchTimeout)));
         // touch=never overrides the device default.
         let req = EnrollRequest {
-            options: vec![
-                ("touch".into(), "never".into()),
-                ("slot".into(), "82".into()),
-            ],
+            options: EnrollOptions::Mock(MockOptions {
+                slot: Some("82".into()),
+                touch: Some(false),
+            }),
             ..EnrollRequest::default()
         };
         let e2 = mock.enroll(&req, &ui).expect("enroll");
@@ -1025,20 +998,25 @@ mod tests {
             mock.enroll(&req, &ui),
             Err(Error::DeviceNotFound { .. })
         ));
-        for (k, v) in [
-            ("slot", "9b"),
-            ("slot", "96"),
-            ("touch", "sometimes"),
-            ("pcr", "7"),
+        for options in [
+            EnrollOptions::Mock(MockOptions {
+                slot: Some("9b".into()),
+                touch: None,
+            }),
+            EnrollOptions::Mock(MockOptions {
+                slot: Some("96".into()),
+                touch: None,
+            }),
+            EnrollOptions::Tpm(TpmOptions::default()),
         ] {
             let req = EnrollRequest {
                 device: Some("A".into()),
-                options: vec![(k.into(), v.into())],
+                options: options.clone(),
                 ..EnrollRequest::default()
             };
             assert!(
                 matches!(mock.enroll(&req, &ui), Err(Error::InvalidArgument { .. })),
-                "{k}={v}"
+                "{options:?}"
             );
         }
         assert_eq!(mock.devices().expect("devices").len(), 2);

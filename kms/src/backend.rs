@@ -12,12 +12,15 @@
 //! protectors, a key derived from the user's secret) does the private half.
 
 pub mod ecdh_device;
+pub mod options;
 
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
+
+pub use options::EnrollOptions;
 
 use crate::secret::{Secret32, SecretString};
 use crate::{Error, Result};
@@ -152,24 +155,15 @@ pub struct DeviceInfo {
 
 /// Parameters for a new enrollment. Backends ignore what does not apply and
 /// refuse what they cannot honour.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EnrollRequest {
     /// User label for the protector ("laptop TPM").
     pub label: String,
     /// Device to use (serial, PKCS#11 URI, TCTI); `None`: the only one present.
     pub device: Option<String>,
-    /// Backend-specific options as `key=value` pairs (slot, touch, pcrs, …).
-    pub options: Vec<(String, String)>,
-}
-
-impl EnrollRequest {
-    /// The value of option `key`, if given.
-    pub fn option(&self, key: &str) -> Option<&str> {
-        self.options
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
+    /// The backend's own options (slot, touch, PCRs, …); each backend takes
+    /// its own variant and refuses another's.
+    pub options: EnrollOptions,
 }
 
 /// The non-secret descriptor of one enrolled protector, stored in the
@@ -203,6 +197,27 @@ impl Enrollment {
                 what: format!("a {} protector was handed to the {kind} backend", self.kind),
             })
         }
+    }
+
+    /// The descriptor's version (its `"v"`), if it has one.
+    pub fn version(&self) -> Option<u64> {
+        self.params.get("v").and_then(serde_json::Value::as_u64)
+    }
+
+    /// The enrolled public key: a compressed P-256 point (33 bytes).
+    ///
+    /// # Errors
+    /// [`Error::InvalidPublicKey`] for anything else.
+    pub fn p256_public_key(&self) -> Result<[u8; crate::crypto::ecies::POINT_LEN]> {
+        let key: [u8; crate::crypto::ecies::POINT_LEN] = self
+            .public_key
+            .as_slice()
+            .try_into()
+            .map_err(|_| Error::InvalidPublicKey {
+                what: "enrolled public key is not a 33-byte compressed point",
+            })?;
+        crate::crypto::ecies::parse_public_key(&key)?;
+        Ok(key)
     }
 }
 

@@ -44,8 +44,9 @@ pub mod service;
 pub mod store;
 
 pub use backend::{
-    Backend, BackendKind, Callbacks, Capabilities, DeviceInfo, EnrollRequest, Enrollment, Health,
-    Notice, SecretKind, SecretRequest, SignAlgorithm, Signature, WrapMode, Wrapped,
+    Backend, BackendKind, Callbacks, Capabilities, DeviceInfo, EnrollOptions, EnrollRequest,
+    Enrollment, Health, Notice, SecretKind, SecretRequest, SignAlgorithm, Signature, WrapMode,
+    Wrapped,
 };
 pub use error::{Error, Result};
 pub use keys::{DataClass, KeyName, KeyPurpose, MasterKey};

@@ -17,8 +17,7 @@ use p256::ecdsa::signature::Signer;
 use subtle::ConstantTimeEq;
 
 use crate::backend::{
-    BackendKind, Capabilities, EnrollRequest, Enrollment, Health, SignAlgorithm, Signature,
-    WrapMode, Wrapped,
+    BackendKind, Capabilities, Enrollment, Health, SignAlgorithm, Signature, WrapMode, Wrapped,
 };
 use crate::crypto::ecies;
 use crate::secret::Secret32;
@@ -40,48 +39,12 @@ fn capabilities() -> Capabilities {
 /// compressed P-256 public key, and returns that key.
 fn enrolled_key(enrollment: &Enrollment, kind: BackendKind) -> Result<[u8; ecies::POINT_LEN]> {
     enrollment.check_kind(kind)?;
-    if enrollment
-        .params
-        .get("v")
-        .and_then(serde_json::Value::as_u64)
-        != Some(1)
-    {
+    if enrollment.version() != Some(1) {
         return Err(Error::Malformed {
             what: "protector descriptor has no supported version (\"v\": 1)",
         });
     }
-    let key: [u8; ecies::POINT_LEN] =
-        enrollment
-            .public_key
-            .as_slice()
-            .try_into()
-            .map_err(|_| Error::InvalidPublicKey {
-                what: "enrolled public key is not a 33-byte compressed point",
-            })?;
-    ecies::parse_public_key(&key)?;
-    Ok(key)
-}
-
-/// Refuses enrollment options this protector does not know: an option it
-/// cannot honour (say `touch=always`) must not be silently dropped.
-fn refuse_unknown_options(req: &EnrollRequest, kind: BackendKind, known: &[&str]) -> Result<()> {
-    match req
-        .options
-        .iter()
-        .find(|(key, _)| !known.contains(&key.as_str()))
-    {
-        None => Ok(()),
-        Some((key, _)) => Err(Error::InvalidArgument {
-            what: if known.is_empty() {
-                format!("the {kind} protector takes no option (got {key:?})")
-            } else {
-                format!(
-                    "unknown option {key:?} for the {kind} protector (known: {})",
-                    known.join(", ")
-                )
-            },
-        }),
-    }
+    enrollment.p256_public_key()
 }
 
 /// The wrap of every ECIES protector: only the public key is needed.
@@ -137,20 +100,18 @@ fn sign(derived: &SecretKey, msg: &[u8]) -> Result<Signature> {
 /// A software protector is always present; it "matches" when its
 /// descriptor is well formed.
 fn health(enrollment: &Enrollment, kind: BackendKind, what: &str) -> Health {
-    match enrolled_key(enrollment, kind) {
-        Ok(_) => Health {
-            present: true,
-            matches: true,
-            retries_left: None,
-            lockout_seconds: None,
-            detail: format!("software protector; unlocking needs the {what}"),
-        },
-        Err(e) => Health {
-            present: true,
-            matches: false,
-            retries_left: None,
-            lockout_seconds: None,
-            detail: format!("the stored descriptor is unusable: {e}"),
-        },
+    let (matches, detail) = match enrolled_key(enrollment, kind) {
+        Ok(_) => (
+            true,
+            format!("software protector; unlocking needs the {what}"),
+        ),
+        Err(e) => (false, format!("the stored descriptor is unusable: {e}")),
+    };
+    Health {
+        present: true,
+        matches,
+        retries_left: None,
+        lockout_seconds: None,
+        detail,
     }
 }

@@ -9,32 +9,31 @@ pub mod tpm;
 use std::sync::Arc;
 
 use keyward_hw_mocks::mock::{DEFAULT_PIN, DEFAULT_RETRIES, MockBackend, MockDevice};
+use keyward_kms::backend::options::{Argon2Options, MockOptions};
 use keyward_kms::protectors::{passphrase, recovery};
 use keyward_kms::secret::ExposeSecret;
-use keyward_kms::{Backend, EnrollRequest, SecretKind};
+use keyward_kms::{Backend, EnrollOptions, EnrollRequest, SecretKind};
 
-use crate::{Fixture, MidOperationFault, TestCallbacks, WrongSecret};
+use crate::{Answers, Fixture, MidOperationFault, TestCallbacks, WrongSecret};
+
+/// The in-process mock token, with every hook.
+#[derive(Debug)]
+pub struct MockFixture {
+    mock: MockBackend,
+    answers: Answers,
+}
 
 /// Serial of the device the mock fixture enrolls.
 pub const MOCK_SERIAL: &str = "MOCK-0001";
 /// Serial of the device [`Fixture::swap_device`] plugs in instead.
 pub const MOCK_OTHER_SERIAL: &str = "MOCK-0002";
 
-/// The in-process mock token, with every hook.
-#[derive(Debug)]
-pub struct MockFixture {
-    mock: MockBackend,
-    right: Arc<TestCallbacks>,
-    wrong: Arc<TestCallbacks>,
-}
-
 impl MockFixture {
     /// One mock token with the default PIN and retries.
     pub fn new() -> Self {
         Self {
             mock: MockBackend::with_device(MockDevice::new(MOCK_SERIAL)),
-            right: Arc::new(TestCallbacks::new().answer(SecretKind::Pin, DEFAULT_PIN)),
-            wrong: Arc::new(TestCallbacks::new().answer(SecretKind::Pin, "999999")),
+            answers: Answers::pins(DEFAULT_PIN, "999999"),
         }
     }
 
@@ -59,16 +58,15 @@ impl Fixture for MockFixture {
         EnrollRequest {
             label: "mock token".into(),
             device: Some(MOCK_SERIAL.into()),
-            options: vec![("slot".into(), "9d".into())],
+            options: EnrollOptions::Mock(MockOptions {
+                slot: Some("9d".into()),
+                touch: None,
+            }),
         }
     }
 
-    fn callbacks(&self) -> Arc<TestCallbacks> {
-        self.right.clone()
-    }
-
-    fn wrong_callbacks(&self) -> Arc<TestCallbacks> {
-        self.wrong.clone()
+    fn answers(&self) -> &Answers {
+        &self.answers
     }
 
     fn wrong_secret(&self) -> WrongSecret {
@@ -113,8 +111,7 @@ impl Fixture for MockFixture {
 /// shown at enrollment.
 #[derive(Debug)]
 pub struct RecoveryFixture {
-    right: Arc<TestCallbacks>,
-    wrong: Arc<TestCallbacks>,
+    answers: Answers,
 }
 
 impl RecoveryFixture {
@@ -125,8 +122,8 @@ impl RecoveryFixture {
     pub fn new() -> Self {
         let other = recovery::RecoveryKey::generate().expect("OS RNG");
         Self {
-            right: Arc::new(TestCallbacks::new().answer_with_shown_secret()),
-            wrong: Arc::new(
+            answers: Answers::new(
+                TestCallbacks::new().answer_with_shown_secret(),
                 TestCallbacks::new()
                     .answer(SecretKind::RecoveryKey, other.to_text().expose_secret()),
             ),
@@ -152,12 +149,8 @@ impl Fixture for RecoveryFixture {
         }
     }
 
-    fn callbacks(&self) -> Arc<TestCallbacks> {
-        self.right.clone()
-    }
-
-    fn wrong_callbacks(&self) -> Arc<TestCallbacks> {
-        self.wrong.clone()
+    fn answers(&self) -> &Answers {
+        &self.answers
     }
 
     fn wrong_secret(&self) -> WrongSecret {
@@ -172,20 +165,17 @@ pub const PASSPHRASE: &str = "correct horse battery staple";
 /// (8 MiB, one pass) so that the suite stays fast.
 #[derive(Debug)]
 pub struct PassphraseFixture {
-    right: Arc<TestCallbacks>,
-    wrong: Arc<TestCallbacks>,
+    answers: Answers,
 }
 
 impl PassphraseFixture {
     /// A fresh fixture.
     pub fn new() -> Self {
         Self {
-            right: Arc::new(
+            answers: Answers::new(
                 TestCallbacks::new()
                     .answer(SecretKind::NewPassphrase, PASSPHRASE)
                     .answer(SecretKind::Passphrase, PASSPHRASE),
-            ),
-            wrong: Arc::new(
                 TestCallbacks::new()
                     .answer(SecretKind::Passphrase, "correct horse battery stapler"),
             ),
@@ -208,23 +198,16 @@ impl Fixture for PassphraseFixture {
         EnrollRequest {
             label: "laptop passphrase".into(),
             device: None,
-            options: vec![
-                (
-                    passphrase::OPTION_M_KIB.into(),
-                    passphrase::MIN_M_KIB.to_string(),
-                ),
-                (passphrase::OPTION_T.into(), "1".into()),
-                (passphrase::OPTION_P.into(), "1".into()),
-            ],
+            options: EnrollOptions::Passphrase(Argon2Options {
+                m_kib: Some(passphrase::MIN_M_KIB),
+                t: Some(1),
+                p: Some(1),
+            }),
         }
     }
 
-    fn callbacks(&self) -> Arc<TestCallbacks> {
-        self.right.clone()
-    }
-
-    fn wrong_callbacks(&self) -> Arc<TestCallbacks> {
-        self.wrong.clone()
+    fn answers(&self) -> &Answers {
+        &self.answers
     }
 
     fn wrong_secret(&self) -> WrongSecret {

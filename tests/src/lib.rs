@@ -45,11 +45,117 @@ pub mod fixtures;
 pub mod service_cases;
 pub mod yubikey_fixture;
 
+use std::path::Path;
 use std::sync::Arc;
 
 use keyward_kms::{Backend, EnrollRequest, Enrollment, SignAlgorithm, Signature};
 
 pub use callbacks::TestCallbacks;
+
+/// The callbacks a fixture hands out: one answers with the right secret,
+/// the other with a well-formed wrong one.
+#[derive(Debug, Clone)]
+pub struct Answers {
+    /// Answers with the right secret.
+    pub right: Arc<TestCallbacks>,
+    /// Answers with a wrong secret.
+    pub wrong: Arc<TestCallbacks>,
+}
+
+impl Answers {
+    /// `right` and `wrong`.
+    pub fn new(right: TestCallbacks, wrong: TestCallbacks) -> Self {
+        Self {
+            right: Arc::new(right),
+            wrong: Arc::new(wrong),
+        }
+    }
+
+    /// Callbacks answering PIN prompts with `right` and with `wrong`.
+    pub fn pins(right: &str, wrong: &str) -> Self {
+        let pin = |secret| TestCallbacks::new().answer(keyward_kms::SecretKind::Pin, secret);
+        Self::new(pin(right), pin(wrong))
+    }
+
+    /// How many PINs both were asked for, together.
+    ///
+    /// # Panics
+    /// Past 2^64 prompts.
+    pub fn pins_asked(&self) -> u64 {
+        let asked = [&self.right, &self.wrong]
+            .iter()
+            .flat_map(|ui| ui.prompts())
+            .filter(|p| p.kind == keyward_kms::SecretKind::Pin)
+            .count();
+        u64::try_from(asked).expect("a test asks fewer than 2^64 times")
+    }
+}
+
+/// The arguments of `keyward sign --protector ID -i INPUT -o OUTPUT`.
+pub fn sign_args<'a>(protector: &'a str, input: &'a str, output: &'a str) -> [&'a str; 7] {
+    ["sign", "--protector", protector, "-i", input, "-o", output]
+}
+
+/// Whether `openssl dgst -sha256 -verify` accepts the DER ECDSA signature
+/// in file `sig` over file `msg` with the public key in file `pem`.
+///
+/// # Panics
+/// If openssl cannot run, or its answer and its exit code disagree.
+pub fn openssl_verifies(pem: &Path, sig: &Path, msg: &Path) -> bool {
+    let out = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-verify"])
+        .arg(pem)
+        .arg("-signature")
+        .arg(sig)
+        .arg(msg)
+        .output()
+        .expect("openssl installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.success(), text.contains("Verified OK"), "{text}");
+    out.status.success()
+}
+
+/// Checks a DER ECDSA P-256 signature as a user would, with `openssl dgst
+/// -sha256 -verify`: it verifies over `msg` ("Verified OK"), and not over
+/// another message.
+///
+/// # Panics
+/// If openssl cannot run, rejects the signature or accepts it over
+/// another message.
+pub fn assert_openssl_verifies(public_pem: &str, signature_der: &[u8], msg: &[u8]) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, contents) in [
+        ("pub.pem", public_pem.as_bytes()),
+        ("sig.der", signature_der),
+        ("msg", msg),
+        ("other", b"another message"),
+    ] {
+        std::fs::write(dir.path().join(name), contents).expect("write");
+    }
+    let verify = |file: &str| {
+        // Without the descriptors tpm2-tss leaves open (see clean_command).
+        keyward_hw_mocks::swtpm::clean_command("openssl")
+            .current_dir(dir.path())
+            .args(["dgst", "-sha256", "-verify", "pub.pem"])
+            .args(["-signature", "sig.der", file])
+            .output()
+            .expect("openssl on PATH")
+    };
+    let ok = verify("msg");
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "openssl: {text}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(text.trim(), "Verified OK");
+    let bad = verify("other");
+    assert!(
+        !bad.status.success(),
+        "openssl accepted a wrong message: {}",
+        String::from_utf8_lossy(&bad.stdout)
+    );
+}
 
 /// What a wrong secret is for this backend: which error it gives, and what
 /// happens when wrong secrets keep coming. Each variant states one real
@@ -187,11 +293,18 @@ pub trait Fixture {
     /// A request that enrolls successfully.
     fn enroll_request(&self) -> EnrollRequest;
 
+    /// The callbacks this fixture hands out.
+    fn answers(&self) -> &Answers;
+
     /// Callbacks that answer every prompt with the right secret.
-    fn callbacks(&self) -> Arc<TestCallbacks>;
+    fn callbacks(&self) -> Arc<TestCallbacks> {
+        self.answers().right.clone()
+    }
 
     /// Callbacks that answer with a well-formed but wrong secret.
-    fn wrong_callbacks(&self) -> Arc<TestCallbacks>;
+    fn wrong_callbacks(&self) -> Arc<TestCallbacks> {
+        self.answers().wrong.clone()
+    }
 
     /// What a wrong secret is for this backend.
     fn wrong_secret(&self) -> WrongSecret;

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use keyward_backends::yubikey;
 use keyward_hw_mocks::piv::{CardConfig, PivFixture, VPCD_PORT, VirtualCard};
-use keyward_kms::{Backend, EnrollRequest, SecretKind, SecretString};
+use keyward_kms::{Backend, EnrollOptions, EnrollRequest, SecretString};
 
-use crate::{Fixture, TestCallbacks, WrongSecret};
+use crate::{Answers, Fixture, TestCallbacks, WrongSecret};
 
 /// Serial of the enrolled simulated card (reader `Virtual PCD 00 00`).
 pub const YK_SERIAL: u32 = 12_345_678;
@@ -35,8 +35,7 @@ pub struct YubikeyFixture {
     piv: PivFixture,
     other: Mutex<Option<VirtualCard>>,
     backend: Arc<yubikey::Backend>,
-    right: Arc<TestCallbacks>,
-    wrong: Arc<TestCallbacks>,
+    answers: Answers,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -77,8 +76,7 @@ impl YubikeyFixture {
             piv,
             other: Mutex::new(None),
             backend: Arc::new(yubikey::Backend::new()),
-            right: Arc::new(TestCallbacks::new().answer(SecretKind::Pin, YK_PIN)),
-            wrong: Arc::new(TestCallbacks::new().answer(SecretKind::Pin, YK_WRONG_PIN)),
+            answers: Answers::pins(YK_PIN, YK_WRONG_PIN),
         }
     }
 
@@ -149,16 +147,12 @@ impl Fixture for YubikeyFixture {
         EnrollRequest {
             label: "simulated YubiKey".into(),
             device: Some(YK_SERIAL.to_string()),
-            options: Vec::new(),
+            options: EnrollOptions::None,
         }
     }
 
-    fn callbacks(&self) -> Arc<TestCallbacks> {
-        self.right.clone()
-    }
-
-    fn wrong_callbacks(&self) -> Arc<TestCallbacks> {
-        self.wrong.clone()
+    fn answers(&self) -> &Answers {
+        &self.answers
     }
 
     fn wrong_secret(&self) -> WrongSecret {

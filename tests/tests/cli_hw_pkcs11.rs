@@ -240,15 +240,7 @@ fn wrong_pin_changes_nothing() {
         assert_eq!(run.out(), "the old note");
         // Signing spends no PIN try on the keystore: same error, same remedy.
         hw.run(
-            &[
-                "sign",
-                "--protector",
-                "2",
-                "-i",
-                &note,
-                "-o",
-                &hw.env.arg("x.sig"),
-            ],
+            &keyward_tests::sign_args("2", &note, &hw.env.arg("x.sig")),
             b"",
             &[("KEYWARD_PIN", "000000")],
         )
@@ -352,15 +344,7 @@ fn token_signatures_verify_with_openssl() {
         for (id, algorithm) in [("2", "ecdsa-p256-sha256"), ("3", "ed25519")] {
             let sig = hw.env.path(&format!("{id}.sig"));
             hw.pin(
-                &[
-                    "sign",
-                    "--protector",
-                    id,
-                    "-i",
-                    msg_arg,
-                    "-o",
-                    sig.to_str().expect("utf-8"),
-                ],
+                &keyward_tests::sign_args(id, msg_arg, sig.to_str().expect("utf-8")),
                 b"",
             )
             .ok();
@@ -397,15 +381,7 @@ fn token_signatures_verify_with_openssl() {
                 "enroll the token with --mode ecdh, or add an Ed25519 key with --sign ed25519",
             );
         hw.run(
-            &[
-                "sign",
-                "--protector",
-                "4",
-                "-i",
-                msg_arg,
-                "-o",
-                &hw.env.arg("4.sig"),
-            ],
+            &keyward_tests::sign_args("4", msg_arg, &hw.env.arg("4.sig")),
             b"",
             &[],
         )

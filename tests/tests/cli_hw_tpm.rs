@@ -7,9 +7,6 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
-
 use common::{Env, Run, run_command};
 use keyward_hw_mocks::swtpm::Swtpm;
 
@@ -417,15 +414,11 @@ fn tpm_signature_verifies_with_openssl() {
     let sig = hw.env.path("message.sig");
     // No unlock: the TPM asks for its own PIN.
     hw.pin(
-        &[
-            "sign",
-            "--protector",
+        &keyward_tests::sign_args(
             "2",
-            "-i",
             msg.to_str().expect("utf-8"),
-            "-o",
             sig.to_str().expect("utf-8"),
-        ],
+        ),
         b"",
     )
     .ok();
@@ -438,12 +431,12 @@ fn tpm_signature_verifies_with_openssl() {
     let pem_path = hw.env.path("tpm.pem");
     std::fs::write(&pem_path, &pem).expect("write");
     assert!(
-        openssl_verify(&pem_path, &sig, &msg),
+        keyward_tests::openssl_verifies(&pem_path, &sig, &msg),
         "openssl rejects the TPM signature"
     );
     std::fs::write(&msg, b"meeting moved to 4pm\n").expect("write");
     assert!(
-        !openssl_verify(&pem_path, &sig, &msg),
+        !keyward_tests::openssl_verifies(&pem_path, &sig, &msg),
         "openssl accepts a forgery"
     );
 
@@ -460,15 +453,11 @@ fn tpm_signature_verifies_with_openssl() {
     // A wrong PIN: exit 3, and no signature file appears.
     let out = hw.env.path("bad.sig");
     hw.run(
-        &[
-            "sign",
-            "--protector",
+        &keyward_tests::sign_args(
             "2",
-            "-i",
             msg.to_str().expect("utf-8"),
-            "-o",
             out.to_str().expect("utf-8"),
-        ],
+        ),
         b"",
         &[("KEYWARD_PIN", "000000")],
     )
@@ -604,19 +593,4 @@ fn enroll_checks_before_touching_anything() {
         .skip(before.as_array().map_or(0, Vec::len))
         .collect();
     assert!(new.iter().all(|r| r["action"] == "unlock"), "{after}");
-}
-
-/// `openssl dgst -sha256 -verify PEM -signature SIG MSG`.
-fn openssl_verify(pem: &Path, sig: &Path, msg: &Path) -> bool {
-    let out = Command::new("openssl")
-        .args(["dgst", "-sha256", "-verify"])
-        .arg(pem)
-        .arg("-signature")
-        .arg(sig)
-        .arg(msg)
-        .output()
-        .expect("openssl installed");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.success(), text.contains("Verified OK"), "{text}");
-    out.status.success()
 }

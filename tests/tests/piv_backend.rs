@@ -10,7 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use keyward_backends::yubikey::{self, Backend as YubikeyBackend};
 use keyward_hw_mocks::piv::{CardConfig, PivFixture, Touch, VirtualCard};
-use keyward_kms::backend::{Backend, EnrollRequest, Enrollment, Notice, SecretRequest};
+use keyward_kms::backend::options::{PivSlot, YubikeyOptions};
+use keyward_kms::backend::{
+    Backend, EnrollOptions, EnrollRequest, Enrollment, Notice, SecretRequest,
+};
 use keyward_kms::crypto::ecies;
 use keyward_kms::error::DeviceError;
 use keyward_kms::secret::{Secret32, SecretString};
@@ -24,15 +27,23 @@ use p256::ecdsa::signature::Verifier as _;
 
 const AAD: &[u8] = b"keyward piv backend test";
 
-fn request(options: &[(&str, &str)]) -> EnrollRequest {
+fn request() -> EnrollRequest {
     EnrollRequest {
         label: "simulated YubiKey".into(),
         device: Some(YK_SERIAL.to_string()),
-        options: options
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
+        options: EnrollOptions::None,
     }
+}
+
+fn request_with(options: YubikeyOptions) -> EnrollRequest {
+    EnrollRequest {
+        options: EnrollOptions::Yubikey(options),
+        ..request()
+    }
+}
+
+fn slot(hex: &str) -> PivSlot {
+    hex.parse().expect("retired slot")
 }
 
 fn right() -> TestCallbacks {
@@ -63,7 +74,7 @@ fn enroll_wrap_unwrap_with_defaults() {
     let f = YubikeyFixture::new();
     let yk = f.yubikey();
     let ui = right();
-    let e = yk.enroll(&request(&[]), &ui).expect("enroll");
+    let e = yk.enroll(&request(), &ui).expect("enroll");
     assert_eq!(e.device_id.as_deref(), Some("12345678"));
     assert_eq!(e.public_key.len(), 33);
     let p = params(&e);
@@ -113,7 +124,7 @@ fn enroll_wrap_unwrap_with_defaults() {
     assert!(f.piv().card.card(|c| c.touches()) >= 2);
 
     // A second enrollment takes the next free retired slot.
-    let e2 = yk.enroll(&request(&[]), &right()).expect("enroll again");
+    let e2 = yk.enroll(&request(), &right()).expect("enroll again");
     assert_eq!(params(&e2).slot, "83");
     assert_ne!(e2.public_key, e.public_key);
 }
@@ -123,7 +134,7 @@ fn factory_defaults_are_refused_until_setup() {
     let f = YubikeyFixture::unconfigured();
     let yk = f.yubikey();
     let ui = TestCallbacks::new().answer(SecretKind::Pin, "123456");
-    let err = yk.enroll(&request(&[]), &ui).expect_err("defaults");
+    let err = yk.enroll(&request(), &ui).expect_err("defaults");
     match &err {
         Error::Device {
             error: error @ DeviceError::DefaultCredentials { .. },
@@ -204,8 +215,7 @@ fn factory_defaults_are_refused_until_setup() {
     assert!(!again.pin_changed && !again.puk_changed && !again.management_key_changed);
     assert_eq!(ui.prompt_count(), 1);
 
-    yk.enroll(&request(&[]), &right())
-        .expect("enroll after setup");
+    yk.enroll(&request(), &right()).expect("enroll after setup");
 }
 
 #[test]
@@ -227,7 +237,7 @@ fn firmware_before_5_4_gets_a_3des_management_key() {
         .expect("setup");
     assert!(report.management_key_changed);
     assert_eq!(piv.card.card(|c| c.piv_state().mgmt_alg), 0x03);
-    let e = yk.enroll(&request(&[]), &right()).expect("enroll");
+    let e = yk.enroll(&request(), &right()).expect("enroll");
     let w = yk.wrap(&e, &secret(), AAD).expect("wrap");
     let out = yk.unwrap(&e, &w, AAD, &right()).expect("unwrap");
     assert_eq!(out.expose(), secret().expose());
@@ -237,7 +247,7 @@ fn firmware_before_5_4_gets_a_3des_management_key() {
 fn wrong_pin_shows_retries_and_changes_nothing() {
     let f = YubikeyFixture::new();
     let yk = f.yubikey();
-    let e = yk.enroll(&request(&[]), &right()).expect("enroll");
+    let e = yk.enroll(&request(), &right()).expect("enroll");
     let w = yk.wrap(&e, &secret(), AAD).expect("wrap");
     let slots_before = f.piv().card.card(|c| c.piv_state().slots.len());
 
@@ -279,7 +289,7 @@ fn wrong_pin_shows_retries_and_changes_nothing() {
 fn blocked_pin_is_reported_without_prompt() {
     let f = YubikeyFixture::new();
     let yk = f.yubikey();
-    let e = yk.enroll(&request(&[]), &right()).expect("enroll");
+    let e = yk.enroll(&request(), &right()).expect("enroll");
     let w = yk.wrap(&e, &secret(), AAD).expect("wrap");
     for expected in [Some(2), Some(1)] {
         match yk.unwrap(&e, &w, AAD, &wrong()) {
@@ -302,7 +312,7 @@ fn blocked_pin_is_reported_without_prompt() {
 fn short_or_long_pin_is_refused_without_spending_a_try() {
     let f = YubikeyFixture::new();
     let yk = f.yubikey();
-    let e = yk.enroll(&request(&[]), &right()).expect("enroll");
+    let e = yk.enroll(&request(), &right()).expect("enroll");
     let w = yk.wrap(&e, &secret(), AAD).expect("wrap");
     for pin in ["12345", "123456789"] {
         let ui = TestCallbacks::new().answer(SecretKind::Pin, pin);
@@ -334,7 +344,7 @@ fn second_card_is_not_mistaken_for_the_enrolled_one() {
         .enroll(
             &EnrollRequest {
                 device: None,
-                ..request(&[])
+                ..request()
             },
             &right(),
         )
@@ -342,9 +352,7 @@ fn second_card_is_not_mistaken_for_the_enrolled_one() {
     assert!(err.to_string().contains("--serial"), "{err}");
 
     // By serial it works with both present, and unwrap picks the right one.
-    let e = yk
-        .enroll(&request(&[]), &right())
-        .expect("enroll by serial");
+    let e = yk.enroll(&request(), &right()).expect("enroll by serial");
     assert!(
         f.piv()
             .card
@@ -406,7 +414,7 @@ impl Callbacks for PullOnPrompt<'_> {
 fn card_pulled_mid_unlock_then_next_attempt_works() {
     let f = YubikeyFixture::new();
     let yk = f.yubikey();
-    let e = yk.enroll(&request(&[]), &right()).expect("enroll");
+    let e = yk.enroll(&request(), &right()).expect("enroll");
     let w = yk.wrap(&e, &secret(), AAD).expect("wrap");
     let ui = PullOnPrompt {
         card: &f.piv().card,
@@ -443,7 +451,7 @@ fn card_pulled_mid_unlock_then_next_attempt_works() {
 fn card_pulled_and_reinserted_between_operations_is_reopened() {
     let f = YubikeyFixture::new();
     let yk = f.yubikey();
-    let e = yk.enroll(&request(&[]), &right()).expect("enroll");
+    let e = yk.enroll(&request(), &right()).expect("enroll");
     let w = yk.wrap(&e, &secret(), AAD).expect("wrap");
     f.pull();
     f.insert();
@@ -457,7 +465,7 @@ fn card_pulled_and_reinserted_between_operations_is_reopened() {
 fn touch_timeout_and_touch_policies() {
     let f = YubikeyFixture::new();
     let yk = f.yubikey();
-    let e = yk.enroll(&request(&[]), &right()).expect("enroll");
+    let e = yk.enroll(&request(), &right()).expect("enroll");
     let w = yk.wrap(&e, &secret(), AAD).expect("wrap");
     f.piv().card.card(|c| c.set_touch(Touch::Deny));
     let ui = right();
@@ -470,7 +478,11 @@ fn touch_timeout_and_touch_policies() {
     // touch=never, pin-policy=always: no touch notice; PIN every time.
     let e2 = yk
         .enroll(
-            &request(&[("touch", "never"), ("pin-policy", "always")]),
+            &request_with(YubikeyOptions {
+                touch: yubikey::Touch::Never,
+                pin_policy: yubikey::Pin::Always,
+                ..YubikeyOptions::default()
+            }),
             &right(),
         )
         .expect("enroll never/always");
@@ -487,7 +499,14 @@ fn touch_timeout_and_touch_policies() {
         assert_eq!(ui.prompt_count(), 1);
     }
     let e3 = yk
-        .enroll(&request(&[("touch", "cached"), ("slot", "90")]), &right())
+        .enroll(
+            &request_with(YubikeyOptions {
+                touch: yubikey::Touch::Cached,
+                slot: Some(slot("90")),
+                ..YubikeyOptions::default()
+            }),
+            &right(),
+        )
         .expect("enroll cached in 90");
     assert_eq!(params(&e3).slot, "90");
     assert_eq!(
@@ -502,18 +521,23 @@ fn touch_timeout_and_touch_policies() {
 fn occupied_slots_are_never_overwritten_unless_asked() {
     let f = YubikeyFixture::new();
     let yk = f.yubikey();
-    let e = yk.enroll(&request(&[]), &right()).expect("enroll");
+    let e = yk.enroll(&request(), &right()).expect("enroll");
     let w = yk.wrap(&e, &secret(), AAD).expect("wrap");
     let ui = right();
     let err = yk
-        .enroll(&request(&[("slot", "82")]), &ui)
+        .enroll(
+            &request_with(YubikeyOptions {
+                slot: Some(slot("82")),
+                ..YubikeyOptions::default()
+            }),
+            &ui,
+        )
         .expect_err("occupied");
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
     assert!(err.to_string().contains("overwrite"), "{err}");
-    for slot in ["9a", "9c", "9d", "9e"] {
-        let err = yk
-            .enroll(&request(&[("slot", slot)]), &right())
-            .expect_err("standard slot");
+    // Standard slots cannot be named: the option is refused as it is made.
+    for standard in ["9a", "9c", "9d", "9e"] {
+        let err = standard.parse::<PivSlot>().expect_err("standard slot");
         assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
     }
     assert!(
@@ -526,7 +550,14 @@ fn occupied_slots_are_never_overwritten_unless_asked() {
     // With overwrite the old key is replaced: the old enrollment now finds
     // a foreign key and says so before any PIN.
     let e2 = yk
-        .enroll(&request(&[("slot", "82"), ("overwrite", "true")]), &right())
+        .enroll(
+            &request_with(YubikeyOptions {
+                slot: Some(slot("82")),
+                overwrite: true,
+                ..YubikeyOptions::default()
+            }),
+            &right(),
+        )
         .expect("overwrite");
     assert_ne!(e2.public_key, e.public_key);
     let ui = right();
@@ -563,7 +594,7 @@ fn occupied_slots_are_never_overwritten_unless_asked() {
 fn signature_verifies_with_p256_and_openssl() {
     let f = YubikeyFixture::new();
     let yk = f.yubikey();
-    let e = yk.enroll(&request(&[]), &right()).expect("enroll");
+    let e = yk.enroll(&request(), &right()).expect("enroll");
     let msg = b"keyward: signed by a simulated YubiKey";
     let ui = right();
     let sig = yk.sign(&e, msg, &ui).expect("sign");
@@ -572,35 +603,8 @@ fn signature_verifies_with_p256_and_openssl() {
     let parsed = p256::ecdsa::Signature::from_der(&sig.bytes).expect("DER");
     vk.verify(msg, &parsed).expect("p256 verifies");
 
-    let dir = tempfile::tempdir().expect("tempdir");
     let pem = YubikeyBackend::public_key_pem(&e).expect("PEM");
-    std::fs::write(dir.path().join("pub.pem"), pem).expect("write");
-    std::fs::write(dir.path().join("sig.der"), &sig.bytes).expect("write");
-    std::fs::write(dir.path().join("msg"), msg).expect("write");
-    std::fs::write(dir.path().join("other"), b"another message").expect("write");
-    let verify = |file: &str| {
-        std::process::Command::new("openssl")
-            .args([
-                "dgst",
-                "-sha256",
-                "-verify",
-                "pub.pem",
-                "-signature",
-                "sig.der",
-            ])
-            .arg(file)
-            .current_dir(dir.path())
-            .output()
-            .expect("openssl on PATH")
-    };
-    let ok = verify("msg");
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "Verified OK");
-    assert!(!verify("other").status.success());
+    keyward_tests::assert_openssl_verifies(&pem, &sig.bytes, msg);
 }
 
 #[test]
@@ -611,7 +615,7 @@ fn pcscd_not_running_gives_a_hint() {
     let err = yk.devices().expect_err("no pcscd");
     assert!(matches!(err, Error::DeviceNotFound { .. }), "{err:?}");
     assert!(err.to_string().contains("is pcscd running?"), "{err}");
-    let err = yk.enroll(&request(&[]), &right()).expect_err("no pcscd");
+    let err = yk.enroll(&request(), &right()).expect_err("no pcscd");
     assert!(err.to_string().contains("is pcscd running?"), "{err}");
 }
 
@@ -627,7 +631,7 @@ fn service_init_rotate_lock_unlock() {
         &path,
         backends.clone(),
         keyward_kms::backend::BackendKind::Yubikey,
-        &request(&[]),
+        &request(),
         &ui,
     )
     .expect("init with the YubiKey");
@@ -689,7 +693,10 @@ fn real_yubikey_round_trip() {
             &EnrollRequest {
                 label: "real YubiKey".into(),
                 device: Some(serial),
-                options: vec![("touch".into(), "cached".into())],
+                options: EnrollOptions::Yubikey(YubikeyOptions {
+                    touch: yubikey::Touch::Cached,
+                    ..YubikeyOptions::default()
+                }),
             },
             &ui,
         )

@@ -8,9 +8,6 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
-
 use common::{Env, Run, run_command};
 use keyward_tests::yubikey_fixture::{YK_OTHER_SERIAL, YK_SERIAL, YubikeyFixture};
 
@@ -66,20 +63,6 @@ impl Hw {
             &[("KEYWARD_PIN", PIN), ("KEYWARD_RECOVERY_KEY", &rk)],
         )
     }
-}
-
-fn openssl_verify(pem: &Path, sig: &Path, msg: &Path) -> bool {
-    let out = Command::new("openssl")
-        .args(["dgst", "-sha256", "-verify"])
-        .arg(pem)
-        .arg("-signature")
-        .arg(sig)
-        .arg(msg)
-        .output()
-        .expect("openssl installed");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.success(), text.contains("Verified OK"), "{text}");
-    out.status.success()
 }
 
 #[test]
@@ -243,15 +226,11 @@ fn device_signature_verifies_with_openssl() {
     let sig = hw.env.path("message.sig");
     // No unlock: the YubiKey asks for its own PIN.
     hw.pin(
-        &[
-            "sign",
-            "--protector",
+        &keyward_tests::sign_args(
             "2",
-            "-i",
             msg.to_str().expect("utf-8"),
-            "-o",
             sig.to_str().expect("utf-8"),
-        ],
+        ),
         b"",
     )
     .ok();
@@ -264,12 +243,12 @@ fn device_signature_verifies_with_openssl() {
     let pem_path = hw.env.path("yubikey.pem");
     std::fs::write(&pem_path, &pem).expect("write");
     assert!(
-        openssl_verify(&pem_path, &sig, &msg),
+        keyward_tests::openssl_verifies(&pem_path, &sig, &msg),
         "openssl rejects the YubiKey signature"
     );
     std::fs::write(&msg, b"meeting moved to 4pm\n").expect("write");
     assert!(
-        !openssl_verify(&pem_path, &sig, &msg),
+        !keyward_tests::openssl_verifies(&pem_path, &sig, &msg),
         "openssl accepts a forgery"
     );
     let json = hw

@@ -19,11 +19,12 @@ use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 use keyward_backends::pkcs11::{self, Descriptor, Mode};
 use keyward_hw_mocks::softhsm::{self, MODULE, SoftHsmToken};
+use keyward_kms::backend::options::{Pkcs11Options, Pkcs11Sign, YubikeyOptions};
 use keyward_kms::error::DeviceError;
 use keyward_kms::service::{Backends, UnlockWith};
 use keyward_kms::{
-    Backend as _, BackendKind, Callbacks, EnrollRequest, Enrollment, Error, Notice, Result,
-    Secret32, SecretKind, SecretRequest, SecretString, Service, SignAlgorithm, Wrapped,
+    Backend as _, BackendKind, Callbacks, EnrollOptions, EnrollRequest, Enrollment, Error, Notice,
+    Result, Secret32, SecretKind, SecretRequest, SecretString, Service, SignAlgorithm, Wrapped,
 };
 use p256::ecdsa::signature::Verifier as _;
 
@@ -92,10 +93,24 @@ fn request(token: &SoftHsmToken, label: &str, mode: Option<&str>) -> EnrollReque
     EnrollRequest {
         label: label.into(),
         device: Some(token.uri()),
-        options: mode
-            .map(|m| vec![("mode".to_owned(), m.to_owned())])
-            .unwrap_or_default(),
+        options: mode.map_or(EnrollOptions::None, mode_options),
     }
+}
+
+/// The options choosing wrap mode `mode` ("ecdh", "aes-gcm").
+fn mode_options(mode: &str) -> EnrollOptions {
+    EnrollOptions::Pkcs11(Pkcs11Options {
+        mode: Some(mode.parse().expect("mode")),
+        sign: None,
+    })
+}
+
+/// `req`, also asking for the signing key `sign`.
+fn signing(mut req: EnrollRequest, sign: Pkcs11Sign) -> EnrollRequest {
+    let mut options = req.options.pkcs11().expect("pkcs11 options");
+    options.sign = Some(sign);
+    req.options = EnrollOptions::Pkcs11(options);
+    req
 }
 
 fn secret() -> Secret32 {
@@ -230,9 +245,9 @@ fn default_mode_is_ecdh_on_softhsm() {
         let ui = Ui::new(token.pin());
         let e = b.enroll(&request(&token, "d", None), &ui).expect("enroll");
         assert_eq!(Descriptor::from_enrollment(&e).expect("d").mode, Mode::Ecdh);
-        // Unknown options are refused, not ignored.
+        // Another backend's options are refused, not ignored.
         let mut bad = request(&token, "d", None);
-        bad.options.push(("slot".into(), "1".into()));
+        bad.options = EnrollOptions::Yubikey(YubikeyOptions::default());
         assert!(matches!(
             b.enroll(&bad, &ui),
             Err(Error::InvalidArgument { .. })
@@ -436,39 +451,10 @@ fn ecdsa_signature_verifies_with_p256_and_openssl() {
         vk.verify(msg, &der).expect("p256 verifies");
         assert!(vk.verify(b"another message", &der).is_err());
 
-        let dir = tempfile::tempdir().expect("tmp");
         let pem = pk
             .to_public_key_pem(p256::pkcs8::LineEnding::LF)
             .expect("pem");
-        std::fs::write(dir.path().join("pub.pem"), pem).expect("write");
-        std::fs::write(dir.path().join("sig.der"), &sig.bytes).expect("write");
-        std::fs::write(dir.path().join("msg"), msg).expect("write");
-        std::fs::write(dir.path().join("other"), b"tampered").expect("write");
-        let verify = |file: &str| {
-            std::process::Command::new("openssl")
-                .current_dir(dir.path())
-                .args([
-                    "dgst",
-                    "-sha256",
-                    "-verify",
-                    "pub.pem",
-                    "-signature",
-                    "sig.der",
-                    file,
-                ])
-                .output()
-                .expect("openssl")
-        };
-        let ok = verify("msg");
-        let text = String::from_utf8_lossy(&ok.stdout);
-        assert!(
-            ok.status.success(),
-            "{text}{}",
-            String::from_utf8_lossy(&ok.stderr)
-        );
-        assert!(text.contains("Verified OK"), "{text}");
-        let bad = verify("other");
-        assert!(!bad.status.success());
+        keyward_tests::assert_openssl_verifies(&pem, &sig.bytes, msg);
     });
 }
 
@@ -499,8 +485,7 @@ fn ed25519_signing_key() {
         let b = backend();
         let ui = Ui::new(token.pin());
         for mode in ["ecdh", "aes-gcm"] {
-            let mut req = request(&token, mode, Some(mode));
-            req.options.push(("sign".into(), "ed25519".into()));
+            let req = signing(request(&token, mode, Some(mode)), Pkcs11Sign::Ed25519);
             let e = b.enroll(&req, &ui).expect("enroll with an Ed25519 key");
             let d = Descriptor::from_enrollment(&e).expect("d");
             let key = d.sign.clone().expect("sign key recorded");
@@ -546,8 +531,7 @@ fn ed25519_signing_key() {
             assert_eq!(ui.requests(), before);
         }
         // ECDSA signing needs the ecdh key.
-        let mut req = request(&token, "x", Some("aes-gcm"));
-        req.options.push(("sign".into(), "ecdsa".into()));
+        let req = signing(request(&token, "x", Some("aes-gcm")), Pkcs11Sign::Ecdsa);
         assert!(matches!(
             b.enroll(&req, &ui),
             Err(Error::InvalidArgument { .. })
@@ -586,7 +570,7 @@ fn existing_objects_named_by_uri() {
             device: Some(format!(
                 "pkcs11:token=existing;object=made-by-tool?module-path={MODULE}"
             )),
-            options: vec![],
+            options: EnrollOptions::None,
         };
         let e = b.enroll(&req, &ui).expect("enroll existing");
         let d = Descriptor::from_enrollment(&e).expect("d");
@@ -605,7 +589,7 @@ fn existing_objects_named_by_uri() {
             device: Some(format!(
                 "pkcs11:token=existing;id=%0a%0b%0c;type=private?module-path={MODULE}"
             )),
-            options: vec![("mode".into(), "aes-gcm".into())],
+            options: mode_options("aes-gcm"),
         };
         let r = b.enroll(&req, &ui);
         assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
@@ -632,7 +616,7 @@ fn existing_objects_named_by_uri() {
             device: Some(format!(
                 "pkcs11:token=existing;object=aes128?module-path={MODULE}"
             )),
-            options: vec![("mode".into(), "aes-gcm".into())],
+            options: mode_options("aes-gcm"),
         };
         match b.enroll(&req, &ui) {
             Err(Error::Device { error, .. }) => {
@@ -655,7 +639,7 @@ fn token_selection_errors() {
         let req = EnrollRequest {
             label: "x".into(),
             device: None,
-            options: vec![],
+            options: EnrollOptions::None,
         };
         match b.enroll(&req, &ui) {
             Err(Error::InvalidArgument { what }) => {
@@ -681,7 +665,7 @@ fn token_selection_errors() {
             let req = EnrollRequest {
                 label: "x".into(),
                 device: Some(bad.into()),
-                options: vec![],
+                options: EnrollOptions::None,
             };
             assert!(matches!(
                 b.enroll(&req, &ui),
@@ -712,7 +696,7 @@ fn module_errors_are_clear() {
     let req = EnrollRequest {
         label: "x".into(),
         device: Some("pkcs11:token=a".into()),
-        options: vec![],
+        options: EnrollOptions::None,
     };
     match b.enroll(&req, &ui) {
         Err(Error::DeviceNotFound {
@@ -920,7 +904,7 @@ fn documented_vectors_unwrap_on_the_token() {
                 &EnrollRequest {
                     label: "vector".into(),
                     device: Some(format!("pkcs11:token=vectors;id={id}?module-path={MODULE}")),
-                    options: vec![("mode".into(), mode.into())],
+                    options: mode_options(mode),
                 },
                 &ui,
             )
@@ -977,8 +961,7 @@ fn timings() {
         let aes = b
             .enroll(&request(&token, "a", Some("aes-gcm")), &ui)
             .expect("enroll");
-        let mut req = request(&token, "ed", Some("ecdh"));
-        req.options.push(("sign".into(), "ed25519".into()));
+        let req = signing(request(&token, "ed", Some("ecdh")), Pkcs11Sign::Ed25519);
         let ed = b.enroll(&req, &ui).expect("enroll");
         let s = secret();
         let we = b.wrap(&ecdh, &s, b"aad").expect("wrap");

@@ -4,15 +4,16 @@
 //! swtpm-tools tpm2-tools openssl).
 
 use std::collections::VecDeque;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keyward_backends::tpm::Backend as Tpm;
 use keyward_hw_mocks::swtpm::Swtpm;
+use keyward_kms::backend::options::{Pkcs11Options, TpmOptions, YubikeyOptions};
 use keyward_kms::backend::{
-    Backend, BackendKind, Callbacks, Capabilities, DeviceInfo, EnrollRequest, Enrollment, Health,
-    Notice, SecretKind, SecretRequest, SignAlgorithm, Signature, WrapMode, Wrapped,
+    Backend, BackendKind, Callbacks, Capabilities, DeviceInfo, EnrollOptions, EnrollRequest,
+    Enrollment, Health, Notice, SecretKind, SecretRequest, SignAlgorithm, Signature, WrapMode,
+    Wrapped,
 };
 use keyward_kms::crypto::ecies;
 use keyward_kms::error::DeviceError;
@@ -80,14 +81,22 @@ impl Callbacks for Ui {
     }
 }
 
-fn request(options: &[(&str, &str)]) -> EnrollRequest {
+fn request() -> EnrollRequest {
     EnrollRequest {
         label: "laptop TPM".into(),
         device: None,
-        options: options
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
+        options: EnrollOptions::None,
+    }
+}
+
+/// A request for a TPM key with or without a PIN, bound to `pcrs` ("16,23").
+fn tpm_request(pin: bool, pcrs: &str) -> EnrollRequest {
+    EnrollRequest {
+        options: EnrollOptions::Tpm(TpmOptions {
+            pin,
+            pcrs: pcrs.parse().expect("PCR list"),
+        }),
+        ..request()
     }
 }
 
@@ -105,7 +114,7 @@ fn secret() -> Secret32 {
 fn round_trip_with_pin() {
     let (_tpm, backend) = start();
     let ui = Ui::pin(PIN);
-    let e = backend.enroll(&request(&[]), &ui).expect("enroll");
+    let e = backend.enroll(&request(), &ui).expect("enroll");
     assert_eq!(ui.count(), 2, "new PIN asked twice at enrollment");
     assert_eq!(e.kind, BackendKind::Tpm);
     assert_eq!(e.public_key.len(), 33);
@@ -165,7 +174,7 @@ fn round_trip_without_pin_asks_nothing() {
     let (_tpm, backend) = start();
     let ui = Ui::answers(&[]);
     let e = backend
-        .enroll(&request(&[("pin", "false")]), &ui)
+        .enroll(&tpm_request(false, ""), &ui)
         .expect("enroll");
     assert_eq!(e.params["pin"], false);
     assert_eq!(e.params["policy"], "");
@@ -182,15 +191,19 @@ fn round_trip_without_pin_asks_nothing() {
 fn enroll_refuses_bad_options_and_mismatched_pins() {
     let (_tpm, backend) = start();
     let ui = Ui::pin(PIN);
+    // Bad PIN and PCR values cannot be built (kms's `PcrSelection` tests);
+    // another backend's options are refused.
     for opts in [
-        &[("pin", "maybe")][..],
-        &[("pcrs", "24")][..],
-        &[("pcrs", "7;11")][..],
-        &[("slot", "9a")][..],
+        EnrollOptions::Yubikey(YubikeyOptions::default()),
+        EnrollOptions::Pkcs11(Pkcs11Options::default()),
     ] {
+        let req = EnrollRequest {
+            options: opts.clone(),
+            ..request()
+        };
         assert!(
             matches!(
-                backend.enroll(&request(opts), &ui),
+                backend.enroll(&req, &ui),
                 Err(Error::InvalidArgument { .. })
             ),
             "{opts:?}"
@@ -199,7 +212,7 @@ fn enroll_refuses_bad_options_and_mismatched_pins() {
     assert_eq!(ui.count(), 0, "options are checked before any prompt");
     let typo = Ui::answers(&["1111", "1112"]);
     assert!(matches!(
-        backend.enroll(&request(&[]), &typo),
+        backend.enroll(&request(), &typo),
         Err(Error::InvalidArgument { .. })
     ));
 }
@@ -216,7 +229,7 @@ fn pin_whose_hash_ends_in_zero_works() {
         .expect("about one PIN in 256 qualifies");
     let (_tpm, backend) = start();
     let ui = Ui::pin(&pin);
-    let e = backend.enroll(&request(&[]), &ui).expect("enroll");
+    let e = backend.enroll(&request(), &ui).expect("enroll");
     let s = secret();
     let w = backend.wrap(&e, &s, AAD).expect("wrap");
     assert_eq!(
@@ -230,7 +243,7 @@ fn wrong_pin_reports_tries_left_and_changes_nothing() {
     let (tpm, backend) = start();
     tpm.set_dictionary_lockout(5, 600, 0).expect("DA setup");
     let ui = Ui::pin(PIN);
-    let e = backend.enroll(&request(&[]), &ui).expect("enroll");
+    let e = backend.enroll(&request(), &ui).expect("enroll");
     let s = secret();
     let w = backend.wrap(&e, &s, AAD).expect("wrap");
 
@@ -271,7 +284,7 @@ fn lockout_is_reported_with_its_duration() {
     let (tpm, backend) = start();
     tpm.set_dictionary_lockout(2, 600, 0).expect("DA setup");
     let ui = Ui::pin(PIN);
-    let e = backend.enroll(&request(&[]), &ui).expect("enroll");
+    let e = backend.enroll(&request(), &ui).expect("enroll");
     let w = backend.wrap(&e, &secret(), AAD).expect("wrap");
     let wrong = Ui::pin("000000");
     assert!(matches!(
@@ -320,7 +333,7 @@ fn lockout_starting_after_the_check_is_mapped_from_the_tpm() {
     let (tpm, backend) = start();
     tpm.set_dictionary_lockout(1, 300, 0).expect("DA setup");
     let ui = Ui::pin(PIN);
-    let e = backend.enroll(&request(&[]), &ui).expect("enroll");
+    let e = backend.enroll(&request(), &ui).expect("enroll");
     let w = backend.wrap(&e, &secret(), AAD).expect("wrap");
     // While the prompt is open, another client burns the last try.
     let other_tcti = tpm.tcti();
@@ -345,7 +358,7 @@ fn pcr_bound_enrollment_fails_after_extend_with_the_pcr_message() {
     let (tpm, backend) = start();
     let ui = Ui::pin(PIN);
     let e = backend
-        .enroll(&request(&[("pcrs", "16")]), &ui)
+        .enroll(&tpm_request(true, "16"), &ui)
         .expect("enroll");
     assert_eq!(e.params["pcrs"], serde_json::json!([16]));
     let s = secret();
@@ -418,7 +431,7 @@ fn pcr_bound_without_pin_unlocks_unattended() {
     let (tpm, backend) = start();
     let ui = Ui::answers(&[]);
     let e = backend
-        .enroll(&request(&[("pin", "false"), ("pcrs", "16,23")]), &ui)
+        .enroll(&tpm_request(false, "16,23"), &ui)
         .expect("enroll");
     let s = secret();
     let w = backend.wrap(&e, &s, AAD).expect("wrap");
@@ -440,7 +453,7 @@ fn blob_from_another_tpm_is_refused_before_the_pin() {
     let (_tpm_a, backend_a) = start();
     let (_tpm_b, backend_b) = start();
     let ui = Ui::pin(PIN);
-    let e = backend_a.enroll(&request(&[]), &ui).expect("enroll on A");
+    let e = backend_a.enroll(&request(), &ui).expect("enroll on A");
     let w = backend_a.wrap(&e, &secret(), AAD).expect("wrap");
 
     let asked = Ui::pin(PIN);
@@ -462,7 +475,7 @@ fn blob_from_another_tpm_is_refused_before_the_pin() {
 
     // With the identity check fooled (descriptor edited to B's SRK), the
     // TPM itself refuses A's key blob: TPM_RC_INTEGRITY (0x1df).
-    let on_b = backend_b.enroll(&request(&[]), &ui).expect("enroll on B");
+    let on_b = backend_b.enroll(&request(), &ui).expect("enroll on B");
     let mut forged = e.clone();
     forged.params["srk_id"] = on_b.params["srk_id"].clone();
     let err = backend_b
@@ -479,7 +492,7 @@ fn blob_from_another_tpm_is_refused_before_the_pin() {
 fn swtpm_killed_mid_unlock_then_restarted() {
     let (tpm, backend) = start();
     let ui = Ui::pin(PIN);
-    let e = backend.enroll(&request(&[]), &ui).expect("enroll");
+    let e = backend.enroll(&request(), &ui).expect("enroll");
     let s = secret();
     let w = backend.wrap(&e, &s, AAD).expect("wrap");
 
@@ -519,7 +532,7 @@ fn tpm_clear_is_reported_as_another_tpm() {
     let (tpm, backend) = start();
     let ui = Ui::pin("pïn-✓ 2");
     let e = backend
-        .enroll(&request(&[]), &ui)
+        .enroll(&request(), &ui)
         .expect("enroll, non-ASCII PIN");
     let s = secret();
     let w = backend.wrap(&e, &s, AAD).expect("wrap");
@@ -546,9 +559,9 @@ fn one_backend_serves_concurrent_threads() {
     let (_tpm, backend) = start();
     let backend = Arc::new(backend);
     let ui = Arc::new(Ui::pin(PIN));
-    let with_pin = backend.enroll(&request(&[]), ui.as_ref()).expect("enroll");
+    let with_pin = backend.enroll(&request(), ui.as_ref()).expect("enroll");
     let no_pin = backend
-        .enroll(&request(&[("pin", "false")]), ui.as_ref())
+        .enroll(&tpm_request(false, ""), ui.as_ref())
         .expect("enroll");
     let threads: Vec<_> = (0..4)
         .map(|i| {
@@ -584,7 +597,7 @@ fn absent_tpm_is_device_not_found() {
     drop(listener);
     let backend = Tpm::with_tcti(format!("swtpm:host=127.0.0.1,port={port}"));
     let ui = Ui::pin(PIN);
-    let err = backend.enroll(&request(&[]), &ui).expect_err("no TPM");
+    let err = backend.enroll(&request(), &ui).expect_err("no TPM");
     assert!(matches!(err, Error::DeviceNotFound { .. }), "{err:?}");
     assert_eq!(ui.count(), 0, "no PIN asked without a TPM");
     assert!(matches!(
@@ -599,7 +612,7 @@ fn absent_tpm_is_device_not_found() {
 fn out_of_object_memory_is_explained_and_recoverable() {
     let (tpm, backend) = start();
     let ui = Ui::pin(PIN);
-    let e = backend.enroll(&request(&[]), &ui).expect("enroll");
+    let e = backend.enroll(&request(), &ui).expect("enroll");
     let s = secret();
     let w = backend.wrap(&e, &s, AAD).expect("wrap");
     // Another program fills swtpm's three transient slots and leaves.
@@ -630,7 +643,7 @@ fn out_of_object_memory_is_explained_and_recoverable() {
 fn tpm_signature_verifies_on_host_and_with_openssl() {
     let (_tpm, backend) = start();
     let ui = Ui::pin(PIN);
-    let e = backend.enroll(&request(&[]), &ui).expect("enroll");
+    let e = backend.enroll(&request(), &ui).expect("enroll");
     let msg = b"keyward: message signed inside the TPM";
     let sig = backend.sign(&e, msg, &ui).expect("sign");
     assert_eq!(sig.algorithm, SignAlgorithm::EcdsaP256Sha256);
@@ -638,18 +651,9 @@ fn tpm_signature_verifies_on_host_and_with_openssl() {
     let other = backend.sign(&e, msg, &ui).expect("sign again");
     assert_ne!(sig.bytes, other.bytes, "ECDSA nonces differ");
 
-    let dir = tempfile::tempdir().expect("tempdir");
     let pem = Tpm::signing_public_key_pem(&e).expect("pem");
     assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{pem}");
-    std::fs::write(dir.path().join("pub.pem"), pem).expect("write");
-    std::fs::write(dir.path().join("sig.der"), &sig.bytes).expect("write");
-    std::fs::write(dir.path().join("msg"), msg).expect("write");
-    std::fs::write(dir.path().join("other"), b"another message").expect("write");
-    let (ok, out) = openssl_verify(dir.path(), "msg");
-    assert!(ok, "openssl: {out}");
-    assert!(out.contains("Verified OK"), "{out}");
-    let (ok, out) = openssl_verify(dir.path(), "other");
-    assert!(!ok, "openssl accepted a wrong message: {out}");
+    keyward_tests::assert_openssl_verifies(&pem, &sig.bytes, msg);
 
     // A wrong PIN does not sign.
     tpm_wrong_pin_sign(&backend, &e);
@@ -661,30 +665,6 @@ fn tpm_wrong_pin_sign(backend: &Tpm, e: &Enrollment) {
         backend.sign(e, b"m", &wrong),
         Err(Error::WrongPin { .. })
     ));
-}
-
-fn openssl_verify(dir: &Path, msg: &str) -> (bool, String) {
-    let out = keyward_hw_mocks::swtpm::clean_command("openssl")
-        .current_dir(dir)
-        .args([
-            "dgst",
-            "-sha256",
-            "-verify",
-            "pub.pem",
-            "-signature",
-            "sig.der",
-            msg,
-        ])
-        .output()
-        .expect("run openssl");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 fn verify_on_host(e: &Enrollment, msg: &[u8], sig: &Signature) {
@@ -821,9 +801,8 @@ fn service_init_enroll_rotate_lock_unlock_with_tpm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("store.db");
     let ui = Ui::pin(PIN);
-    let (mut svc, first) =
-        Service::init(&path, backends(&tpm), BackendKind::Tpm, &request(&[]), &ui)
-            .expect("init with the TPM as first protector");
+    let (mut svc, first) = Service::init(&path, backends(&tpm), BackendKind::Tpm, &request(), &ui)
+        .expect("init with the TPM as first protector");
     assert_eq!(first.kind, BackendKind::Tpm);
     let notes = KeyName::new("notes").expect("name");
     let spec = KeySpec {
@@ -834,7 +813,7 @@ fn service_init_enroll_rotate_lock_unlock_with_tpm() {
     };
     svc.create_key(&notes, &spec).expect("create key");
     let second = svc
-        .enroll(BackendKind::Recovery, &request(&[]), &ui)
+        .enroll(BackendKind::Recovery, &request(), &ui)
         .expect("second protector");
     assert_eq!(svc.rotate_master().expect("rotate"), 2);
     svc.lock();
@@ -871,11 +850,11 @@ fn service_replace_tpm_protector_after_pcr_change() {
         &path,
         backends(&tpm),
         BackendKind::Tpm,
-        &request(&[("pcrs", "16")]),
+        &tpm_request(true, "16"),
         &ui,
     )
     .expect("init");
-    svc.enroll(BackendKind::Recovery, &request(&[]), &ui)
+    svc.enroll(BackendKind::Recovery, &request(), &ui)
         .expect("recovery protector");
     let notes = KeyName::new("notes").expect("name");
     svc.create_key(
@@ -903,7 +882,7 @@ fn service_replace_tpm_protector_after_pcr_change() {
     svc.unlock(UnlockWith::Kind(BackendKind::Recovery), &ui)
         .expect("recovery unlock");
     let new_tpm = svc
-        .enroll(BackendKind::Tpm, &request(&[("pcrs", "16")]), &ui)
+        .enroll(BackendKind::Tpm, &tpm_request(true, "16"), &ui)
         .expect("re-enroll TPM");
     svc.remove_protector(old_tpm.id).expect("remove old TPM");
     let kinds: Vec<_> = svc
@@ -941,9 +920,9 @@ fn timings_in_process() {
     const N: usize = 25;
     let (tpm, backend) = start();
     let ui = Ui::pin(PIN);
-    let with_pin = backend.enroll(&request(&[]), &ui).expect("enroll");
+    let with_pin = backend.enroll(&request(), &ui).expect("enroll");
     let no_pin = backend
-        .enroll(&request(&[("pin", "false")]), &ui)
+        .enroll(&tpm_request(false, ""), &ui)
         .expect("enroll");
     let s = secret();
     let mut report = Vec::new();

@@ -17,39 +17,9 @@ use super::uri::{Uri, percent_encode};
 /// Descriptor format version.
 pub const DESCRIPTOR_VERSION: u64 = 1;
 
-/// How the master key is wrapped to the token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// P-256 key pair on the token; wrap is the shared ECIES with the public
-    /// key (no token needed), unwrap uses CKM_ECDH1_DERIVE.
-    Ecdh,
-    /// AES-256 key on the token; wrap and unwrap use CKM_AES_GCM on the token.
-    AesGcm,
-}
-
-impl Mode {
-    /// The option / descriptor spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ecdh => "ecdh",
-            Self::AesGcm => "aes-gcm",
-        }
-    }
-
-    /// Parses `ecdh` / `aes-gcm`.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] for anything else.
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "ecdh" => Ok(Self::Ecdh),
-            "aes-gcm" => Ok(Self::AesGcm),
-            other => Err(Error::InvalidArgument {
-                what: format!("pkcs11 mode {other:?}: use ecdh or aes-gcm"),
-            }),
-        }
-    }
-}
+/// How the master key is wrapped to the token (kms's type, under the
+/// name this module has always used).
+pub use keyward_kms::backend::options::Pkcs11Mode as Mode;
 
 /// An Ed25519 signing key pair enrolled beside the wrapping key
 /// (`sign=ed25519`).
@@ -152,7 +122,8 @@ impl Descriptor {
                 .map(str::to_owned)
                 .ok_or(malformed(what))
         };
-        let mode = Mode::parse(&text(params.get("mode"), "pkcs11 descriptor: mode")?)
+        let mode = text(params.get("mode"), "pkcs11 descriptor: mode")?
+            .parse::<Mode>()
             .map_err(|_| malformed("pkcs11 descriptor: unknown mode"))?;
         let token = params
             .get("token")

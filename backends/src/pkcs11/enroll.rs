@@ -11,6 +11,7 @@ use super::{
     ed25519_sign, errors, failed, find, find_one, library, random_bytes, read_ec_point,
     read_public, select_token, unsupported, uri,
 };
+use keyward_kms::backend::options::Pkcs11Sign;
 
 impl Backend {
     pub(super) fn enroll_inner(
@@ -18,25 +19,8 @@ impl Backend {
         req: &EnrollRequest,
         ui: &dyn Callbacks,
     ) -> Result<Enrollment> {
-        for (key, _) in &req.options {
-            if key != "mode" && key != "sign" {
-                return Err(Error::InvalidArgument {
-                    what: format!(
-                        "unknown pkcs11 option {key:?} (known: mode=ecdh|aes-gcm, \
-                         sign=ecdsa|ed25519)"
-                    ),
-                });
-            }
-        }
-        let ed25519 = match req.option("sign") {
-            None | Some("ecdsa") => false,
-            Some("ed25519") => true,
-            Some(other) => {
-                return Err(Error::InvalidArgument {
-                    what: format!("pkcs11 sign={other:?}: use ecdsa or ed25519"),
-                });
-            }
-        };
+        let options = req.options.pkcs11()?;
+        let ed25519 = options.sign == Some(Pkcs11Sign::Ed25519);
         let uri = match req.device.as_deref() {
             Some(s) => Uri::parse(s)?,
             None => Uri::default(),
@@ -60,8 +44,8 @@ impl Backend {
         let has = |m: MechanismType| mechanisms.contains(&m);
         let ecdh_ok = has(MechanismType::ECDH1_DERIVE) && has(MechanismType::ECC_KEY_PAIR_GEN);
         let gcm_ok = has(MechanismType::AES_GCM) && has(MechanismType::AES_KEY_GEN);
-        let mode = match req.option("mode") {
-            Some(m) => Mode::parse(m)?,
+        let mode = match options.mode {
+            Some(m) => m,
             None => match (self.options.mode, uri.object_type) {
                 (Some(m), _) => m,
                 (None, Some(uri::ObjectType::SecretKey)) => Mode::AesGcm,
@@ -101,7 +85,7 @@ impl Backend {
                 Instead::NoEd25519,
             ));
         }
-        if mode == Mode::AesGcm && req.option("sign") == Some("ecdsa") {
+        if mode == Mode::AesGcm && options.sign == Some(Pkcs11Sign::Ecdsa) {
             return Err(Error::InvalidArgument {
                 what: "sign=ecdsa needs mode=ecdh (its P-256 key signs); use sign=ed25519 \
                        with aes-gcm"
@@ -369,14 +353,12 @@ pub(super) fn ec_key(session: &Session, uri: &Uri, label: &str) -> Res<(Enrolled
             &private_template,
         )
         .map_err(|e| {
-            if errors::is_mechanism_refused(&e) {
-                Fail::Kw(unsupported(
-                    "P-256 key generation (CKM_EC_KEY_PAIR_GEN)",
-                    Instead::AesGcm,
-                ))
-            } else {
-                Fail::Ck(e, "C_GenerateKeyPair")
-            }
+            Fail::refused(
+                e,
+                "C_GenerateKeyPair",
+                "P-256 key generation (CKM_EC_KEY_PAIR_GEN)",
+                Instead::AesGcm,
+            )
         })?;
     let point = read_ec_point(session, public)?;
     Ok((
@@ -490,14 +472,12 @@ pub(super) fn aes_key(
     let handle = session
         .generate_key(&Mechanism::AesKeyGen, &template)
         .map_err(|e| {
-            if errors::is_mechanism_refused(&e) {
-                Fail::Kw(unsupported(
-                    "AES-256 key generation (CKM_AES_KEY_GEN)",
-                    Instead::Ecdh,
-                ))
-            } else {
-                Fail::Ck(e, "C_GenerateKey")
-            }
+            Fail::refused(
+                e,
+                "C_GenerateKey",
+                "AES-256 key generation (CKM_AES_KEY_GEN)",
+                Instead::Ecdh,
+            )
         })?;
     Ok((
         EnrolledKey {
@@ -610,14 +590,12 @@ pub(super) fn ed25519_key(session: &Session, label: &str) -> Res<(SignKey, Vec<O
             &private_template,
         )
         .map_err(|e| {
-            if errors::is_mechanism_refused(&e) {
-                Fail::Kw(unsupported(
-                    "Ed25519 key generation (CKM_EC_EDWARDS_KEY_PAIR_GEN)",
-                    Instead::NoEd25519,
-                ))
-            } else {
-                Fail::Ck(e, "C_GenerateKeyPair")
-            }
+            Fail::refused(
+                e,
+                "C_GenerateKeyPair",
+                "Ed25519 key generation (CKM_EC_EDWARDS_KEY_PAIR_GEN)",
+                Instead::NoEd25519,
+            )
         })?;
     let point = read_public(session, public, PublicForm::Ed25519)?;
     Ok((

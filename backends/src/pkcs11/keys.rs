@@ -5,8 +5,7 @@
 // imports and items.
 use super::{
     Attribute, AttributeType, CkExt, Descriptor, EddsaParams, EddsaSignatureScheme, Error, Fail,
-    Instead, Mechanism, Mode, ObjectClass, ObjectHandle, Res, Result, Session, ecies, errors,
-    failed, unsupported,
+    Instead, Mechanism, Mode, ObjectClass, ObjectHandle, Res, Result, Session, ecies, failed,
 };
 
 /// How a key's public half is stored in the enrollment.
@@ -70,13 +69,9 @@ impl<'a> KeyRef<'a> {
 /// Pure Ed25519 (RFC 8032) on the token.
 pub(super) fn ed25519_sign(session: &Session, private: ObjectHandle, msg: &[u8]) -> Res<[u8; 64]> {
     let mechanism = Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure));
-    let sig = session.sign(&mechanism, private, msg).map_err(|e| {
-        if errors::is_mechanism_refused(&e) {
-            Fail::Kw(unsupported("CKM_EDDSA with this key", Instead::Nothing))
-        } else {
-            Fail::Ck(e, "C_Sign")
-        }
-    })?;
+    let sig = session
+        .sign(&mechanism, private, msg)
+        .map_err(|e| Fail::refused(e, "C_Sign", "CKM_EDDSA with this key", Instead::Nothing))?;
     sig.as_slice().try_into().map_err(|_| {
         Fail::Kw(failed(
             "CKM_EDDSA",

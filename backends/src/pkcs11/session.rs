@@ -6,7 +6,7 @@
 // A part of the pkcs11 module, split by concept: it shares the parent's
 // imports and items.
 use super::{
-    Arc, Backend, Callbacks, CkError, Descriptor, DeviceError, Error, KIND, KeyRef, Mutex,
+    Arc, Backend, Callbacks, CkError, Descriptor, DeviceError, Error, Instead, KIND, KeyRef, Mutex,
     MutexGuard, Notice, ObjectClass, ObjectHandle, Path, PathBuf, Pkcs11, Result, RvError,
     SecretKind, SecretRequest, SecretString, Session, SessionState, Slot, TokenInfo, Uri, UserType,
     Zeroize, descriptor, errors, find_one, library, lock_or_reset,
@@ -62,6 +62,21 @@ impl From<Error> for Fail {
 }
 
 impl Fail {
+    /// The failure of `call` with error `e`: the token lacks `mechanism`
+    /// (use `instead`) when it refuses the mechanism, else the raw error.
+    pub(super) fn refused(
+        e: CkError,
+        call: &'static str,
+        mechanism: &'static str,
+        instead: Instead,
+    ) -> Self {
+        if errors::is_mechanism_refused(&e) {
+            Self::Kw(errors::unsupported(mechanism, instead))
+        } else {
+            Self::Ck(e, call)
+        }
+    }
+
     pub(super) fn is_stale(&self) -> bool {
         matches!(self, Self::Ck(e, _) if errors::is_stale(e))
     }

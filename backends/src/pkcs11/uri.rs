@@ -238,6 +238,9 @@ impl Uri {
 /// byte outside the unreserved set percent-encoded).
 impl fmt::Display for Uri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fn text(v: Option<&String>) -> Option<&[u8]> {
+            v.map(String::as_bytes)
+        }
         let mut path: Vec<(&str, String)> = Vec::new();
         let mut push = |name, v: Option<&[u8]>| {
             if let Some(v) = v {
@@ -246,32 +249,23 @@ impl fmt::Display for Uri {
         };
         push(
             "library-description",
-            self.library_description.as_deref().map(str::as_bytes),
+            text(self.library_description.as_ref()),
         );
         push(
             "library-manufacturer",
-            self.library_manufacturer.as_deref().map(str::as_bytes),
+            text(self.library_manufacturer.as_ref()),
         );
         let version = self.library_version.map(|(a, b)| format!("{a}.{b}"));
-        push("library-version", version.as_deref().map(str::as_bytes));
-        push(
-            "manufacturer",
-            self.manufacturer.as_deref().map(str::as_bytes),
-        );
-        push("model", self.model.as_deref().map(str::as_bytes));
-        push("serial", self.serial.as_deref().map(str::as_bytes));
-        push("token", self.token.as_deref().map(str::as_bytes));
-        push(
-            "slot-description",
-            self.slot_description.as_deref().map(str::as_bytes),
-        );
-        push(
-            "slot-manufacturer",
-            self.slot_manufacturer.as_deref().map(str::as_bytes),
-        );
+        push("library-version", text(version.as_ref()));
+        push("manufacturer", text(self.manufacturer.as_ref()));
+        push("model", text(self.model.as_ref()));
+        push("serial", text(self.serial.as_ref()));
+        push("token", text(self.token.as_ref()));
+        push("slot-description", text(self.slot_description.as_ref()));
+        push("slot-manufacturer", text(self.slot_manufacturer.as_ref()));
         let slot = self.slot_id.map(|s| s.to_string());
-        push("slot-id", slot.as_deref().map(str::as_bytes));
-        push("object", self.object.as_deref().map(str::as_bytes));
+        push("slot-id", text(slot.as_ref()));
+        push("object", text(self.object.as_ref()));
         push("id", self.id.as_deref());
         push("type", self.object_type.map(|t| t.as_str().as_bytes()));
         f.write_str("pkcs11:")?;

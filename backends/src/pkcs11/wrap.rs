@@ -32,14 +32,12 @@ pub(super) fn token_ecdh(
     let derived = session
         .derive_key(&Mechanism::Ecdh1Derive(params), private, &template)
         .map_err(|e| {
-            if errors::is_mechanism_refused(&e) {
-                Fail::Kw(unsupported(
-                    "CKM_ECDH1_DERIVE with the null KDF",
-                    Instead::AesGcm,
-                ))
-            } else {
-                Fail::Ck(e, "C_DeriveKey")
-            }
+            Fail::refused(
+                e,
+                "C_DeriveKey",
+                "CKM_ECDH1_DERIVE with the null KDF",
+                Instead::AesGcm,
+            )
         })?;
     let value = session.get_attributes(derived, &[AttributeType::Value]);
     // Destroyed whatever the read gave; a failure here leaves only a
@@ -109,13 +107,7 @@ pub(super) fn aes_wrap(
         let params = GcmParams::new(&mut iv, aad, (8 * descriptor::GCM_TAG_LEN as u64).into())
             .ck("CK_GCM_PARAMS")?;
         s.encrypt(&Mechanism::AesGcm(params), key, secret.expose())
-            .map_err(|e| {
-                if errors::is_mechanism_refused(&e) {
-                    Fail::Kw(unsupported("CKM_AES_GCM", Instead::Ecdh))
-                } else {
-                    Fail::Ck(e, "C_Encrypt")
-                }
-            })
+            .map_err(|e| Fail::refused(e, "C_Encrypt", "CKM_AES_GCM", Instead::Ecdh))
     })?;
     if iv != sent_iv || ct.len() != 32 + descriptor::GCM_TAG_LEN {
         // A module that picks its own IV or tag length would make blobs we

@@ -26,7 +26,7 @@ const TPM_ALG_SHA256: u16 = 0x000B;
 /// `sizeofSelect` for 24 PCRs, as tss-esapi and every PC TPM use.
 const PCR_SELECT_OCTETS: usize = 3;
 /// Highest PCR index a selection may name.
-pub(crate) const MAX_PCR: u8 = 23;
+pub(crate) const MAX_PCR: u8 = keyward_kms::backend::options::Pcr::MAX;
 
 /// A TPM object as stored: the marshalled `TPM2B_PUBLIC` and
 /// `TPM2B_PRIVATE` (each with its 2-byte big-endian size prefix, the same
@@ -149,26 +149,6 @@ pub(crate) fn device_id(srk_id: &str) -> String {
 /// SHA-256 of an uncompressed SEC1 point, hex.
 pub(crate) fn srk_id(uncompressed_point: &[u8]) -> String {
     hex::encode(Sha256::digest(uncompressed_point))
-}
-
-/// Parses the `pcrs` option: comma-separated decimal indices 0-23
-/// (`"7,11"`), returned sorted and deduplicated. Empty string: none.
-pub(crate) fn parse_pcrs(option: &str) -> Result<Vec<u8>> {
-    let mut pcrs = Vec::new();
-    for part in option.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let pcr: u8 = part.parse().map_err(|_| Error::InvalidArgument {
-            what: format!("PCR {part:?} is not a number (expected e.g. pcrs=7,11)"),
-        })?;
-        if pcr > MAX_PCR {
-            return Err(Error::InvalidArgument {
-                what: format!("PCR {pcr} does not exist (0-{MAX_PCR})"),
-            });
-        }
-        pcrs.push(pcr);
-    }
-    pcrs.sort_unstable();
-    pcrs.dedup();
-    Ok(pcrs)
 }
 
 fn validate_pcrs(pcrs: &[u8]) -> Result<()> {
@@ -328,15 +308,6 @@ mod tests {
     }
 
     #[test]
-    fn parse_pcrs_option() {
-        assert_eq!(parse_pcrs("").expect("empty"), Vec::<u8>::new());
-        assert_eq!(parse_pcrs("11, 7,7").expect("list"), vec![7, 11]);
-        assert!(parse_pcrs("24").is_err());
-        assert!(parse_pcrs("x").is_err());
-        assert!(parse_pcrs("-1").is_err());
-    }
-
-    #[test]
     fn tpm2b_round_trip_and_rejects() {
         let enc = tpm2b(b"abc");
         assert_eq!(enc, [0, 3, b'a', b'b', b'c']);
@@ -354,26 +325,37 @@ mod tests {
         );
     }
 
-    #[test]
-    fn descriptor_checks_policy_against_settings() {
-        let values = [[0u8; 32]];
-        let policy = policy_digest(true, &[16], &values).expect("policy");
+    /// A descriptor without PIN or PCRs, with placeholder blobs.
+    fn unbound() -> Params {
         let blob = KeyBlob {
             public: "00".into(),
             private: "00".into(),
         };
-        let p = Params {
+        Params {
             version: VERSION,
             tcti: "device:/dev/tpmrm0".into(),
             srk_template: SRK_TEMPLATE.into(),
             srk_id: "ab".repeat(32),
+            pin: false,
+            pcrs: vec![],
+            pcr_values: BTreeMap::new(),
+            policy: String::new(),
+            ecdh: blob.clone(),
+            sign: blob,
+            sign_public_key: String::new(),
+        }
+    }
+
+    #[test]
+    fn descriptor_checks_policy_against_settings() {
+        let values = [[0u8; 32]];
+        let policy = policy_digest(true, &[16], &values).expect("policy");
+        let p = Params {
             pin: true,
             pcrs: vec![16],
             pcr_values: BTreeMap::from([(16, hex::encode([0u8; 32]))]),
             policy: hex::encode(policy),
-            ecdh: blob.clone(),
-            sign: blob,
-            sign_public_key: String::new(),
+            ..unbound()
         };
         assert_eq!(Params::from_json(&p.to_json()).expect("valid"), p);
         let mut no_pin = p.clone();
@@ -393,23 +375,7 @@ mod tests {
 
     #[test]
     fn version_key_is_v_and_old_descriptors_still_read() {
-        let blob = KeyBlob {
-            public: "00".into(),
-            private: "00".into(),
-        };
-        let p = Params {
-            version: VERSION,
-            tcti: "device:/dev/tpmrm0".into(),
-            srk_template: SRK_TEMPLATE.into(),
-            srk_id: "ab".repeat(32),
-            pin: false,
-            pcrs: vec![],
-            pcr_values: BTreeMap::new(),
-            policy: String::new(),
-            ecdh: blob.clone(),
-            sign: blob,
-            sign_public_key: String::new(),
-        };
+        let p = unbound();
         let new = p.to_json();
         assert_eq!(new["v"], 1, "{new}");
         assert!(new.get("version").is_none(), "{new}");

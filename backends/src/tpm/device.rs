@@ -22,7 +22,7 @@ use tss_esapi::structures::{
     Auth, CapabilityData, Digest, EccParameter, EccPoint, EccScheme, HashScheme, HashcheckTicket,
     KeyDerivationFunctionScheme, PcrSelectSize, PcrSelectionListBuilder, PcrSlot, Private, Public,
     PublicBuilder, PublicEccParametersBuilder, Signature, SignatureScheme, SymmetricDefinition,
-    SymmetricDefinitionObject, TaggedProperty,
+    SymmetricDefinitionObject, TaggedProperty, TaggedTpmPropertyList,
 };
 use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
@@ -309,23 +309,26 @@ impl<'a> Scope<'a> {
         Ok((r, s))
     }
 
+    /// Up to `count` TPM properties from `first` on, read with
+    /// TPM2_GetCapability.
+    fn properties(&mut self, first: PropertyTag, count: u32) -> R<TaggedTpmPropertyList> {
+        let (data, _) = self
+            .ctx
+            .execute_without_session(|ctx| {
+                ctx.get_capability(CapabilityType::TpmProperties, u32::from(first), count)
+            })
+            .op("GetCapability")?;
+        match data {
+            CapabilityData::TpmProperties(props) => Ok(props),
+            _ => Err(wrapper("GetCapability")),
+        }
+    }
+
     /// The dictionary-attack state, read with TPM2_GetCapability (never
     /// the cached `get_tpm_property`, whose lockout counter stays at its
     /// first value for the Context's life).
     pub(crate) fn da_state(&mut self) -> R<DaState> {
-        let (data, _) = self
-            .ctx
-            .execute_without_session(|ctx| {
-                ctx.get_capability(
-                    CapabilityType::TpmProperties,
-                    u32::from(PropertyTag::Permanent),
-                    32,
-                )
-            })
-            .op("GetCapability")?;
-        let CapabilityData::TpmProperties(props) = data else {
-            return Err(wrapper("GetCapability"));
-        };
+        let props = self.properties(PropertyTag::Permanent, 32)?;
         let get = |tag| props.find(tag).map(TaggedProperty::value);
         let failures = get(PropertyTag::LockoutCounter).ok_or_else(|| wrapper("GetCapability"))?;
         let max_tries = get(PropertyTag::MaxAuthFail).ok_or_else(|| wrapper("GetCapability"))?;
@@ -365,19 +368,7 @@ impl<'a> Scope<'a> {
 
     /// Manufacturer (four ASCII characters) and firmware version.
     pub(crate) fn vendor(&mut self) -> R<(String, String)> {
-        let (data, _) = self
-            .ctx
-            .execute_without_session(|ctx| {
-                ctx.get_capability(
-                    CapabilityType::TpmProperties,
-                    u32::from(PropertyTag::Manufacturer),
-                    8,
-                )
-            })
-            .op("GetCapability")?;
-        let CapabilityData::TpmProperties(props) = data else {
-            return Err(wrapper("GetCapability"));
-        };
+        let props = self.properties(PropertyTag::Manufacturer, 8)?;
         let get = |tag| props.find(tag).map_or(0, TaggedProperty::value);
         let maker: String = get(PropertyTag::Manufacturer)
             .to_be_bytes()

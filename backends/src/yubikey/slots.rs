@@ -3,6 +3,7 @@
 //! that marks a slot as keyward's.
 
 use super::*;
+use keyward_kms::backend::options::{PivSlot, YubikeyOptions};
 
 /// Which credentials are still the factory defaults.
 #[derive(Debug, Default)]
@@ -67,8 +68,8 @@ pub(super) fn occupied(s: &mut Session<'_>, id: SlotId) -> Result<bool> {
     }
 }
 
-pub(super) fn choose_slot(s: &mut Session<'_>, opts: &Options) -> Result<u8> {
-    if let Some(slot) = opts.slot {
+pub(super) fn choose_slot(s: &mut Session<'_>, opts: &YubikeyOptions) -> Result<u8> {
+    if let Some(slot) = opts.slot.map(PivSlot::number) {
         if occupied(s, slot_id(slot)?)? && !opts.overwrite {
             return Err(Error::InvalidArgument {
                 what: format!(

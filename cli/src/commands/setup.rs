@@ -5,7 +5,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
 use keyward_kms::service::ProtectorInfo;
-use keyward_kms::{BackendKind, EnrollRequest, Error, Service};
+use keyward_kms::{BackendKind, EnrollOptions, EnrollRequest, Error, Service};
 use serde_json::json;
 
 use super::Ctx;
@@ -77,7 +77,7 @@ fn describe(p: &ProtectorInfo) -> String {
 
 /// `keyward init`.
 pub(super) fn init(ctx: &mut Ctx<'_>, args: &InitArgs) -> Result<(), Failure> {
-    if !args.passphrase && !args.argon2.options().is_empty() {
+    if !args.passphrase && args.argon2.any() {
         return Err(Failure::new(
             Exit::Usage,
             "the --argon2-* options apply only with --passphrase",
@@ -122,7 +122,7 @@ pub(super) fn init(ctx: &mut Ctx<'_>, args: &InitArgs) -> Result<(), Failure> {
     if args.passphrase {
         let request = EnrollRequest {
             label: "passphrase".to_owned(),
-            options: args.argon2.options(),
+            options: EnrollOptions::Passphrase(args.argon2.options()),
             ..EnrollRequest::default()
         };
         match service.enroll(BackendKind::Passphrase, &request, &ctx.ui) {
@@ -279,7 +279,7 @@ pub(super) fn enroll(ctx: &mut Ctx<'_>, cmd: &EnrollCommand) -> Result<(), Failu
                 BackendKind::Passphrase,
                 EnrollRequest {
                     label: label.clone(),
-                    options: argon2.options(),
+                    options: EnrollOptions::Passphrase(argon2.options()),
                     ..EnrollRequest::default()
                 },
                 Reserve::Passphrase,

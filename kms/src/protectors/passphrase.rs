@@ -233,23 +233,12 @@ impl Backend {
     /// The parameters for a new enrollment: defaults, overridden by the
     /// `argon2-*` options.
     fn params_for(&self, req: &EnrollRequest) -> Result<KdfParams> {
-        super::refuse_unknown_options(
-            req,
-            BackendKind::Passphrase,
-            &[OPTION_M_KIB, OPTION_T, OPTION_P],
-        )?;
-        let read = |name: &str, default: u32| -> Result<u64> {
-            match req.option(name) {
-                None => Ok(u64::from(default)),
-                Some(v) => v.trim().parse::<u64>().map_err(|_| Error::InvalidArgument {
-                    what: format!("{name} must be a whole number (got {v:?})"),
-                }),
-            }
-        };
+        let options = req.options.passphrase()?;
+        let or_default = |v: Option<u32>, default: u32| u64::from(v.unwrap_or(default));
         KdfParams::new(
-            read(OPTION_M_KIB, self.defaults.m_kib)?,
-            read(OPTION_T, self.defaults.t)?,
-            read(OPTION_P, self.defaults.p)?,
+            or_default(options.m_kib, self.defaults.m_kib),
+            or_default(options.t, self.defaults.t),
+            or_default(options.p, self.defaults.p),
         )
     }
 
@@ -306,7 +295,7 @@ impl crate::Backend for Backend {
 
     /// Asks for a new passphrase ([`SecretKind::NewPassphrase`]; the UI
     /// confirms it) and stores the salt, parameters and public key.
-    /// Options: `argon2-m-kib`, `argon2-t`, `argon2-p`.
+    /// Options: [`crate::backend::options::Argon2Options`].
     fn enroll(&self, req: &EnrollRequest, ui: &dyn Callbacks) -> Result<Enrollment> {
         let params = self.params_for(req)?;
         let description = if req.label.is_empty() {
@@ -372,7 +361,8 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::backend::{Backend as _, Notice};
+    use crate::backend::options::{Argon2Options, YubikeyOptions};
+    use crate::backend::{Backend as _, EnrollOptions, Notice};
     use crate::secret::SecretString;
 
     /// Answers every secret request with `answer` and records the kinds.
@@ -401,19 +391,17 @@ mod tests {
         }
     }
 
-    fn small(options: &[(&str, &str)]) -> EnrollRequest {
-        let mut opts = vec![
-            (OPTION_M_KIB.to_owned(), "8192".to_owned()),
-            (OPTION_T.to_owned(), "1".to_owned()),
-        ];
-        for (k, v) in options {
-            opts.retain(|(key, _)| key != k);
-            opts.push(((*k).to_owned(), (*v).to_owned()));
-        }
+    fn small(edit: impl FnOnce(&mut Argon2Options)) -> EnrollRequest {
+        let mut options = Argon2Options {
+            m_kib: Some(8192),
+            t: Some(1),
+            p: None,
+        };
+        edit(&mut options);
         EnrollRequest {
             label: "test".into(),
             device: None,
-            options: opts,
+            options: EnrollOptions::Passphrase(options),
         }
     }
 
@@ -428,24 +416,31 @@ mod tests {
     fn enrollment_options_are_bounded() {
         let b = Backend::new();
         let ui = Answer::new("correct horse");
-        for (key, value) in [
-            (OPTION_M_KIB, "8191"),
-            (OPTION_M_KIB, "4194305"),
-            (OPTION_M_KIB, "1099511627776"),
-            (OPTION_M_KIB, "-1"),
-            (OPTION_M_KIB, "lots"),
-            (OPTION_T, "0"),
-            (OPTION_T, "65"),
-            (OPTION_P, "0"),
-            (OPTION_P, "17"),
+        let costs = |m_kib, t, p| Argon2Options {
+            m_kib: Some(m_kib),
+            t: Some(t),
+            p: Some(p),
+        };
+        for (key, options) in [
+            (OPTION_M_KIB, costs(8191, 1, 1)),
+            (OPTION_M_KIB, costs(4_194_305, 1, 1)),
+            (OPTION_M_KIB, costs(u32::MAX, 1, 1)),
+            (OPTION_T, costs(8192, 0, 1)),
+            (OPTION_T, costs(8192, 65, 1)),
+            (OPTION_P, costs(8192, 1, 0)),
+            (OPTION_P, costs(8192, 1, 17)),
         ] {
-            let what = invalid_argument(b.enroll(&small(&[(key, value)]), &ui));
-            assert!(what.contains(key), "{key}={value}: {what}");
+            let what = invalid_argument(b.enroll(&small(|o| *o = options), &ui));
+            assert!(what.contains(key), "{options:?}: {what}");
         }
         // Nothing was asked: parameters are checked before the prompt.
         assert!(ui.asked.lock().expect("lock").is_empty());
-        let what = invalid_argument(b.enroll(&small(&[("touch", "always")]), &ui));
-        assert!(what.contains("touch"), "{what}");
+        let yubikey = EnrollRequest {
+            options: EnrollOptions::Yubikey(YubikeyOptions::default()),
+            ..EnrollRequest::default()
+        };
+        let what = invalid_argument(b.enroll(&yubikey, &ui));
+        assert!(what.contains("yubikey"), "{what}");
     }
 
     #[test]
@@ -461,18 +456,18 @@ mod tests {
         let b = Backend::new();
         for weak in ["", "1234567", "sev3n!!"] {
             assert!(matches!(
-                b.enroll(&small(&[]), &Answer::new(weak)),
+                b.enroll(&small(|_| ()), &Answer::new(weak)),
                 Err(Error::WeakPassphrase { .. })
             ));
         }
         // Eight characters, counted as characters (these are 16 bytes).
         let ok = b
-            .enroll(&small(&[]), &Answer::new("ÄÖÜäöüßé"))
+            .enroll(&small(|_| ()), &Answer::new("ÄÖÜäöüßé"))
             .expect("8 characters");
         assert_eq!(ok.kind, BackendKind::Passphrase);
         let long = "x".repeat(MAX_PASSPHRASE_BYTES + 1);
         assert!(matches!(
-            b.enroll(&small(&[]), &Answer::new(&long)),
+            b.enroll(&small(|_| ()), &Answer::new(&long)),
             Err(Error::WeakPassphrase { .. })
         ));
     }
@@ -481,7 +476,7 @@ mod tests {
     fn enroll_asks_for_a_new_passphrase_and_stores_params() {
         let b = Backend::new();
         let ui = Answer::new("correct horse");
-        let e = b.enroll(&small(&[(OPTION_P, "2")]), &ui).expect("enroll");
+        let e = b.enroll(&small(|o| o.p = Some(2)), &ui).expect("enroll");
         assert_eq!(*ui.asked.lock().expect("lock"), [SecretKind::NewPassphrase]);
         assert_eq!(e.params["v"], 1);
         assert_eq!(e.params["kdf"], "argon2id");
@@ -492,7 +487,7 @@ mod tests {
         assert_eq!(e.public_key.len(), 33);
         assert_eq!(e.device_id, None);
         // A second enrollment of the same passphrase gets another salt.
-        let e2 = b.enroll(&small(&[(OPTION_P, "2")]), &ui).expect("enroll");
+        let e2 = b.enroll(&small(|o| o.p = Some(2)), &ui).expect("enroll");
         assert_ne!(e.params["salt"], e2.params["salt"]);
         assert_ne!(e.public_key, e2.public_key);
     }
@@ -501,7 +496,7 @@ mod tests {
     fn tampered_descriptors_refused_before_prompt_or_allocation() {
         let b = Backend::new();
         let ui = Answer::new("correct horse");
-        let e = b.enroll(&small(&[]), &ui).expect("enroll");
+        let e = b.enroll(&small(|_| ()), &ui).expect("enroll");
         let secret = Secret32::random().expect("rng");
         let w = b.wrap(&e, &secret, b"aad").expect("wrap");
         ui.asked.lock().expect("lock").clear();
@@ -548,7 +543,7 @@ mod tests {
     fn wrong_passphrase_is_typed() {
         let b = Backend::new();
         let e = b
-            .enroll(&small(&[]), &Answer::new("correct horse"))
+            .enroll(&small(|_| ()), &Answer::new("correct horse"))
             .expect("enroll");
         let secret = Secret32::random().expect("rng");
         let w = b.wrap(&e, &secret, b"aad").expect("wrap");

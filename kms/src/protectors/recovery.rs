@@ -320,7 +320,7 @@ impl crate::Backend for Backend {
     /// Generates a recovery key, shows it once, and stores only its public
     /// key. Takes no options.
     fn enroll(&self, req: &EnrollRequest, ui: &dyn Callbacks) -> Result<Enrollment> {
-        super::refuse_unknown_options(req, BackendKind::Recovery, &[])?;
+        req.options.none_for(BackendKind::Recovery)?;
         let key = RecoveryKey::generate()?;
         let public_key = key.public_key().to_vec();
         let title = if req.label.is_empty() {
