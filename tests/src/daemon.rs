@@ -23,7 +23,8 @@
 //! Everything here panics on unexpected failure, with what it was doing:
 //! it is test code.
 
-use std::io::{self, BufRead, BufReader};
+use std::ffi::OsStr;
+use std::io::{self, BufRead, BufReader, Write as _};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -149,6 +150,19 @@ pub fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
 }
 
+/// `answer` (a status and a body, as [`Daemon::request`] gives them),
+/// asserting that it refused the request with `want`: the status and the
+/// stable error code. Returns the error body.
+///
+/// # Panics
+/// If the answer is another.
+#[track_caller]
+pub fn assert_refused(answer: (u16, Value), want: (u16, &str)) -> Value {
+    let (status, reply) = answer;
+    assert_eq!((status, code(&reply)), want, "{reply}");
+    reply
+}
+
 /// A keystore made with the CLI in a private temporary directory: the
 /// recovery key and [`PASSPHRASE`] (fast Argon2) are enrolled.
 #[derive(Debug)]
@@ -217,17 +231,7 @@ impl Store {
     /// variables or RUST_LOG from the caller, HOME, XDG_DATA_HOME and
     /// XDG_RUNTIME_DIR inside the temporary directory.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(keyward_bin());
-        for var in [
-            "KEYWARD_STORE",
-            "KEYWARD_SOCKET",
-            "KEYWARD_PASSPHRASE",
-            "KEYWARD_RECOVERY_KEY",
-            "KEYWARD_PIN",
-            "RUST_LOG",
-        ] {
-            cmd.env_remove(var);
-        }
+        let mut cmd = clean_command(keyward_bin());
         cmd.env("HOME", self.dir.path())
             .env("XDG_DATA_HOME", self.dir.path().join("xdg"))
             .env("XDG_RUNTIME_DIR", self.dir.path().join("run"))
@@ -257,16 +261,71 @@ impl Store {
     /// # Panics
     /// If the command fails.
     pub fn keyward_ok(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let out = self.keyward(args, env);
-        assert!(
-            out.status.success(),
-            "keyward {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        assert_success(self.keyward(args, env), &format!("keyward {args:?}"))
     }
+}
+
+/// The variables through which a caller's keyward settings would reach a
+/// process the tests start: none of them is inherited.
+const CALLER_SETTINGS: [&str; 8] = [
+    "KEYWARD_STORE",
+    "KEYWARD_SOCKET",
+    "KEYWARD_PASSPHRASE",
+    "KEYWARD_RECOVERY_KEY",
+    "KEYWARD_PIN",
+    "KEYWARD_CLIENT_TOKEN",
+    "KEYWARD_CLIENT_TOKEN_FILE",
+    "RUST_LOG",
+];
+
+/// `program`, without the caller's keyward settings in its environment.
+pub fn clean_command(program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    for var in CALLER_SETTINGS {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// Runs `cmd` to completion with its output captured, feeding `stdin` from
+/// a thread so that large inputs cannot deadlock against a full stdout
+/// pipe.
+///
+/// # Panics
+/// If it cannot be started.
+pub fn output_with_stdin(mut cmd: Command, stdin: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn keyward");
+    let mut pipe = child.stdin.take().expect("stdin is piped");
+    let input = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        // The binary may exit without reading everything (an error before
+        // reading): a broken pipe here is expected then.
+        let _ = pipe.write_all(&input);
+    });
+    let output = child.wait_with_output().expect("wait for keyward");
+    writer.join().expect("stdin writer thread");
+    output
+}
+
+/// `out`, asserting that `what`, which made it, succeeded.
+///
+/// # Panics
+/// If it did not: with its status, stdout and stderr.
+#[track_caller]
+pub fn assert_success(out: Output, what: &str) -> Output {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 impl Default for Store {

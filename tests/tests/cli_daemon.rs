@@ -3,12 +3,11 @@
 //! when no daemon (or a daemon for another store) runs, and never talks to a
 //! socket someone else could control.
 
-use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
-use keyward_tests::daemon::{Daemon, PASSPHRASE, Store};
+use keyward_tests::daemon::{Daemon, PASSPHRASE, Store, assert_success as ok, output_with_stdin};
 use serde_json::Value;
 
 /// `keyward ARGS` on the daemon's store, talking to `socket`, with `stdin`
@@ -19,30 +18,7 @@ fn run(store: &Store, socket: &Path, args: &[&str], env: &[(&str, &str)], stdin:
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn keyward");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin)
-        .expect("write stdin");
-    child.wait_with_output().expect("wait for keyward")
-}
-
-fn ok(out: Output, what: &str) -> Output {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    output_with_stdin(cmd, stdin)
 }
 
 fn stderr(out: &Output) -> String {

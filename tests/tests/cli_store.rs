@@ -197,17 +197,7 @@ fn removing_the_last_protector_is_refused() {
 
     // With a passphrase enrolled, the recovery key can go; the passphrase
     // still unlocks.
-    let mut args = vec!["enroll", "passphrase"];
-    args.extend(FAST_ARGON2);
-    env.run(
-        &args,
-        b"",
-        &[
-            ("KEYWARD_RECOVERY_KEY", &env.recovery_key_text()),
-            ("KEYWARD_PASSPHRASE", PASSPHRASE),
-        ],
-    )
-    .ok();
+    env.enroll_passphrase().ok();
     env.unlocked(&["protectors", "remove", &id], b"").ok();
     let list = env.keyward(&["protectors", "list", "--json"]).ok().json();
     assert_eq!(list.as_array().expect("array").len(), 1);

@@ -23,10 +23,9 @@ use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
-use common::{Run, mode, run_command};
+use common::{Run, clean_command, mode, run_command};
 use keyward_hw_mocks::swtpm::Swtpm;
 use keyward_tests::daemon::{Daemon, Store};
 use serde_json::{Value, json};
@@ -163,16 +162,9 @@ impl Setup {
         args: &[&str],
         stdin: &[u8],
     ) -> Run {
-        let mut cmd = Command::new(assistant_store_bin());
-        for var in [
-            "KEYWARD_CLIENT_TOKEN",
-            "KEYWARD_CLIENT_TOKEN_FILE",
-            "KEYWARD_SOCKET",
-            "XDG_RUNTIME_DIR",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd.env("KEYWARD_SOCKET", socket)
+        let mut cmd = clean_command(assistant_store_bin());
+        cmd.env_remove("XDG_RUNTIME_DIR")
+            .env("KEYWARD_SOCKET", socket)
             .env("KEYWARD_CLIENT_TOKEN_FILE", token_file)
             .current_dir(self.daemon.store().dir())
             .arg("--db")

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use keyward_tests::daemon::{Daemon, PASSPHRASE, Signal, b64, code, unb64};
+use keyward_tests::daemon::{Daemon, PASSPHRASE, Signal, assert_refused, b64, code, unb64};
 use serde_json::{Value, json};
 
 /// How long we wait for the daemon to do something by itself.
@@ -84,13 +84,15 @@ fn locked_until_unlocked() {
     }
     assert_eq!(daemon.status()["unlocked"], false);
     assert_eq!(last_lock_reason(&daemon).as_deref(), Some("request"));
-    let (status, reply) = daemon.request(
-        "POST",
-        "/v1/decrypt",
-        Some(&json!({"ciphertext": ciphertext})),
-        None,
+    assert_refused(
+        daemon.request(
+            "POST",
+            "/v1/decrypt",
+            Some(&json!({"ciphertext": ciphertext})),
+            None,
+        ),
+        (423, "locked"),
     );
-    assert_eq!((status, code(&reply)), (423, "locked"), "{reply}");
 }
 
 #[test]
@@ -119,16 +121,14 @@ fn wrong_passphrase_changes_nothing() {
     daemon.unlock();
     // A recovery key of the wrong form.
     daemon.request("POST", "/v1/lock", None, None);
-    let (status, reply) = daemon.request(
-        "POST",
-        "/v1/unlock",
-        Some(&json!({"secrets": {"recovery-key": "nope"}})),
-        None,
-    );
-    assert_eq!(
-        (status, code(&reply)),
+    assert_refused(
+        daemon.request(
+            "POST",
+            "/v1/unlock",
+            Some(&json!({"secrets": {"recovery-key": "nope"}})),
+            None,
+        ),
         (401, "wrong-recovery-key"),
-        "{reply}"
     );
     // The real recovery key.
     let (status, reply) = daemon.request(
@@ -150,13 +150,15 @@ fn missing_secret_is_asked_for() {
         body["records"].as_array().expect("records").len()
     };
     let before = audit_len();
-    let (status, reply) = daemon.request(
-        "POST",
-        "/v1/unlock",
-        Some(&json!({"with": "passphrase"})),
-        None,
+    let reply = assert_refused(
+        daemon.request(
+            "POST",
+            "/v1/unlock",
+            Some(&json!({"with": "passphrase"})),
+            None,
+        ),
+        (428, "secret-required"),
     );
-    assert_eq!((status, code(&reply)), (428, "secret-required"), "{reply}");
     assert_eq!(
         audit_len(),
         before,
@@ -167,20 +169,24 @@ fn missing_secret_is_asked_for() {
     assert!(reply["error"].get("tries_left").is_some(), "{reply}");
     assert_eq!(reply["error"]["exit"], 3);
     // A secret the request cannot carry is refused by name.
-    let (status, reply) = daemon.request(
-        "POST",
-        "/v1/unlock",
-        Some(&json!({"with": "passphrase", "secrets": {"password": PASSPHRASE}})),
-        None,
+    assert_refused(
+        daemon.request(
+            "POST",
+            "/v1/unlock",
+            Some(&json!({"with": "passphrase", "secrets": {"password": PASSPHRASE}})),
+            None,
+        ),
+        (400, "bad-request"),
     );
-    assert_eq!((status, code(&reply)), (400, "bad-request"), "{reply}");
-    let (status, reply) = daemon.request(
-        "POST",
-        "/v1/unlock",
-        Some(&json!({"with": "fingerprint"})),
-        None,
+    assert_refused(
+        daemon.request(
+            "POST",
+            "/v1/unlock",
+            Some(&json!({"with": "fingerprint"})),
+            None,
+        ),
+        (400, "bad-request"),
     );
-    assert_eq!((status, code(&reply)), (400, "bad-request"), "{reply}");
     let (status, reply) = daemon.request("POST", "/v1/unlock", Some(&json!({"with": 99})), None);
     assert_eq!(
         (status, code(&reply)),
@@ -196,8 +202,10 @@ fn idle_timeout_locks() {
     daemon.unlock();
     assert!(wait_unlocked(&daemon, false), "still unlocked");
     assert_eq!(last_lock_reason(&daemon).as_deref(), Some("idle"));
-    let (status, reply) = daemon.request("POST", "/v1/keys", Some(&json!({"name": "k"})), None);
-    assert_eq!((status, code(&reply)), (423, "locked"), "{reply}");
+    assert_refused(
+        daemon.request("POST", "/v1/keys", Some(&json!({"name": "k"})), None),
+        (423, "locked"),
+    );
 }
 
 #[test]
@@ -223,13 +231,15 @@ fn an_unlock_may_shorten_the_session_but_never_lengthen_it() {
     );
     assert!(wait_unlocked(&daemon, false), "still unlocked");
     assert_eq!(last_lock_reason(&daemon).as_deref(), Some("absolute"));
-    let (status, reply) = daemon.request(
-        "POST",
-        "/v1/unlock",
-        Some(&json!({"secrets": {"passphrase": PASSPHRASE}, "idle_timeout": 0})),
-        None,
+    assert_refused(
+        daemon.request(
+            "POST",
+            "/v1/unlock",
+            Some(&json!({"secrets": {"passphrase": PASSPHRASE}, "idle_timeout": 0})),
+            None,
+        ),
+        (400, "invalid-argument"),
     );
-    assert_eq!((status, code(&reply)), (400, "invalid-argument"), "{reply}");
 }
 
 #[test]

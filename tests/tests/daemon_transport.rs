@@ -8,7 +8,7 @@ use std::io::Write as _;
 use std::net::Shutdown;
 use std::time::Duration;
 
-use keyward_tests::daemon::{Client, Daemon, b64, code};
+use keyward_tests::daemon::{Client, Daemon, assert_refused, b64, code};
 use serde_json::{Value, json};
 
 /// Long enough for any close we wait for; the daemon's timeouts in these
@@ -88,46 +88,51 @@ fn unknown_fields_wrong_types_and_bad_base64_are_bad_request() {
         assert!(!message.contains("123456"), "{message}");
     }
     // A bad key name is the service's own error.
-    let (status, reply) = daemon.request(
-        "POST",
-        "/v1/encrypt",
-        Some(&json!({"key": "../etc", "plaintext": "aGk="})),
-        None,
+    assert_refused(
+        daemon.request(
+            "POST",
+            "/v1/encrypt",
+            Some(&json!({"key": "../etc", "plaintext": "aGk="})),
+            None,
+        ),
+        (400, "invalid-key-name"),
     );
-    assert_eq!((status, code(&reply)), (400, "invalid-key-name"), "{reply}");
     // Data that is not a keyward ciphertext.
-    let (status, reply) = daemon.request(
-        "POST",
-        "/v1/decrypt",
-        Some(&json!({"ciphertext": b64(b"hello, world")})),
-        None,
+    assert_refused(
+        daemon.request(
+            "POST",
+            "/v1/decrypt",
+            Some(&json!({"ciphertext": b64(b"hello, world")})),
+            None,
+        ),
+        (400, "malformed"),
     );
-    assert_eq!((status, code(&reply)), (400, "malformed"), "{reply}");
 }
 
 #[test]
 fn unknown_routes_and_methods_are_json() {
     let daemon = Daemon::start();
-    let (status, reply) = daemon.request("GET", "/v1/nope", None, None);
-    assert_eq!((status, code(&reply)), (404, "not-found"), "{reply}");
-    let (status, reply) = daemon.request("GET", "/", None, None);
-    assert_eq!((status, code(&reply)), (404, "not-found"), "{reply}");
-    let (status, reply) = daemon.request("PUT", "/v1/status", None, None);
-    assert_eq!(
-        (status, code(&reply)),
-        (405, "method-not-allowed"),
-        "{reply}"
+    assert_refused(
+        daemon.request("GET", "/v1/nope", None, None),
+        (404, "not-found"),
     );
-    let (status, reply) = daemon.request("GET", "/v1/encrypt", None, None);
-    assert_eq!(
-        (status, code(&reply)),
+    assert_refused(daemon.request("GET", "/", None, None), (404, "not-found"));
+    assert_refused(
+        daemon.request("PUT", "/v1/status", None, None),
         (405, "method-not-allowed"),
-        "{reply}"
     );
-    let (status, reply) = daemon.request("GET", "/v1/audit?since=x", None, None);
-    assert_eq!((status, code(&reply)), (400, "bad-request"), "{reply}");
-    let (status, reply) = daemon.request("GET", "/v1/keys/Bad%2FName", None, None);
-    assert_eq!((status, code(&reply)), (400, "invalid-key-name"), "{reply}");
+    assert_refused(
+        daemon.request("GET", "/v1/encrypt", None, None),
+        (405, "method-not-allowed"),
+    );
+    assert_refused(
+        daemon.request("GET", "/v1/audit?since=x", None, None),
+        (400, "bad-request"),
+    );
+    assert_refused(
+        daemon.request("GET", "/v1/keys/Bad%2FName", None, None),
+        (400, "invalid-key-name"),
+    );
 }
 
 #[test]
@@ -171,16 +176,14 @@ fn oversized_bodies_are_refused_and_batches_may_be_larger() {
 
     // 2 MiB: too much for one request, fine for a batch.
     let big = b64(&vec![7u8; 1536 * 1024]);
-    let (status, reply) = daemon.request(
-        "POST",
-        "/v1/encrypt",
-        Some(&json!({"key": "notes", "plaintext": big})),
-        None,
-    );
-    assert_eq!(
-        (status, code(&reply)),
+    assert_refused(
+        daemon.request(
+            "POST",
+            "/v1/encrypt",
+            Some(&json!({"key": "notes", "plaintext": big})),
+            None,
+        ),
         (413, "payload-too-large"),
-        "{reply}"
     );
     let (status, reply) = daemon.request(
         "POST",
