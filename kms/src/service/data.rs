@@ -214,8 +214,7 @@ mod tests {
 
     #[test]
     fn rewrap_moves_to_the_primary_version_with_the_same_plaintext() {
-        let (_fx, mut svc) = fixture();
-        let k = encryption_key(&mut svc, "k");
+        let (_fx, mut svc, k) = fixture_with_key("k");
         let v1 = svc.encrypt(&k, b"ctx", b"keep me").expect("encrypt");
         svc.rotate_key(&k).expect("rotate");
         let r = svc.rewrap(b"ctx", &v1).expect("rewrap");
@@ -235,8 +234,7 @@ mod tests {
 
     #[test]
     fn datakeys_round_trip_and_are_bound_to_their_context() {
-        let (_fx, mut svc) = fixture();
-        let k = encryption_key(&mut svc, "store");
+        let (_fx, mut svc, k) = fixture_with_key("store");
         let dk = svc.datakey_generate(&k, b"db:1").expect("generate");
         assert_eq!(dk.plaintext.expose().len(), 32);
         assert_ne!(dk.plaintext.expose(), &[0u8; 32][..]);

@@ -148,8 +148,7 @@ mod tests {
 
     #[test]
     fn decrypt_takes_a_whole_stream_ciphertext_too() {
-        let (_fx, mut svc) = fixture();
-        let k = encryption_key(&mut svc, "k");
+        let (_fx, mut svc, k) = fixture_with_key("k");
         let mut ct = Vec::new();
         svc.encrypt_stream(
             &k,
