@@ -47,11 +47,6 @@ BENCH=$target_dir/release/examples/daemon_bench
 
 tmp=$(mktemp -d)
 daemon_pid=
-stop_daemon() {
-  # Bounded wait for a clean exit, then SIGKILL.
-  if [ -n "$daemon_pid" ]; then stop_pid "$daemon_pid" 100; fi
-  daemon_pid=
-}
 cleanup() {
   stop_daemon
   rm -rf "$tmp"

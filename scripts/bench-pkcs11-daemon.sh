@@ -35,10 +35,6 @@ CRYPTOKI=$target_dir/release/examples/cryptoki_sign
 
 tmp=$(mktemp -d)
 daemon_pid=
-stop_daemon() {
-  if [ -n "$daemon_pid" ]; then stop_pid "$daemon_pid" 100; fi
-  daemon_pid=
-}
 trap 'stop_daemon; rm -rf "$tmp"' EXIT
 
 mkdir -p "$tmp/tokens"

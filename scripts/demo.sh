@@ -57,6 +57,15 @@ cd "$WORK"
 unset KEYWARD_PASSPHRASE KEYWARD_RECOVERY_KEY KEYWARD_PIN KEYWARD_PUK KEYWARD_TPM_TCTI KEYWARD_PKCS11_MODULE
 export KEYWARD_STORE="$WORK/keystore.db"
 kw() { run "$KEYWARD" "$@"; }
+# sign_and_verify ID PIN NAME: exports the public key of device protector
+# ID to NAME.pem, signs message.txt with it (PIN) into message.NAME.sig, and
+# has openssl verify the signature.
+sign_and_verify() {
+  local id=$1 pin=$2 name=$3
+  kw export-public --protector "$id" | tee "$name.pem"
+  KEYWARD_PIN="$pin" kw sign --protector "$id" -i message.txt -o "message.$name.sig"
+  run openssl dgst -sha256 -verify "$name.pem" -signature "message.$name.sig" message.txt
+}
 echo "working in $WORK (KEYWARD_STORE=$KEYWARD_STORE)"
 
 say "1. Create a keystore; its first protector is a recovery key"
@@ -180,9 +189,7 @@ KEYWARD_PIN="wrong pin" expect_fail 3 "$KEYWARD" --with tpm decrypt -i note2.kw
 KEYWARD_PIN="$TPM_PIN" kw --protector "$TPM_ID" decrypt -i note2.kw
 
 say "16. The TPM signs; openssl verifies with the exported public key"
-kw export-public --protector "$TPM_ID" | tee tpm.pem
-KEYWARD_PIN="$TPM_PIN" kw sign --protector "$TPM_ID" -i message.txt -o message.tpm.sig
-run openssl dgst -sha256 -verify tpm.pem -signature message.tpm.sig message.txt
+sign_and_verify "$TPM_ID" "$TPM_PIN" tpm
 
 say "17. A \"firmware update\" changes PCR 16: the TPM refuses, the recovery key re-binds"
 run tpm2_pcrextend -T "$KEYWARD_TPM_TCTI" \
@@ -284,9 +291,7 @@ echo "the right PIN restores the tries:"
 KEYWARD_PIN="$YK_PIN" kw --protector "$YK_ID" decrypt -i note2.kw
 
 say "26. The YubiKey signs (ECDSA P-256); openssl verifies"
-kw export-public --protector "$YK_ID" | tee yubikey.pem
-KEYWARD_PIN="$YK_PIN" kw sign --protector "$YK_ID" -i message.txt -o message.yubikey.sig
-run openssl dgst -sha256 -verify yubikey.pem -signature message.yubikey.sig message.txt
+sign_and_verify "$YK_ID" "$YK_PIN" yubikey
 echo "and refuses the signature over another message:"
 expect_fail 1 openssl dgst -sha256 -verify yubikey.pem -signature message.yubikey.sig forged.txt
 

@@ -32,6 +32,13 @@ stop_pid() {
   wait "$pid" 2>/dev/null || true
 }
 
+# stop_daemon: stops the `keyward serve` whose pid is in $daemon_pid, if
+# any (a bounded wait for a clean exit, SIGKILL after 10 s), and clears it.
+stop_daemon() {
+  if [ -n "${daemon_pid:-}" ]; then stop_pid "$daemon_pid" 100; fi
+  daemon_pid=
+}
+
 # listening PORT: whether something accepts TCP connections on PORT.
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 

@@ -151,6 +151,30 @@ pub fn code(body: &Value) -> &str {
 }
 
 /// `answer` (a status and a body, as [`Daemon::request`] gives them),
+/// asserting that it is a `200`. Returns the body.
+///
+/// # Panics
+/// If the status is another.
+#[track_caller]
+pub fn assert_ok(answer: (u16, Value)) -> Value {
+    let (status, body) = answer;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// The string `field` of every object in the JSON array `list`.
+///
+/// # Panics
+/// If `list` is not an array or an object lacks the string.
+pub fn field_of_each<'a>(list: &'a Value, field: &str) -> Vec<&'a str> {
+    list.as_array()
+        .expect("array")
+        .iter()
+        .map(|item| item[field].as_str().expect(field))
+        .collect()
+}
+
+/// `answer` (a status and a body, as [`Daemon::request`] gives them),
 /// asserting that it refused the request with `want`: the status and the
 /// stable error code. Returns the error body.
 ///

@@ -8,7 +8,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use keyward_tests::daemon::{Daemon, assert_refused, b64, code, unb64};
+use keyward_tests::daemon::{Daemon, assert_ok, assert_refused, b64, code, field_of_each, unb64};
 use serde_json::{Value, json};
 
 /// How long we wait for the daemon to do something by itself.
@@ -20,32 +20,29 @@ fn daemon() -> Daemon {
     daemon.unlock();
     daemon.create_key("a");
     daemon.create_key("b");
-    let (status, reply) = daemon.request(
+    assert_ok(daemon.request(
         "POST",
         "/v1/keys",
         Some(&json!({"name": "s", "purpose": "sign"})),
         None,
-    );
-    assert_eq!(status, 200, "{reply}");
+    ));
     daemon
 }
 
 /// Encrypts `plaintext` under `key` as the owner; the ciphertext (base64).
 fn encrypt(daemon: &Daemon, key: &str, plaintext: &[u8]) -> String {
-    let (status, reply) = daemon.request(
+    let reply = assert_ok(daemon.request(
         "POST",
         "/v1/encrypt",
         Some(&json!({"key": key, "plaintext": b64(plaintext)})),
         None,
-    );
-    assert_eq!(status, 200, "{reply}");
+    ));
     reply["ciphertext"].as_str().expect("ciphertext").to_owned()
 }
 
 /// Every audit record.
 fn audit(daemon: &Daemon) -> Vec<Value> {
-    let (status, body) = daemon.request("GET", "/v1/audit?since=1&limit=10000", None, None);
-    assert_eq!(status, 200, "{body}");
+    let body = assert_ok(daemon.request("GET", "/v1/audit?since=1&limit=10000", None, None));
     body["records"].as_array().expect("records").clone()
 }
 
@@ -71,16 +68,14 @@ fn a_decrypt_only_client_can_do_nothing_else() {
     let mut client = daemon.client();
 
     // What it may do.
-    let (status, reply) = client.request(
+    let reply = assert_ok(client.request(
         "POST",
         "/v1/decrypt",
         Some(&json!({"ciphertext": for_a})),
         Some(&token),
-    );
-    assert_eq!(status, 200, "{reply}");
+    ));
     assert_eq!(unb64(&reply["plaintext"]), b"for the reader");
-    let (status, reply) = client.request("GET", "/v1/status", None, Some(&token));
-    assert_eq!(status, 200, "{reply}");
+    assert_ok(client.request("GET", "/v1/status", None, Some(&token)));
 
     // Another key, read from the ciphertext's header.
     let reply = assert_refused(
@@ -99,13 +94,12 @@ fn a_decrypt_only_client_can_do_nothing_else() {
         "{reply}"
     );
     // In a batch, the forbidden item fails alone.
-    let (status, reply) = client.request(
+    let reply = assert_ok(client.request(
         "POST",
         "/v1/decrypt/batch",
         Some(&json!({"items": [{"ciphertext": for_a}, {"ciphertext": for_b}]})),
         Some(&token),
-    );
-    assert_eq!(status, 200, "{reply}");
+    ));
     assert_eq!(unb64(&reply["results"][0]["plaintext"]), b"for the reader");
     assert_eq!(code(&reply["results"][1]), "forbidden", "{reply}");
 
@@ -212,22 +206,15 @@ fn grants_name_keys() {
         (403, "forbidden"),
     );
     // It sees only its own key.
-    let (status, reply) = client.request("GET", "/v1/keys", None, Some(&token));
-    assert_eq!(status, 200, "{reply}");
-    let names: Vec<&str> = reply["keys"]
-        .as_array()
-        .expect("keys")
-        .iter()
-        .map(|k| k["name"].as_str().expect("name"))
-        .collect();
+    let reply = assert_ok(client.request("GET", "/v1/keys", None, Some(&token)));
+    let names = field_of_each(&reply["keys"], "name");
     assert_eq!(names, ["a"]);
-    let (status, reply) = client.request(
+    assert_ok(client.request(
         "POST",
         "/v1/encrypt",
         Some(&json!({"key": "a", "plaintext": "aGk="})),
         Some(&token),
-    );
-    assert_eq!(status, 200, "{reply}");
+    ));
     // Audit records name the client.
     let record = audit(&daemon)
         .into_iter()
@@ -237,13 +224,12 @@ fn grants_name_keys() {
     assert_eq!(record["fields"]["actor"]["client"], "app", "{record}");
     // A client with every key.
     let all = daemon.add_client("all", &["encrypt"], &["*"]);
-    let (status, reply) = client.request(
+    assert_ok(client.request(
         "POST",
         "/v1/encrypt",
         Some(&json!({"key": "b", "plaintext": "aGk="})),
         Some(&all),
-    );
-    assert_eq!(status, 200, "{reply}");
+    ));
 }
 
 #[test]
@@ -276,11 +262,7 @@ fn bad_tokens_and_revocation() {
 
     // A kept-alive connection that works...
     let mut kept = daemon.client();
-    assert_eq!(
-        kept.request("POST", "/v1/encrypt", Some(&body), Some(&token))
-            .0,
-        200
-    );
+    assert_ok(kept.request("POST", "/v1/encrypt", Some(&body), Some(&token)));
     // ...revoked by name, on its next request.
     let (status, reply) = daemon.request("DELETE", "/v1/clients/app", None, None);
     assert_eq!((status, &reply), (200, &json!({"revoked": "app"})));
@@ -295,13 +277,8 @@ fn bad_tokens_and_revocation() {
 
     // Revoke-all cuts every client at once, including open connections.
     let mut open = daemon.client();
-    assert_eq!(
-        open.request("POST", "/v1/encrypt", Some(&body), Some(&other))
-            .0,
-        200
-    );
-    let (status, reply) = daemon.request("POST", "/v1/clients/revoke-all", None, None);
-    assert_eq!(status, 200, "{reply}");
+    assert_ok(open.request("POST", "/v1/encrypt", Some(&body), Some(&other)));
+    let reply = assert_ok(daemon.request("POST", "/v1/clients/revoke-all", None, None));
     assert!(reply["revoked"].as_u64().is_some(), "{reply}");
     let (status, reply) = open.request("POST", "/v1/encrypt", Some(&body), Some(&other));
     assert_eq!((status, code(&reply)), (401, "unauthorized"), "{reply}");

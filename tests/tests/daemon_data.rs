@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use keyward_tests::daemon::{Daemon, assert_refused, b64, code, unb64};
+use keyward_tests::daemon::{Daemon, assert_ok, assert_refused, b64, code, field_of_each, unb64};
 use serde_json::{Value, json};
 
 fn unlocked() -> Daemon {
@@ -29,24 +29,22 @@ fn encrypt_decrypt_round_trip_with_context() {
         (b"hi", b"note/1"),
         (&[0u8; 4096][..], b"x"),
     ] {
-        let (status, sealed) = client.request(
+        let sealed = assert_ok(client.request(
             "POST",
             "/v1/encrypt",
             Some(&json!({"key": "notes", "plaintext": b64(plaintext), "context": b64(context)})),
             None,
-        );
-        assert_eq!(status, 200, "{sealed}");
+        ));
         assert_eq!(
             (&sealed["key"], &sealed["version"]),
             (&json!("notes"), &json!(1))
         );
-        let (status, opened) = client.request(
+        let opened = assert_ok(client.request(
             "POST",
             "/v1/decrypt",
             Some(&json!({"ciphertext": sealed["ciphertext"], "context": b64(context)})),
             None,
-        );
-        assert_eq!(status, 200, "{opened}");
+        ));
         assert_eq!(unb64(&opened["plaintext"]), plaintext);
         assert_eq!(opened["key"], "notes");
         // Another context fails as the CLI does.
@@ -332,12 +330,7 @@ fn key_administration() {
     );
     let (status, list) = daemon.request("GET", "/v1/keys", None, None);
     assert_eq!(status, 200);
-    let names: Vec<&str> = list["keys"]
-        .as_array()
-        .expect("keys")
-        .iter()
-        .map(|k| k["name"].as_str().expect("name"))
-        .collect();
+    let names = field_of_each(&list["keys"], "name");
     assert_eq!(names, ["health", "notes", "session"]);
     let (status, shown) = daemon.request("GET", "/v1/keys/notes", None, None);
     assert_eq!((status, &shown["primary_version"]), (200, &json!(1)));
@@ -349,8 +342,7 @@ fn key_administration() {
     assert_eq!(due, json!({"rotated": []}));
     let epoch = post(&daemon, "/v1/master/rotate", &json!({}));
     assert_eq!(epoch["epoch"], 2);
-    let (status, summary) = daemon.request("GET", "/v1/audit/verify", None, None);
-    assert_eq!(status, 200, "{summary}");
+    let summary = assert_ok(daemon.request("GET", "/v1/audit/verify", None, None));
     assert!(
         summary["records"].as_u64().is_some_and(|n| n > 5),
         "{summary}"

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use keyward_tests::daemon::{Daemon, PASSPHRASE, Signal, assert_refused, b64, code, unb64};
+use keyward_tests::daemon::{
+    Daemon, PASSPHRASE, Signal, assert_ok, assert_refused, b64, code, unb64,
+};
 use serde_json::{Value, json};
 
 /// How long we wait for the daemon to do something by itself.
@@ -27,8 +29,7 @@ fn wait_unlocked(daemon: &Daemon, want: bool) -> bool {
 
 /// Every audit record.
 fn audit(daemon: &Daemon) -> Vec<Value> {
-    let (status, body) = daemon.request("GET", "/v1/audit?since=1&limit=10000", None, None);
-    assert_eq!(status, 200, "{body}");
+    let body = assert_ok(daemon.request("GET", "/v1/audit?since=1&limit=10000", None, None));
     body["records"].as_array().expect("records").clone()
 }
 
@@ -70,13 +71,12 @@ fn locked_until_unlocked() {
     let again = daemon.unlock();
     assert_eq!(again["session"]["unlocked_at"], unlocked_at);
     daemon.create_key("notes");
-    let (status, reply) = daemon.request(
+    let reply = assert_ok(daemon.request(
         "POST",
         "/v1/encrypt",
         Some(&json!({"key": "notes", "plaintext": b64(b"hi")})),
         None,
-    );
-    assert_eq!(status, 200, "{reply}");
+    ));
     let ciphertext = reply["ciphertext"].clone();
     for _ in 0..2 {
         let (status, reply) = daemon.request("POST", "/v1/lock", None, None);
@@ -131,13 +131,12 @@ fn wrong_passphrase_changes_nothing() {
         (401, "wrong-recovery-key"),
     );
     // The real recovery key.
-    let (status, reply) = daemon.request(
+    let reply = assert_ok(daemon.request(
         "POST",
         "/v1/unlock",
         Some(&json!({"secrets": {"recovery-key": daemon.store().recovery_key_text()}})),
         None,
-    );
-    assert_eq!(status, 200, "{reply}");
+    ));
     assert_eq!(reply["protector"]["kind"], "recovery");
 }
 
@@ -145,8 +144,7 @@ fn wrong_passphrase_changes_nothing() {
 fn missing_secret_is_asked_for() {
     let daemon = Daemon::start();
     let audit_len = || {
-        let (status, body) = daemon.request("GET", "/v1/audit?since=0&limit=10000", None, None);
-        assert_eq!(status, 200, "{body}");
+        let body = assert_ok(daemon.request("GET", "/v1/audit?since=0&limit=10000", None, None));
         body["records"].as_array().expect("records").len()
     };
     let before = audit_len();
@@ -211,14 +209,13 @@ fn idle_timeout_locks() {
 #[test]
 fn an_unlock_may_shorten_the_session_but_never_lengthen_it() {
     let daemon = Daemon::start();
-    let (status, reply) = daemon.request(
+    let reply = assert_ok(daemon.request(
         "POST",
         "/v1/unlock",
         Some(&json!({"secrets": {"passphrase": PASSPHRASE},
                      "idle_timeout": 1_000_000, "absolute_timeout": 2})),
         None,
-    );
-    assert_eq!(status, 200, "{reply}");
+    ));
     let session = &reply["session"];
     let at = session["unlocked_at"].as_i64().expect("unlocked_at");
     assert!(
@@ -331,13 +328,12 @@ fn sigterm_with_requests_in_flight_stops_cleanly() {
     restarted.unlock();
     let mut client = restarted.client();
     for (ciphertext, plaintext) in ciphertexts.iter().step_by(7) {
-        let (status, reply) = client.request(
+        let reply = assert_ok(client.request(
             "POST",
             "/v1/decrypt",
             Some(&json!({"ciphertext": b64(ciphertext)})),
             None,
-        );
-        assert_eq!(status, 200, "{reply}");
+        ));
         assert_eq!(unb64(&reply["plaintext"]), plaintext.as_bytes());
     }
 }

@@ -8,7 +8,7 @@ use std::io::Write as _;
 use std::net::Shutdown;
 use std::time::Duration;
 
-use keyward_tests::daemon::{Client, Daemon, assert_refused, b64, code};
+use keyward_tests::daemon::{Client, Daemon, Response, assert_ok, assert_refused, b64, code};
 use serde_json::{Value, json};
 
 /// Long enough for any close we wait for; the daemon's timeouts in these
@@ -35,6 +35,15 @@ fn raw(daemon: &Daemon, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
         "{response:?}"
     );
     (response.status, response.json())
+}
+
+/// Reads `client`'s next response, asserting that it is the error `want`
+/// (status and stable code).
+#[track_caller]
+fn read_refusal(client: &mut Client, want: (u16, &str)) -> Response {
+    let response = client.read_response().expect("response");
+    assert_eq!((response.status, code(&response.json())), want);
+    response
 }
 
 #[test]
@@ -143,11 +152,7 @@ fn oversized_bodies_are_refused_and_batches_may_be_larger() {
     client
         .send_raw(b"POST /v1/encrypt HTTP/1.1\r\nHost: k\r\nContent-Length: 1048577\r\n\r\n")
         .expect("send");
-    let response = client.read_response().expect("response");
-    assert_eq!(
-        (response.status, code(&response.json())),
-        (413, "payload-too-large")
-    );
+    let response = read_refusal(&mut client, (413, "payload-too-large"));
     assert_eq!(response.header("connection"), Some("close"));
     assert!(client.closed_within(WAIT), "connection left open");
 
@@ -167,11 +172,7 @@ fn oversized_bodies_are_refused_and_batches_may_be_larger() {
         // The daemon stops reading at the limit: a broken pipe is expected.
         let _ = writer.write_all(&request);
     });
-    let response = client.read_response().expect("response");
-    assert_eq!(
-        (response.status, code(&response.json())),
-        (413, "payload-too-large")
-    );
+    read_refusal(&mut client, (413, "payload-too-large"));
     sender.join().expect("sender");
 
     // 2 MiB: too much for one request, fine for a batch.
@@ -185,13 +186,12 @@ fn oversized_bodies_are_refused_and_batches_may_be_larger() {
         ),
         (413, "payload-too-large"),
     );
-    let (status, reply) = daemon.request(
+    let reply = assert_ok(daemon.request(
         "POST",
         "/v1/encrypt/batch",
         Some(&json!({"items": [{"key": "notes", "plaintext": big}]})),
         None,
-    );
-    assert_eq!(status, 200, "{reply}");
+    ));
     assert_eq!(reply["results"][0]["version"], 1, "{reply}");
 }
 
@@ -214,11 +214,7 @@ fn slow_headers_and_half_open_connections_are_closed() {
     short
         .send_raw(b"POST /v1/unlock HTTP/1.1\r\nHost: k\r\nContent-Length: 100\r\n\r\n{\"with\"")
         .expect("send");
-    let response = short.read_response().expect("response");
-    assert_eq!(
-        (response.status, code(&response.json())),
-        (408, "request-timeout")
-    );
+    read_refusal(&mut short, (408, "request-timeout"));
     assert!(short.closed_within(WAIT), "short body not closed");
 
     // Half-closed: the client stops sending mid-head.

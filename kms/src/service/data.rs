@@ -94,17 +94,9 @@ impl Service {
             });
         }
         let (key, dek) = self.decryption_key(&header.key, header.version)?;
-        let result = envelope::open(&dek, key.class, context, ciphertext);
-        self.audit_use(
-            action,
-            &header.key,
-            header.version,
-            key.class,
-            Some(ciphertext.len() as u64),
-            result.is_ok(),
-        )?;
+        let plaintext = self.open_audited(action, &header, &key, &dek, context, ciphertext)?;
         Ok(Decrypted {
-            plaintext: result?,
+            plaintext,
             key: header.key,
             version: header.version,
         })
@@ -190,6 +182,30 @@ impl Service {
         }
         let dek = self.dek(&key, &v)?;
         Ok((key, dek))
+    }
+
+    /// Opens the one-shot `ciphertext` (its `header` read already) with
+    /// `dek`, the data key of `key`, and records the use as `action`,
+    /// failed or not.
+    pub(super) fn open_audited(
+        &mut self,
+        action: Action,
+        header: &envelope::Header,
+        key: &KeyRow,
+        dek: &Secret32,
+        context: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<SecretBytes> {
+        let result = envelope::open(dek, key.class, context, ciphertext);
+        self.audit_use(
+            action,
+            &header.key,
+            header.version,
+            key.class,
+            Some(ciphertext.len() as u64),
+            result.is_ok(),
+        )?;
+        result
     }
 
     pub(super) fn audit_use(
