@@ -696,42 +696,19 @@ impl Client {
         body: Option<&Value>,
         token: Option<&str>,
     ) -> (u16, Value) {
+        let body = body.map(|b| serde_json::to_vec(b).expect("JSON serializes"));
         let response = self
-            .try_request(method, path, body, token)
+            .connection
+            .exchange(method, path, body.as_deref(), token)
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let response = Response::from(response);
         (response.status, response.json())
     }
 
-    /// Sends one request and reads its response.
-    ///
-    /// # Errors
-    /// Transport errors, or a response that is not HTTP/1.1.
-    pub fn try_request(
-        &mut self,
-        method: &str,
-        path: &str,
-        body: Option<&Value>,
-        token: Option<&str>,
-    ) -> io::Result<Response> {
-        let body = body.map(|b| serde_json::to_vec(b).expect("JSON serializes"));
-        self.connection
-            .exchange(method, path, body.as_deref(), token)
-            .map(Response::from)
-    }
-
-    /// Writes one request with a raw `body` (and a Content-Length), without
-    /// reading the response.
-    ///
-    /// # Errors
-    /// Transport errors.
-    pub fn send(
-        &mut self,
-        method: &str,
-        path: &str,
-        body: Option<&[u8]>,
-        token: Option<&str>,
-    ) -> io::Result<()> {
-        self.connection.send(method, path, body, token)
+    /// keyward-api's connection underneath: to write a request without
+    /// reading its answer, or to see a transport error as a value.
+    pub fn connection(&mut self) -> &mut http::Connection {
+        &mut self.connection
     }
 
     /// Writes raw bytes (for malformed requests).

@@ -40,6 +40,7 @@ fn killed_mid_rotation_then_restarted_loses_nothing() {
     let mut pipelined = daemon.client();
     for _ in 0..20 {
         pipelined
+            .connection()
             .send("POST", "/v1/keys/notes/rotate", None, None)
             .expect("send");
     }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use keyward_tests::daemon::{
-    Daemon, PASSPHRASE, Signal, assert_ok, assert_refused, b64, code, unb64,
+    Daemon, PASSPHRASE, Response, Signal, assert_ok, assert_refused, b64, code, unb64,
 };
 use serde_json::{Value, json};
 
@@ -273,7 +273,12 @@ fn sigterm_with_requests_in_flight_stops_cleanly() {
                     }
                     let plaintext = format!("worker {i} message {n}");
                     let body = json!({"key": "notes", "plaintext": b64(plaintext.as_bytes())});
-                    match client.try_request("POST", "/v1/encrypt", Some(&body), None) {
+                    let body = serde_json::to_vec(&body).expect("JSON serializes");
+                    let answer =
+                        client
+                            .connection()
+                            .exchange("POST", "/v1/encrypt", Some(&body), None);
+                    match answer.map(Response::from) {
                         Ok(response) => {
                             answers.push((response.status, response.json(), plaintext));
                             done.fetch_add(1, Ordering::Relaxed);

@@ -26,6 +26,7 @@ fn unlocked_with_key() -> Daemon {
 fn raw(daemon: &Daemon, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
     let mut client = daemon.client();
     client
+        .connection()
         .send(method, path, Some(body), None)
         .expect("send the request");
     let response = client.read_response().expect("a response");
@@ -121,27 +122,16 @@ fn unknown_fields_wrong_types_and_bad_base64_are_bad_request() {
 #[test]
 fn unknown_routes_and_methods_are_json() {
     let daemon = Daemon::start();
-    assert_refused(
-        daemon.request("GET", "/v1/nope", None, None),
-        (404, "not-found"),
-    );
-    assert_refused(daemon.request("GET", "/", None, None), (404, "not-found"));
-    assert_refused(
-        daemon.request("PUT", "/v1/status", None, None),
-        (405, "method-not-allowed"),
-    );
-    assert_refused(
-        daemon.request("GET", "/v1/encrypt", None, None),
-        (405, "method-not-allowed"),
-    );
-    assert_refused(
-        daemon.request("GET", "/v1/audit?since=x", None, None),
-        (400, "bad-request"),
-    );
-    assert_refused(
-        daemon.request("GET", "/v1/keys/Bad%2FName", None, None),
-        (400, "invalid-key-name"),
-    );
+    for (method, path, want) in [
+        ("GET", "/v1/nope", (404, "not-found")),
+        ("GET", "/", (404, "not-found")),
+        ("PUT", "/v1/status", (405, "method-not-allowed")),
+        ("GET", "/v1/encrypt", (405, "method-not-allowed")),
+        ("GET", "/v1/audit?since=x", (400, "bad-request")),
+        ("GET", "/v1/keys/Bad%2FName", (400, "invalid-key-name")),
+    ] {
+        assert_refused(daemon.request(method, path, None, None), want);
+    }
 }
 
 #[test]
