@@ -24,6 +24,7 @@
 # the passphrase never appears on a command line (environment and stdin).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. scripts/lib.sh
 
 RUN_SECONDS=${BENCH_SECONDS:-5}
 MESSAGE_BYTES=64
@@ -32,9 +33,7 @@ BATCH=100
 step() { printf '\n==> %s\n' "$*" >&2; }
 die() { echo "error: $*" >&2; exit 1; }
 
-if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
-  export PATH="$HOME/.cargo/bin:$PATH"
-fi
+use_rustup_cargo
 command -v curl >/dev/null 2>&1 || die "curl is missing: apt-get install curl"
 # Nothing from the caller's keyward settings leaks into the bench.
 unset KEYWARD_STORE KEYWARD_SOCKET KEYWARD_PASSPHRASE KEYWARD_RECOVERY_KEY KEYWARD_PIN \
@@ -48,19 +47,6 @@ BENCH=$target_dir/release/examples/daemon_bench
 
 tmp=$(mktemp -d)
 daemon_pid=
-stop_daemon() {
-  if [ -n "$daemon_pid" ] && kill -0 "$daemon_pid" 2>/dev/null; then
-    kill -TERM "$daemon_pid"
-    # Bounded wait for a clean exit, then SIGKILL.
-    for _ in $(seq 100); do
-      kill -0 "$daemon_pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$daemon_pid" 2>/dev/null || true
-    wait "$daemon_pid" 2>/dev/null || true
-  fi
-  daemon_pid=
-}
 cleanup() {
   stop_daemon
   rm -rf "$tmp"
@@ -99,12 +85,7 @@ KEYWARD_RECOVERY_KEY=$(cat "$tmp/recovery.key") KEYWARD_PASSPHRASE=$passphrase \
 step "keyward serve --socket $socket"
 kw "$KEYWARD" --store "$store" serve --socket "$socket" 2>"$tmp/serve.log" &
 daemon_pid=$!
-for _ in $(seq 300); do
-  [ -S "$socket" ] && break
-  kill -0 "$daemon_pid" 2>/dev/null || die "keyward serve exited: $(cat "$tmp/serve.log")"
-  sleep 0.1
-done
-[ -S "$socket" ] || die "keyward serve did not create $socket in 30 s: $(cat "$tmp/serve.log")"
+await_socket "$socket" "$daemon_pid" "$tmp/serve.log"
 
 step "unlock (passphrase), create key bench, encrypt $MESSAGE_BYTES bytes"
 printf '{"with":"passphrase","secrets":{"passphrase":"%s"}}' "$passphrase" \

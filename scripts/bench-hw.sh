@@ -15,6 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+. scripts/lib.sh
 
 bash scripts/install-deps.sh test >/dev/null
 if ! command -v hyperfine >/dev/null 2>&1; then
@@ -29,36 +30,18 @@ module=/usr/lib/softhsm/libsofthsm2.so
 runs=${RUNS:-100}
 
 dir=$(mktemp -d)
-swtpm_pid=""
+SWTPM_PID=""
 cleanup() {
-  if [[ -n $swtpm_pid ]]; then
-    kill "$swtpm_pid" 2>/dev/null || true
-    wait "$swtpm_pid" 2>/dev/null || true
-  fi
+  if [[ -n $SWTPM_PID ]]; then stop_pid "$SWTPM_PID"; fi
   rm -rf "$dir"
 }
 trap cleanup EXIT
 cd "$dir"
 
 # --- a swtpm on a free port pair (the control port is port + 1) ----------
-listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 mkdir tpm
-for _ in $(seq 20); do
-  port=$((20000 + RANDOM % 30000))
-  if listening "$port" || listening $((port + 1)); then continue; fi
-  swtpm socket --tpm2 --server "type=tcp,port=$port,bindaddr=127.0.0.1" \
-    --ctrl "type=tcp,port=$((port + 1)),bindaddr=127.0.0.1" \
-    --tpmstate "dir=$dir/tpm" --flags not-need-init,startup-clear &
-  swtpm_pid=$!
-  for _ in $(seq 200); do
-    if listening "$port" || ! kill -0 "$swtpm_pid" 2>/dev/null; then break; fi
-    sleep 0.01
-  done
-  if kill -0 "$swtpm_pid" 2>/dev/null && listening "$port"; then break; fi
-  swtpm_pid=""
-done
-[[ -n $swtpm_pid ]] || { echo "bench-hw: could not start swtpm" >&2; exit 1; }
-tcti="swtpm:host=127.0.0.1,port=$port"
+start_swtpm "$dir/tpm" || { echo "bench-hw: could not start swtpm" >&2; exit 1; }
+tcti="swtpm:host=127.0.0.1,port=$SWTPM_PORT"
 export KEYWARD_TPM_TCTI=$tcti TSS2_LOG=all+none
 
 # --- a SoftHSM token -------------------------------------------------------

@@ -15,15 +15,14 @@
 # PIN is a throw-away test value passed in the environment, never argv.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. scripts/lib.sh
 
 RUN_SECONDS=${BENCH_SECONDS:-5}
 MODULE=/usr/lib/softhsm/libsofthsm2.so
 step() { printf '\n==> %s\n' "$*" >&2; }
 die() { echo "error: $*" >&2; exit 1; }
 [ -e "$MODULE" ] || die "SoftHSM2 is missing: apt-get install softhsm2"
-if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
-  export PATH="$HOME/.cargo/bin:$PATH"
-fi
+use_rustup_cargo
 unset KEYWARD_STORE KEYWARD_SOCKET KEYWARD_PASSPHRASE KEYWARD_RECOVERY_KEY KEYWARD_PIN RUST_LOG
 
 step "cargo build --release (keyward, daemon_bench, cryptoki_sign)"
@@ -36,15 +35,6 @@ CRYPTOKI=$target_dir/release/examples/cryptoki_sign
 
 tmp=$(mktemp -d)
 daemon_pid=
-stop_daemon() {
-  if [ -n "$daemon_pid" ] && kill -0 "$daemon_pid" 2>/dev/null; then
-    kill -TERM "$daemon_pid"
-    for _ in $(seq 100); do kill -0 "$daemon_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$daemon_pid" 2>/dev/null || true
-    wait "$daemon_pid" 2>/dev/null || true
-  fi
-  daemon_pid=
-}
 trap 'stop_daemon; rm -rf "$tmp"' EXIT
 
 mkdir -p "$tmp/tokens"
@@ -68,11 +58,7 @@ protector=2
 step "keyward serve; keyward unlock --with pkcs11"
 kw "$KEYWARD" --store "$store" serve --socket "$socket" 2>"$tmp/serve.log" &
 daemon_pid=$!
-for _ in $(seq 300); do
-  [ -S "$socket" ] && break
-  kill -0 "$daemon_pid" 2>/dev/null || die "keyward serve exited: $(cat "$tmp/serve.log")"
-  sleep 0.1
-done
+await_socket "$socket" "$daemon_pid" "$tmp/serve.log"
 KEYWARD_PIN=$pin kw "$KEYWARD" --store "$store" unlock --with pkcs11 >/dev/null
 
 rows=()

@@ -7,6 +7,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+. "$ROOT/scripts/lib.sh"
 
 say() { printf '\n\033[1m## %s\033[0m\n' "$*"; }
 # Prints a command, then runs it.
@@ -26,13 +27,7 @@ expect_fail() {
 say "Installing build packages"
 bash scripts/install-deps.sh build
 
-if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
-  export PATH="$HOME/.cargo/bin:$PATH"
-fi
-if ! command -v cargo >/dev/null 2>&1; then
-  echo "demo: cargo not found; install a Rust toolchain >= 1.85 (rustup) first" >&2
-  exit 1
-fi
+require_cargo "demo: cargo not found; install a Rust toolchain >= 1.85 (rustup) first"
 
 say "Building keyward and the PIV card simulator (release)"
 # One build, so that the crates both use are compiled once.
@@ -45,24 +40,13 @@ SWTPM_PID=""
 DAEMON_PID=""
 PIV_SIM_PID=""
 PCSCD_PID=""
-# Stops a process this script started: SIGTERM, SIGKILL after 3 s.
-stop() {
-  local pid=$1
-  kill "$pid" 2>/dev/null || true
-  for _ in $(seq 30); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
 # On any exit: stop the daemon and the simulators the hardware part
 # started (pcscd last, then its lock is released), then delete everything.
 cleanup() {
-  if [ -n "$DAEMON_PID" ]; then stop "$DAEMON_PID"; fi
-  if [ -n "$SWTPM_PID" ]; then stop "$SWTPM_PID"; fi
-  if [ -n "$PIV_SIM_PID" ]; then stop "$PIV_SIM_PID"; fi
-  if [ -n "$PCSCD_PID" ]; then stop "$PCSCD_PID"; fi
+  if [ -n "$DAEMON_PID" ]; then stop_pid "$DAEMON_PID"; fi
+  if [ -n "$SWTPM_PID" ]; then stop_pid "$SWTPM_PID"; fi
+  if [ -n "$PIV_SIM_PID" ]; then stop_pid "$PIV_SIM_PID"; fi
+  if [ -n "$PCSCD_PID" ]; then stop_pid "$PCSCD_PID"; fi
   exec 9>&-
   rm -rf "$WORK"
 }
@@ -73,6 +57,15 @@ cd "$WORK"
 unset KEYWARD_PASSPHRASE KEYWARD_RECOVERY_KEY KEYWARD_PIN KEYWARD_PUK KEYWARD_TPM_TCTI KEYWARD_PKCS11_MODULE
 export KEYWARD_STORE="$WORK/keystore.db"
 kw() { run "$KEYWARD" "$@"; }
+# sign_and_verify ID PIN NAME: exports the public key of device protector
+# ID to NAME.pem, signs message.txt with it (PIN) into message.NAME.sig, and
+# has openssl verify the signature.
+sign_and_verify() {
+  local id=$1 pin=$2 name=$3
+  kw export-public --protector "$id" | tee "$name.pem"
+  KEYWARD_PIN="$pin" kw sign --protector "$id" -i message.txt -o "message.$name.sig"
+  run openssl dgst -sha256 -verify "$name.pem" -signature "message.$name.sig" message.txt
+}
 echo "working in $WORK (KEYWARD_STORE=$KEYWARD_STORE)"
 
 say "1. Create a keystore; its first protector is a recovery key"
@@ -150,26 +143,11 @@ say "13. Hardware: install and start the simulators (swtpm, SoftHSM2)"
 bash "$ROOT/scripts/install-deps.sh" test
 HW="$WORK/hw"
 mkdir -p "$HW/tpm" "$HW/tokens"
-listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for _ in $(seq 20); do
-  port=$((20000 + RANDOM % 30000))
-  if listening "$port" || listening $((port + 1)); then continue; fi
-  swtpm socket --tpm2 --server "type=tcp,port=$port,bindaddr=127.0.0.1" \
-    --ctrl "type=tcp,port=$((port + 1)),bindaddr=127.0.0.1" \
-    --tpmstate "dir=$HW/tpm" --flags not-need-init,startup-clear &
-  SWTPM_PID=$!
-  for _ in $(seq 200); do
-    if listening "$port" || ! kill -0 "$SWTPM_PID" 2>/dev/null; then break; fi
-    sleep 0.01
-  done
-  if kill -0 "$SWTPM_PID" 2>/dev/null && listening "$port"; then break; fi
-  SWTPM_PID=""
-done
-if [ -z "$SWTPM_PID" ]; then
+if ! start_swtpm "$HW/tpm"; then
   echo "demo: could not start swtpm" >&2
   exit 1
 fi
-export KEYWARD_TPM_TCTI="swtpm:host=127.0.0.1,port=$port"
+export KEYWARD_TPM_TCTI="swtpm:host=127.0.0.1,port=$SWTPM_PORT"
 # tpm2-tss (a C library) prints its own warnings unless told not to.
 export TSS2_LOG=all+none
 echo "swtpm (pid $SWTPM_PID) at KEYWARD_TPM_TCTI=$KEYWARD_TPM_TCTI"
@@ -211,9 +189,7 @@ KEYWARD_PIN="wrong pin" expect_fail 3 "$KEYWARD" --with tpm decrypt -i note2.kw
 KEYWARD_PIN="$TPM_PIN" kw --protector "$TPM_ID" decrypt -i note2.kw
 
 say "16. The TPM signs; openssl verifies with the exported public key"
-kw export-public --protector "$TPM_ID" | tee tpm.pem
-KEYWARD_PIN="$TPM_PIN" kw sign --protector "$TPM_ID" -i message.txt -o message.tpm.sig
-run openssl dgst -sha256 -verify tpm.pem -signature message.tpm.sig message.txt
+sign_and_verify "$TPM_ID" "$TPM_PIN" tpm
 
 say "17. A \"firmware update\" changes PCR 16: the TPM refuses, the recovery key re-binds"
 run tpm2_pcrextend -T "$KEYWARD_TPM_TCTI" \
@@ -315,9 +291,7 @@ echo "the right PIN restores the tries:"
 KEYWARD_PIN="$YK_PIN" kw --protector "$YK_ID" decrypt -i note2.kw
 
 say "26. The YubiKey signs (ECDSA P-256); openssl verifies"
-kw export-public --protector "$YK_ID" | tee yubikey.pem
-KEYWARD_PIN="$YK_PIN" kw sign --protector "$YK_ID" -i message.txt -o message.yubikey.sig
-run openssl dgst -sha256 -verify yubikey.pem -signature message.yubikey.sig message.txt
+sign_and_verify "$YK_ID" "$YK_PIN" yubikey
 echo "and refuses the signature over another message:"
 expect_fail 1 openssl dgst -sha256 -verify yubikey.pem -signature message.yubikey.sig forged.txt
 
@@ -367,17 +341,17 @@ DAEMON_PID=""
 unset KEYWARD_SOCKET
 
 say "29. Stop the simulators: keyward says what is missing, the recovery key still works"
-stop "$SWTPM_PID"
+stop_pid "$SWTPM_PID"
 SWTPM_PID=""
 KEYWARD_PIN="$TPM_PIN" expect_fail 7 "$KEYWARD" --with tpm decrypt -i note2.kw
 rm -rf "$HW/tokens"/*
 KEYWARD_PIN="$TOKEN_PIN" expect_fail 7 "$KEYWARD" --protector "$ECDH_ID" decrypt -i note2.kw
 echo "the YubiKey is pulled (its simulator stops); pcscd notices within a second:"
-stop "$PIV_SIM_PID"
+stop_pid "$PIV_SIM_PID"
 PIV_SIM_PID=""
 sleep 1.5
 KEYWARD_PIN="$YK_PIN" expect_fail 7 "$KEYWARD" --with yubikey decrypt -i note2.kw
-stop "$PCSCD_PID"
+stop_pid "$PCSCD_PID"
 PCSCD_PID=""
 exec 9>&-
 kw --recovery-key-file "$WORK/recovery.key" decrypt -i note2.kw

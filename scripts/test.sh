@@ -10,19 +10,14 @@
 # Idempotent; reads nothing from stdin; stops at the first failure.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. scripts/lib.sh
 
 step() { printf '\n==> %s\n' "$*"; }
 
 step "system packages"
 bash scripts/install-deps.sh test
 
-if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
-  export PATH="$HOME/.cargo/bin:$PATH"
-fi
-if ! command -v cargo >/dev/null 2>&1; then
-  echo "error: cargo not found; install a Rust toolchain >= 1.85 (rustup)" >&2
-  exit 1
-fi
+require_cargo "error: cargo not found; install a Rust toolchain >= 1.85 (rustup)"
 cargo --version
 
 step "cargo fmt --all -- --check"

@@ -159,38 +159,14 @@ impl Options {
             }
         }
         let socket = socket.unwrap_or_else(keyward_api::socket::default_path);
-        if device_sign.is_some() {
+        let ciphertext = if device_sign.is_some() {
             if batch.is_some() {
                 return Err(Error::Usage("--device-sign has no batch form".into()));
             }
-            return Ok(Some(Self {
-                socket,
-                clients,
-                seconds,
-                requests,
-                batch,
-                size,
-                ciphertext: String::new(),
-                context,
-                device_sign,
-            }));
-        }
-        let path =
-            ciphertext_file.ok_or_else(|| Error::Usage("--ciphertext-file is required".into()))?;
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
-            what: format!("read {}", path.display()),
-            source,
-        })?;
-        let ciphertext = text.trim().to_owned();
-        if STANDARD.decode(&ciphertext).is_err() {
-            return Err(Error::Usage(format!(
-                "{} does not hold base64 (the `ciphertext` of a /v1/encrypt answer)",
-                path.display()
-            )));
-        }
-        if STANDARD.decode(&context).is_err() {
-            return Err(Error::Usage("--context is not base64".into()));
-        }
+            String::new()
+        } else {
+            read_ciphertext(ciphertext_file, &context)?
+        };
         Ok(Some(Self {
             socket,
             clients,
@@ -248,6 +224,27 @@ impl Options {
     fn items(&self) -> usize {
         self.batch.unwrap_or(1)
     }
+}
+
+/// The base64 ciphertext in `file` (`--ciphertext-file`, required when
+/// decrypting), checked along with the base64 `context`.
+fn read_ciphertext(file: Option<PathBuf>, context: &str) -> Result<String, Error> {
+    let path = file.ok_or_else(|| Error::Usage("--ciphertext-file is required".into()))?;
+    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+        what: format!("read {}", path.display()),
+        source,
+    })?;
+    let ciphertext = text.trim().to_owned();
+    if STANDARD.decode(&ciphertext).is_err() {
+        return Err(Error::Usage(format!(
+            "{} does not hold base64 (the `ciphertext` of a /v1/encrypt answer)",
+            path.display()
+        )));
+    }
+    if STANDARD.decode(context).is_err() {
+        return Err(Error::Usage("--context is not base64".into()));
+    }
+    Ok(ciphertext)
 }
 
 /// `text` as a number in `min..=max`.

@@ -762,33 +762,23 @@ mod tests {
     fn recovery_file_is_trimmed_and_bounded() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("rk");
-        std::fs::write(&path, b"  ABCD-EFGH-1234\n\n").expect("write");
-        let ui = Ui::new(None, Some(&path), None);
-        let s = ui
-            .request_secret(&request(SecretKind::RecoveryKey))
-            .expect("secret");
+        // The recovery key read from a file holding `content`.
+        let read = |content: &[u8]| {
+            std::fs::write(&path, content).expect("write");
+            Ui::new(None, Some(&path), None).request_secret(&request(SecretKind::RecoveryKey))
+        };
+        let s = read(b"  ABCD-EFGH-1234\n\n").expect("secret");
         assert_eq!(s.expose_secret(), "ABCD-EFGH-1234");
 
-        std::fs::write(&path, vec![b'A'; MAX_SECRET_LEN + 10]).expect("write");
-        let ui = Ui::new(None, Some(&path), None);
-        let err = ui
-            .request_secret(&request(SecretKind::RecoveryKey))
-            .expect_err("too long");
-        assert!(err.to_string().ends_with("is too long"), "{err}");
-
-        std::fs::write(&path, b" \n").expect("write");
-        let ui = Ui::new(None, Some(&path), None);
-        let err = ui
-            .request_secret(&request(SecretKind::RecoveryKey))
-            .expect_err("empty");
-        assert!(err.to_string().ends_with("is empty"), "{err}");
-
-        std::fs::write(&path, b"\xff\xfe").expect("write");
-        let ui = Ui::new(None, Some(&path), None);
-        let err = ui
-            .request_secret(&request(SecretKind::RecoveryKey))
-            .expect_err("not utf-8");
-        assert!(err.to_string().ends_with("is not UTF-8 text"), "{err}");
+        let too_long = vec![b'A'; MAX_SECRET_LEN + 10];
+        for (content, ending) in [
+            (&too_long[..], "is too long"),
+            (b" \n", "is empty"),
+            (b"\xff\xfe", "is not UTF-8 text"),
+        ] {
+            let err = read(content).expect_err(ending);
+            assert!(err.to_string().ends_with(ending), "{err}");
+        }
     }
 
     #[test]

@@ -313,7 +313,7 @@ pub(crate) fn append(
     fields: &serde_json::Value,
     mac: Option<&Secret32>,
 ) -> Result<u64> {
-    append_inner(db, action.as_str(), ok, fields, mac).map_err(|e| Error::AuditWrite(Box::new(e)))
+    append_many(db, [(action, ok, fields)], mac)
 }
 
 /// Appends several records in order inside the caller's transaction, as
@@ -356,30 +356,6 @@ fn append_many_inner<'r>(
             db.set_meta("audit_mac_seq", &seq)?;
             db.set_meta("audit_mac", &&checkpoint_mac(key, seq, &hash)[..])?;
         }
-    }
-    Ok(seq)
-}
-
-fn append_inner(
-    db: &Db<'_>,
-    action: &str,
-    ok: bool,
-    fields: &serde_json::Value,
-    mac: Option<&Secret32>,
-) -> Result<u64> {
-    let (last_seq, prev) = head(db)?;
-    let seq = last_seq + 1;
-    let prev_hex = hex::encode(prev);
-    let text = record_text(seq, crate::store::now(), action, ok, fields, &prev_hex)?;
-    let hash = record_hash(&text);
-    db.conn()
-        .prepare_cached("INSERT INTO audit (seq, record, hash) VALUES (?1, ?2, ?3)")?
-        .execute(rusqlite::params![seq, text, &hash[..]])?;
-    db.set_meta("audit_head_seq", &seq)?;
-    db.set_meta("audit_head_hash", &&hash[..])?;
-    if let Some(key) = mac {
-        db.set_meta("audit_mac_seq", &seq)?;
-        db.set_meta("audit_mac", &&checkpoint_mac(key, seq, &hash)[..])?;
     }
     Ok(seq)
 }

@@ -8,9 +8,6 @@
 //! Tokens carry 256 bits of entropy, so a plain hash (no salt, no stretching)
 //! is enough: there is nothing to guess.
 
-use std::fmt;
-use std::str::FromStr;
-
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -71,27 +68,11 @@ impl Operation {
     }
 }
 
-impl fmt::Display for Operation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Operation {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|op| op.as_str() == s)
-            .ok_or_else(|| Error::InvalidArgument {
-                what: format!(
-                    "unknown operation '{s}' (expected one of: encrypt, decrypt, rewrap, \
-                     datakey, sign, verify, keys)"
-                ),
-            })
-    }
-}
+crate::keys::by_name!(
+    Operation,
+    "unknown operation '{s}' (expected one of: encrypt, decrypt, rewrap, datakey, sign, verify, \
+     keys)"
+);
 
 /// A client as listed (never its token).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -58,6 +58,9 @@ pub enum KeyPurpose {
 }
 
 impl KeyPurpose {
+    /// Every purpose.
+    pub const ALL: [Self; 2] = [Self::Encrypt, Self::Sign];
+
     /// The name used in the CLI, JSON and the store.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -75,24 +78,37 @@ impl KeyPurpose {
     }
 }
 
-impl fmt::Display for KeyPurpose {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for KeyPurpose {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "encrypt" => Ok(Self::Encrypt),
-            "sign" => Ok(Self::Sign),
-            _ => Err(Error::InvalidArgument {
-                what: format!("unknown key purpose {s:?} (expected encrypt or sign)"),
-            }),
+/// `Display` and `FromStr` for a fieldless enum by the names its `as_str`
+/// gives, so that each name is written once. Every variant is in the
+/// enum's `ALL`; `$unknown` (a format string that may name `s`) is the
+/// `InvalidArgument` for any other name.
+macro_rules! by_name {
+    ($t:ty, $unknown:literal) => {
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
         }
-    }
+
+        impl std::str::FromStr for $t {
+            type Err = $crate::Error;
+            fn from_str(s: &str) -> $crate::Result<Self> {
+                Self::ALL
+                    .into_iter()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| $crate::Error::InvalidArgument {
+                        what: format!($unknown, s = s),
+                    })
+            }
+        }
+    };
 }
+pub(crate) use by_name;
+
+by_name!(
+    KeyPurpose,
+    "unknown key purpose {s:?} (expected encrypt or sign)"
+);
 
 /// The data class of a key (docs/DESIGN.md, "Data classes"). Bound into the AAD
 /// of everything encrypted under the key, so editing the store cannot
@@ -111,6 +127,9 @@ pub enum DataClass {
 }
 
 impl DataClass {
+    /// Every class.
+    pub const ALL: [Self; 4] = [Self::Secret, Self::Sensitive, Self::Private, Self::General];
+
     /// The name used in the CLI, JSON and the store.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -143,28 +162,10 @@ impl DataClass {
     }
 }
 
-impl fmt::Display for DataClass {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for DataClass {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "secret" => Ok(Self::Secret),
-            "sensitive" => Ok(Self::Sensitive),
-            "private" => Ok(Self::Private),
-            "general" => Ok(Self::General),
-            _ => Err(Error::InvalidArgument {
-                what: format!(
-                    "unknown data class {s:?} (expected secret, sensitive, private or general)"
-                ),
-            }),
-        }
-    }
-}
+by_name!(
+    DataClass,
+    "unknown data class {s:?} (expected secret, sensitive, private or general)"
+);
 
 /// A validated key name: 1 to 64 bytes of `[a-z0-9._-]`, starting with a
 /// letter or digit. Names appear in ciphertext headers, so they are kept

@@ -23,7 +23,8 @@
 //! Everything here panics on unexpected failure, with what it was doing:
 //! it is test code.
 
-use std::io::{self, BufRead, BufReader};
+use std::ffi::OsStr;
+use std::io::{self, BufRead, BufReader, Write as _};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -149,6 +150,43 @@ pub fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
 }
 
+/// `answer` (a status and a body, as [`Daemon::request`] gives them),
+/// asserting that it is a `200`. Returns the body.
+///
+/// # Panics
+/// If the status is another.
+#[track_caller]
+pub fn assert_ok(answer: (u16, Value)) -> Value {
+    let (status, body) = answer;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// The string `field` of every object in the JSON array `list`.
+///
+/// # Panics
+/// If `list` is not an array or an object lacks the string.
+pub fn field_of_each<'a>(list: &'a Value, field: &str) -> Vec<&'a str> {
+    list.as_array()
+        .expect("array")
+        .iter()
+        .map(|item| item[field].as_str().expect(field))
+        .collect()
+}
+
+/// `answer` (a status and a body, as [`Daemon::request`] gives them),
+/// asserting that it refused the request with `want`: the status and the
+/// stable error code. Returns the error body.
+///
+/// # Panics
+/// If the answer is another.
+#[track_caller]
+pub fn assert_refused(answer: (u16, Value), want: (u16, &str)) -> Value {
+    let (status, reply) = answer;
+    assert_eq!((status, code(&reply)), want, "{reply}");
+    reply
+}
+
 /// A keystore made with the CLI in a private temporary directory: the
 /// recovery key and [`PASSPHRASE`] (fast Argon2) are enrolled.
 #[derive(Debug)]
@@ -217,17 +255,7 @@ impl Store {
     /// variables or RUST_LOG from the caller, HOME, XDG_DATA_HOME and
     /// XDG_RUNTIME_DIR inside the temporary directory.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(keyward_bin());
-        for var in [
-            "KEYWARD_STORE",
-            "KEYWARD_SOCKET",
-            "KEYWARD_PASSPHRASE",
-            "KEYWARD_RECOVERY_KEY",
-            "KEYWARD_PIN",
-            "RUST_LOG",
-        ] {
-            cmd.env_remove(var);
-        }
+        let mut cmd = clean_command(keyward_bin());
         cmd.env("HOME", self.dir.path())
             .env("XDG_DATA_HOME", self.dir.path().join("xdg"))
             .env("XDG_RUNTIME_DIR", self.dir.path().join("run"))
@@ -257,16 +285,71 @@ impl Store {
     /// # Panics
     /// If the command fails.
     pub fn keyward_ok(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let out = self.keyward(args, env);
-        assert!(
-            out.status.success(),
-            "keyward {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        assert_success(self.keyward(args, env), &format!("keyward {args:?}"))
     }
+}
+
+/// The variables through which a caller's keyward settings would reach a
+/// process the tests start: none of them is inherited.
+const CALLER_SETTINGS: [&str; 8] = [
+    "KEYWARD_STORE",
+    "KEYWARD_SOCKET",
+    "KEYWARD_PASSPHRASE",
+    "KEYWARD_RECOVERY_KEY",
+    "KEYWARD_PIN",
+    "KEYWARD_CLIENT_TOKEN",
+    "KEYWARD_CLIENT_TOKEN_FILE",
+    "RUST_LOG",
+];
+
+/// `program`, without the caller's keyward settings in its environment.
+pub fn clean_command(program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    for var in CALLER_SETTINGS {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// Runs `cmd` to completion with its output captured, feeding `stdin` from
+/// a thread so that large inputs cannot deadlock against a full stdout
+/// pipe.
+///
+/// # Panics
+/// If it cannot be started.
+pub fn output_with_stdin(mut cmd: Command, stdin: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn keyward");
+    let mut pipe = child.stdin.take().expect("stdin is piped");
+    let input = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        // The binary may exit without reading everything (an error before
+        // reading): a broken pipe here is expected then.
+        let _ = pipe.write_all(&input);
+    });
+    let output = child.wait_with_output().expect("wait for keyward");
+    writer.join().expect("stdin writer thread");
+    output
+}
+
+/// `out`, asserting that `what`, which made it, succeeded.
+///
+/// # Panics
+/// If it did not: with its status, stdout and stderr.
+#[track_caller]
+pub fn assert_success(out: Output, what: &str) -> Output {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 impl Default for Store {
@@ -613,42 +696,19 @@ impl Client {
         body: Option<&Value>,
         token: Option<&str>,
     ) -> (u16, Value) {
+        let body = body.map(|b| serde_json::to_vec(b).expect("JSON serializes"));
         let response = self
-            .try_request(method, path, body, token)
+            .connection
+            .exchange(method, path, body.as_deref(), token)
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let response = Response::from(response);
         (response.status, response.json())
     }
 
-    /// Sends one request and reads its response.
-    ///
-    /// # Errors
-    /// Transport errors, or a response that is not HTTP/1.1.
-    pub fn try_request(
-        &mut self,
-        method: &str,
-        path: &str,
-        body: Option<&Value>,
-        token: Option<&str>,
-    ) -> io::Result<Response> {
-        let body = body.map(|b| serde_json::to_vec(b).expect("JSON serializes"));
-        self.connection
-            .exchange(method, path, body.as_deref(), token)
-            .map(Response::from)
-    }
-
-    /// Writes one request with a raw `body` (and a Content-Length), without
-    /// reading the response.
-    ///
-    /// # Errors
-    /// Transport errors.
-    pub fn send(
-        &mut self,
-        method: &str,
-        path: &str,
-        body: Option<&[u8]>,
-        token: Option<&str>,
-    ) -> io::Result<()> {
-        self.connection.send(method, path, body, token)
+    /// keyward-api's connection underneath: to write a request without
+    /// reading its answer, or to see a transport error as a value.
+    pub fn connection(&mut self) -> &mut http::Connection {
+        &mut self.connection
     }
 
     /// Writes raw bytes (for malformed requests).

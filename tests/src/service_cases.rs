@@ -188,6 +188,25 @@ pub fn master_rotation_needs_no_secret(f: &dyn Fixture) {
     }
 }
 
+/// After a master-key rotation to `epoch`: a new session unlocks with the
+/// re-wrapped master key, and `before` (written at epoch 1) still decrypts.
+fn assert_unlocks_at(
+    f: &dyn Fixture,
+    s: &Setup,
+    service: &mut Service,
+    ui: &TestCallbacks,
+    epoch: u32,
+    before: &[u8],
+) {
+    service.lock();
+    f.end_session();
+    let unlocked = service
+        .unlock(UnlockWith::Kind(s.backend.kind()), ui)
+        .expect("unlock with the re-wrapped master key");
+    assert_eq!(unlocked.mk_epoch, epoch);
+    assert_decrypts(service, before, b"before rotation", 1);
+}
+
 fn rotation_from_the_public_key(f: &dyn Fixture, s: &Setup, service: &mut Service, before: &[u8]) {
     let ui = f.callbacks();
     // No session for the rotation to lean on.
@@ -203,13 +222,7 @@ fn rotation_from_the_public_key(f: &dyn Fixture, s: &Setup, service: &mut Servic
         assert!(f.replug());
     }
 
-    service.lock();
-    f.end_session();
-    let unlocked = service
-        .unlock(UnlockWith::Kind(s.backend.kind()), &*ui)
-        .expect("unlock with the re-wrapped master key");
-    assert_eq!(unlocked.mk_epoch, 2);
-    assert_decrypts(service, before, b"before rotation", 1);
+    assert_unlocks_at(f, s, service, &ui, 2, before);
 
     if !unplugged && f.has_device() {
         // The fixture cannot bring a device back: rotate once more with the
@@ -278,13 +291,7 @@ fn rotation_on_the_device(f: &dyn Fixture, s: &Setup, service: &mut Service, bef
         prompts + 1,
         "rotation prompts for nothing"
     );
-    service.lock();
-    f.end_session();
-    let unlocked = service
-        .unlock(UnlockWith::Kind(s.backend.kind()), &*ui)
-        .expect("unlock with the re-wrapped master key");
-    assert_eq!(unlocked.mk_epoch, 3);
-    assert_decrypts(service, before, b"before rotation", 1);
+    assert_unlocks_at(f, s, service, &ui, 3, before);
 
     // Device absent: no wrap, and nothing changed.
     if f.unplug() {

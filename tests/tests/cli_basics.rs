@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::process::Command;
+
 use common::{Env, base64_decode};
 
 const NO_STORE_HINT: &str = "create one with `keyward init`, or point --store or \
@@ -118,25 +120,23 @@ fn missing_store_says_run_init() {
 #[test]
 fn default_store_is_under_xdg_data_home_then_home() {
     let env = Env::empty();
-    let run = common::run_command(env.bare_command(&["status"]), b"").fails_with(4);
-    let xdg_store = env.dir.path().join("xdg/keyward/keystore.db");
-    assert!(
-        run.stderr
-            .contains(&format!("no keystore at {}\n", xdg_store.display())),
-        "{}",
-        run.stderr
-    );
+    // `cmd` (a `keyward status`) fails, naming `store` as the keystore it
+    // looked for.
+    let looked_for = |cmd: Command, store: &str| {
+        let run = common::run_command(cmd, b"").fails_with(4);
+        let store = env.dir.path().join(store);
+        assert!(
+            run.stderr
+                .contains(&format!("no keystore at {}\n", store.display())),
+            "{}",
+            run.stderr
+        );
+    };
+    looked_for(env.bare_command(&["status"]), "xdg/keyward/keystore.db");
 
     let mut cmd = env.bare_command(&["status"]);
     cmd.env_remove("XDG_DATA_HOME");
-    let run = common::run_command(cmd, b"").fails_with(4);
-    let home_store = env.dir.path().join(".local/share/keyward/keystore.db");
-    assert!(
-        run.stderr
-            .contains(&format!("no keystore at {}\n", home_store.display())),
-        "{}",
-        run.stderr
-    );
+    looked_for(cmd, ".local/share/keyward/keystore.db");
 
     let mut cmd = env.bare_command(&["status"]);
     cmd.env("KEYWARD_STORE", env.path("elsewhere.db"));

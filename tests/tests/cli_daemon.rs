@@ -3,12 +3,11 @@
 //! when no daemon (or a daemon for another store) runs, and never talks to a
 //! socket someone else could control.
 
-use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
-use keyward_tests::daemon::{Daemon, PASSPHRASE, Store};
+use keyward_tests::daemon::{Daemon, PASSPHRASE, Store, assert_success as ok, output_with_stdin};
 use serde_json::Value;
 
 /// `keyward ARGS` on the daemon's store, talking to `socket`, with `stdin`
@@ -19,34 +18,17 @@ fn run(store: &Store, socket: &Path, args: &[&str], env: &[(&str, &str)], stdin:
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn keyward");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin)
-        .expect("write stdin");
-    child.wait_with_output().expect("wait for keyward")
-}
-
-fn ok(out: Output, what: &str) -> Output {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    output_with_stdin(cmd, stdin)
 }
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts that `out`'s stderr holds `text`.
+#[track_caller]
+fn assert_stderr_has(out: &Output, text: &str) {
+    assert!(stderr(out).contains(text), "{}", stderr(out));
 }
 
 fn json_of(out: &Output) -> Value {
@@ -67,7 +49,7 @@ fn commands_go_through_the_daemon_session() {
     ok(out, "key list while locked (no secret needed)");
     let out = run(store, sock, &["key", "create", "notes"], &[], b"");
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).contains("locked"), "{}", stderr(&out));
+    assert_stderr_has(&out, "locked");
 
     // `keyward unlock` asks the daemon what it needs and sends it.
     let out = ok(
@@ -274,11 +256,7 @@ fn clients_are_managed_from_the_cli() {
         b"",
     );
     assert_ne!(out.status.code(), Some(0));
-    assert!(
-        stderr(&out).contains("unknown operation 'everything'"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, "unknown operation 'everything'");
 }
 
 #[test]
@@ -298,11 +276,7 @@ fn without_a_daemon_the_cli_works_on_the_store() {
     assert_eq!(json_of(&out), serde_json::json!([]));
     let out = run(&store, &missing, &["unlock"], &pass, b"");
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("no daemon is serving"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, "no daemon is serving");
 
     // A stale socket file left by a killed daemon: no daemon either.
     let stale_dir = store.dir().join("stale");
@@ -321,11 +295,7 @@ fn without_a_daemon_the_cli_works_on_the_store() {
     );
     assert_eq!(json_of(&out)["primary_version"], 2);
     let out = run(&store, &stale, &["lock"], &[], b"");
-    assert!(
-        stderr(&out).contains("no daemon is serving"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, "no daemon is serving");
 }
 
 #[test]
@@ -347,11 +317,7 @@ fn a_daemon_for_another_store_is_not_used() {
     );
     assert_eq!(json_of(&out), serde_json::json!([]), "my store has no keys");
     let out = run(&mine, daemon.socket(), &["lock"], &[], b"");
-    assert!(
-        stderr(&out).contains("no daemon is serving"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, "no daemon is serving");
     assert_eq!(
         daemon.status()["unlocked"],
         true,
@@ -372,22 +338,14 @@ fn an_untrusted_socket_is_never_sent_a_secret() {
     let pass = [("KEYWARD_PASSPHRASE", PASSPHRASE)];
     let out = run(&store, &sock, &["unlock"], &pass, b"");
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("refusing to talk"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(
-        stderr(&out).contains("others may write"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, "refusing to talk");
+    assert_stderr_has(&out, "others may write");
     // A world-writable directory is refused the same way.
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
     let out = run(&store, &sock, &["key", "list"], &pass, b"");
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
-    assert!(stderr(&out).contains("directory"), "{}", stderr(&out));
+    assert_stderr_has(&out, "directory");
     // Nothing ever connected.
     assert_eq!(
         listener.accept().map(|_| ()).map_err(|e| e.kind()),

@@ -7,6 +7,7 @@
 mod common;
 
 use common::{Env, PASSPHRASE, base64_decode};
+use keyward_tests::daemon::field_of_each;
 
 /// A keystore with an encrypt key `notes`.
 fn with_notes_key() -> Env {
@@ -66,12 +67,7 @@ fn key_create_list_show() {
     assert_eq!(show["primary_version"], 1);
     assert_eq!(show["versions"].as_array().expect("versions").len(), 1);
     let list = env.keyward(&["key", "list", "--json"]).ok().json();
-    let names: Vec<&str> = list
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|k| k["name"].as_str().expect("name"))
-        .collect();
+    let names = field_of_each(&list, "name");
     assert_eq!(names.len(), 2);
     assert!(names.contains(&"health") && names.contains(&"msgs"));
     let text = env.keyward(&["key", "list"]).ok().out();

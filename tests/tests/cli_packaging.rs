@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{Env, Run, keyward_bin, run_command};
+use keyward_tests::daemon::assert_success;
 
 /// Runs keyward with an empty environment: no HOME, no KEYWARD_*.
 fn bare(args: &[&str]) -> Run {
@@ -100,11 +101,7 @@ fn bash_completion_completes_every_command() {
             ))
             .output()
             .expect("bash installed");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = assert_success(out, "the bash completion");
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(str::to_owned)

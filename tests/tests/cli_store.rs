@@ -5,6 +5,7 @@
 mod common;
 
 use common::{Env, FAST_ARGON2, PASSPHRASE, mode};
+use keyward_tests::daemon::field_of_each;
 
 const UNLOCK_HINT: &str = "unlock with a passphrase (--passphrase-fd N or KEYWARD_PASSPHRASE) \
      or the recovery key (--recovery-key-file FILE or KEYWARD_RECOVERY_KEY), or run keyward on \
@@ -75,12 +76,7 @@ fn init_with_passphrase_enrolls_both() {
     args.extend(FAST_ARGON2);
     env.unlocked(&args, b"").ok();
     let list = env.keyward(&["protectors", "list", "--json"]).ok().json();
-    let kinds: Vec<&str> = list
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|p| p["kind"].as_str().expect("kind"))
-        .collect();
+    let kinds = field_of_each(&list, "kind");
     assert_eq!(kinds, ["recovery", "passphrase"]);
     // The passphrase unlocks.
     env.unlocked(&["key", "create", "notes"], b"").ok();
@@ -197,17 +193,7 @@ fn removing_the_last_protector_is_refused() {
 
     // With a passphrase enrolled, the recovery key can go; the passphrase
     // still unlocks.
-    let mut args = vec!["enroll", "passphrase"];
-    args.extend(FAST_ARGON2);
-    env.run(
-        &args,
-        b"",
-        &[
-            ("KEYWARD_RECOVERY_KEY", &env.recovery_key_text()),
-            ("KEYWARD_PASSPHRASE", PASSPHRASE),
-        ],
-    )
-    .ok();
+    env.enroll_passphrase().ok();
     env.unlocked(&["protectors", "remove", &id], b"").ok();
     let list = env.keyward(&["protectors", "list", "--json"]).ok().json();
     assert_eq!(list.as_array().expect("array").len(), 1);

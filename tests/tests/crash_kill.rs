@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use keyward_tests::daemon::assert_success;
+
 struct Env {
     _dir: tempfile::TempDir,
     store: PathBuf,
@@ -69,11 +71,7 @@ fn setup() -> Env {
         .stdin(Stdio::null())
         .output()
         .expect("spawn init");
-    assert!(
-        out.status.success(),
-        "init: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(out, "init");
     let recovery = std::fs::read_to_string(&recovery_file).expect("recovery key written");
     let env = Env {
         _dir: dir,

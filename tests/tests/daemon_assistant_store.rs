@@ -23,12 +23,11 @@ use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
-use common::{Run, mode, run_command};
+use common::{Run, clean_command, mode, run_command};
 use keyward_hw_mocks::swtpm::Swtpm;
-use keyward_tests::daemon::{Daemon, Store};
+use keyward_tests::daemon::{Daemon, Store, assert_ok};
 use serde_json::{Value, json};
 
 /// The TPM PIN the protector is enrolled with.
@@ -163,16 +162,9 @@ impl Setup {
         args: &[&str],
         stdin: &[u8],
     ) -> Run {
-        let mut cmd = Command::new(assistant_store_bin());
-        for var in [
-            "KEYWARD_CLIENT_TOKEN",
-            "KEYWARD_CLIENT_TOKEN_FILE",
-            "KEYWARD_SOCKET",
-            "XDG_RUNTIME_DIR",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd.env("KEYWARD_SOCKET", socket)
+        let mut cmd = clean_command(assistant_store_bin());
+        cmd.env_remove("XDG_RUNTIME_DIR")
+            .env("KEYWARD_SOCKET", socket)
             .env("KEYWARD_CLIENT_TOKEN_FILE", token_file)
             .current_dir(self.daemon.store().dir())
             .arg("--db")
@@ -180,6 +172,17 @@ impl Setup {
             .args(args);
         run_command(cmd, stdin)
     }
+}
+
+/// Asserts that the assistant said the key service refused its token.
+#[track_caller]
+fn assert_token_refused(run: &Run) {
+    assert!(
+        run.stderr
+            .starts_with("error: the key service does not accept the client token in "),
+        "{}",
+        run.stderr
+    );
 }
 
 /// Whether `needle` occurs in `haystack`.
@@ -273,12 +276,7 @@ fn store_opens_only_while_unlocked_and_only_for_its_client() {
     let run = setup
         .assistant(db, &bogus, &["get", NAME], b"")
         .fails_with(3);
-    assert!(
-        run.stderr
-            .starts_with("error: the key service does not accept the client token in "),
-        "{}",
-        run.stderr
-    );
+    assert_token_refused(&run);
     // ... and a token file others can read is not even sent.
     let loose = setup.token_file("loose.token", "kwt_x");
     fs::set_permissions(&loose, std::os::unix::fs::PermissionsExt::from_mode(0o644))
@@ -331,17 +329,11 @@ fn store_opens_only_while_unlocked_and_only_for_its_client() {
     );
 
     // A revoked client is refused from its next request on.
-    let (status, body) = daemon.request("DELETE", "/v1/clients/assistant", None, None);
-    assert_eq!(status, 200, "{body}");
+    assert_ok(daemon.request("DELETE", "/v1/clients/assistant", None, None));
     let run = setup
         .assistant(db, &token, &["get", NAME], b"")
         .fails_with(3);
-    assert!(
-        run.stderr
-            .starts_with("error: the key service does not accept the client token in "),
-        "{}",
-        run.stderr
-    );
+    assert_token_refused(&run);
 
     // No daemon on the socket: said so, with how to start one.
     let nowhere = daemon.store().dir().join("s").join("nobody.sock");

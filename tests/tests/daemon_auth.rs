@@ -8,7 +8,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use keyward_tests::daemon::{Daemon, b64, code, unb64};
+use keyward_tests::daemon::{Daemon, assert_ok, assert_refused, b64, code, field_of_each, unb64};
 use serde_json::{Value, json};
 
 /// How long we wait for the daemon to do something by itself.
@@ -20,32 +20,29 @@ fn daemon() -> Daemon {
     daemon.unlock();
     daemon.create_key("a");
     daemon.create_key("b");
-    let (status, reply) = daemon.request(
+    assert_ok(daemon.request(
         "POST",
         "/v1/keys",
         Some(&json!({"name": "s", "purpose": "sign"})),
         None,
-    );
-    assert_eq!(status, 200, "{reply}");
+    ));
     daemon
 }
 
 /// Encrypts `plaintext` under `key` as the owner; the ciphertext (base64).
 fn encrypt(daemon: &Daemon, key: &str, plaintext: &[u8]) -> String {
-    let (status, reply) = daemon.request(
+    let reply = assert_ok(daemon.request(
         "POST",
         "/v1/encrypt",
         Some(&json!({"key": key, "plaintext": b64(plaintext)})),
         None,
-    );
-    assert_eq!(status, 200, "{reply}");
+    ));
     reply["ciphertext"].as_str().expect("ciphertext").to_owned()
 }
 
 /// Every audit record.
 fn audit(daemon: &Daemon) -> Vec<Value> {
-    let (status, body) = daemon.request("GET", "/v1/audit?since=1&limit=10000", None, None);
-    assert_eq!(status, 200, "{body}");
+    let body = assert_ok(daemon.request("GET", "/v1/audit?since=1&limit=10000", None, None));
     body["records"].as_array().expect("records").clone()
 }
 
@@ -71,25 +68,25 @@ fn a_decrypt_only_client_can_do_nothing_else() {
     let mut client = daemon.client();
 
     // What it may do.
-    let (status, reply) = client.request(
+    let reply = assert_ok(client.request(
         "POST",
         "/v1/decrypt",
         Some(&json!({"ciphertext": for_a})),
         Some(&token),
-    );
-    assert_eq!(status, 200, "{reply}");
+    ));
     assert_eq!(unb64(&reply["plaintext"]), b"for the reader");
-    let (status, reply) = client.request("GET", "/v1/status", None, Some(&token));
-    assert_eq!(status, 200, "{reply}");
+    assert_ok(client.request("GET", "/v1/status", None, Some(&token)));
 
     // Another key, read from the ciphertext's header.
-    let (status, reply) = client.request(
-        "POST",
-        "/v1/decrypt",
-        Some(&json!({"ciphertext": for_b})),
-        Some(&token),
+    let reply = assert_refused(
+        client.request(
+            "POST",
+            "/v1/decrypt",
+            Some(&json!({"ciphertext": for_b})),
+            Some(&token),
+        ),
+        (403, "forbidden"),
     );
-    assert_eq!((status, code(&reply)), (403, "forbidden"), "{reply}");
     assert!(
         reply["error"]["message"]
             .as_str()
@@ -97,13 +94,12 @@ fn a_decrypt_only_client_can_do_nothing_else() {
         "{reply}"
     );
     // In a batch, the forbidden item fails alone.
-    let (status, reply) = client.request(
+    let reply = assert_ok(client.request(
         "POST",
         "/v1/decrypt/batch",
         Some(&json!({"items": [{"ciphertext": for_a}, {"ciphertext": for_b}]})),
         Some(&token),
-    );
-    assert_eq!(status, 200, "{reply}");
+    ));
     assert_eq!(unb64(&reply["results"][0]["plaintext"]), b"for the reader");
     assert_eq!(code(&reply["results"][1]), "forbidden", "{reply}");
 
@@ -187,39 +183,38 @@ fn grants_name_keys() {
     let daemon = daemon();
     let token = daemon.add_client("app", &["encrypt", "decrypt", "keys", "datakey"], &["a"]);
     let mut client = daemon.client();
-    let (status, reply) = client.request(
-        "POST",
-        "/v1/encrypt",
-        Some(&json!({"key": "b", "plaintext": "aGk="})),
-        Some(&token),
+    assert_refused(
+        client.request(
+            "POST",
+            "/v1/encrypt",
+            Some(&json!({"key": "b", "plaintext": "aGk="})),
+            Some(&token),
+        ),
+        (403, "forbidden"),
     );
-    assert_eq!((status, code(&reply)), (403, "forbidden"), "{reply}");
-    let (status, reply) = client.request(
-        "POST",
-        "/v1/datakey/generate",
-        Some(&json!({"key": "b"})),
-        Some(&token),
+    assert_refused(
+        client.request(
+            "POST",
+            "/v1/datakey/generate",
+            Some(&json!({"key": "b"})),
+            Some(&token),
+        ),
+        (403, "forbidden"),
     );
-    assert_eq!((status, code(&reply)), (403, "forbidden"), "{reply}");
-    let (status, reply) = client.request("GET", "/v1/keys/b", None, Some(&token));
-    assert_eq!((status, code(&reply)), (403, "forbidden"), "{reply}");
+    assert_refused(
+        client.request("GET", "/v1/keys/b", None, Some(&token)),
+        (403, "forbidden"),
+    );
     // It sees only its own key.
-    let (status, reply) = client.request("GET", "/v1/keys", None, Some(&token));
-    assert_eq!(status, 200, "{reply}");
-    let names: Vec<&str> = reply["keys"]
-        .as_array()
-        .expect("keys")
-        .iter()
-        .map(|k| k["name"].as_str().expect("name"))
-        .collect();
+    let reply = assert_ok(client.request("GET", "/v1/keys", None, Some(&token)));
+    let names = field_of_each(&reply["keys"], "name");
     assert_eq!(names, ["a"]);
-    let (status, reply) = client.request(
+    assert_ok(client.request(
         "POST",
         "/v1/encrypt",
         Some(&json!({"key": "a", "plaintext": "aGk="})),
         Some(&token),
-    );
-    assert_eq!(status, 200, "{reply}");
+    ));
     // Audit records name the client.
     let record = audit(&daemon)
         .into_iter()
@@ -229,13 +224,12 @@ fn grants_name_keys() {
     assert_eq!(record["fields"]["actor"]["client"], "app", "{record}");
     // A client with every key.
     let all = daemon.add_client("all", &["encrypt"], &["*"]);
-    let (status, reply) = client.request(
+    assert_ok(client.request(
         "POST",
         "/v1/encrypt",
         Some(&json!({"key": "b", "plaintext": "aGk="})),
         Some(&all),
-    );
-    assert_eq!(status, 200, "{reply}");
+    ));
 }
 
 #[test]
@@ -268,28 +262,23 @@ fn bad_tokens_and_revocation() {
 
     // A kept-alive connection that works...
     let mut kept = daemon.client();
-    assert_eq!(
-        kept.request("POST", "/v1/encrypt", Some(&body), Some(&token))
-            .0,
-        200
-    );
+    assert_ok(kept.request("POST", "/v1/encrypt", Some(&body), Some(&token)));
     // ...revoked by name, on its next request.
     let (status, reply) = daemon.request("DELETE", "/v1/clients/app", None, None);
     assert_eq!((status, &reply), (200, &json!({"revoked": "app"})));
-    let (status, reply) = kept.request("POST", "/v1/encrypt", Some(&body), Some(&token));
-    assert_eq!((status, code(&reply)), (401, "unauthorized"), "{reply}");
-    let (status, reply) = daemon.request("DELETE", "/v1/clients/nobody", None, None);
-    assert_eq!((status, code(&reply)), (404, "client-not-found"), "{reply}");
+    assert_refused(
+        kept.request("POST", "/v1/encrypt", Some(&body), Some(&token)),
+        (401, "unauthorized"),
+    );
+    assert_refused(
+        daemon.request("DELETE", "/v1/clients/nobody", None, None),
+        (404, "client-not-found"),
+    );
 
     // Revoke-all cuts every client at once, including open connections.
     let mut open = daemon.client();
-    assert_eq!(
-        open.request("POST", "/v1/encrypt", Some(&body), Some(&other))
-            .0,
-        200
-    );
-    let (status, reply) = daemon.request("POST", "/v1/clients/revoke-all", None, None);
-    assert_eq!(status, 200, "{reply}");
+    assert_ok(open.request("POST", "/v1/encrypt", Some(&body), Some(&other)));
+    let reply = assert_ok(daemon.request("POST", "/v1/clients/revoke-all", None, None));
     assert!(reply["revoked"].as_u64().is_some(), "{reply}");
     let (status, reply) = open.request("POST", "/v1/encrypt", Some(&body), Some(&other));
     assert_eq!((status, code(&reply)), (401, "unauthorized"), "{reply}");
@@ -306,13 +295,15 @@ fn bad_tokens_and_revocation() {
     );
     // A name is not reused while its client is active.
     daemon.add_client("fresh", &["encrypt"], &["a"]);
-    let (status, reply) = daemon.request(
-        "POST",
-        "/v1/clients",
-        Some(&json!({"name": "fresh", "allow": ["encrypt"], "keys": ["a"]})),
-        None,
+    assert_refused(
+        daemon.request(
+            "POST",
+            "/v1/clients",
+            Some(&json!({"name": "fresh", "allow": ["encrypt"], "keys": ["a"]})),
+            None,
+        ),
+        (409, "client-exists"),
     );
-    assert_eq!((status, code(&reply)), (409, "client-exists"), "{reply}");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use keyward_tests::daemon::{Daemon, b64, code, unb64};
+use keyward_tests::daemon::{Daemon, assert_ok, assert_refused, b64, code, field_of_each, unb64};
 use serde_json::{Value, json};
 
 fn unlocked() -> Daemon {
@@ -29,37 +29,33 @@ fn encrypt_decrypt_round_trip_with_context() {
         (b"hi", b"note/1"),
         (&[0u8; 4096][..], b"x"),
     ] {
-        let (status, sealed) = client.request(
+        let sealed = assert_ok(client.request(
             "POST",
             "/v1/encrypt",
             Some(&json!({"key": "notes", "plaintext": b64(plaintext), "context": b64(context)})),
             None,
-        );
-        assert_eq!(status, 200, "{sealed}");
+        ));
         assert_eq!(
             (&sealed["key"], &sealed["version"]),
             (&json!("notes"), &json!(1))
         );
-        let (status, opened) = client.request(
+        let opened = assert_ok(client.request(
             "POST",
             "/v1/decrypt",
             Some(&json!({"ciphertext": sealed["ciphertext"], "context": b64(context)})),
             None,
-        );
-        assert_eq!(status, 200, "{opened}");
+        ));
         assert_eq!(unb64(&opened["plaintext"]), plaintext);
         assert_eq!(opened["key"], "notes");
         // Another context fails as the CLI does.
-        let (status, reply) = client.request(
-            "POST",
-            "/v1/decrypt",
-            Some(&json!({"ciphertext": sealed["ciphertext"], "context": b64(b"other")})),
-            None,
-        );
-        assert_eq!(
-            (status, code(&reply)),
+        let reply = assert_refused(
+            client.request(
+                "POST",
+                "/v1/decrypt",
+                Some(&json!({"ciphertext": sealed["ciphertext"], "context": b64(b"other")})),
+                None,
+            ),
             (422, "decryption-failed"),
-            "{reply}"
         );
         assert_eq!(reply["error"]["exit"], 5);
     }
@@ -76,25 +72,29 @@ fn encrypt_decrypt_round_trip_with_context() {
     );
     assert_ne!(a["ciphertext"], b["ciphertext"]);
     // Unknown key, wrong purpose.
-    let (status, reply) = daemon.request(
-        "POST",
-        "/v1/encrypt",
-        Some(&json!({"key": "nope", "plaintext": "aGk="})),
-        None,
+    assert_refused(
+        daemon.request(
+            "POST",
+            "/v1/encrypt",
+            Some(&json!({"key": "nope", "plaintext": "aGk="})),
+            None,
+        ),
+        (404, "key-not-found"),
     );
-    assert_eq!((status, code(&reply)), (404, "key-not-found"), "{reply}");
     post(
         &daemon,
         "/v1/keys",
         &json!({"name": "signer", "purpose": "sign"}),
     );
-    let (status, reply) = daemon.request(
-        "POST",
-        "/v1/encrypt",
-        Some(&json!({"key": "signer", "plaintext": "aGk="})),
-        None,
+    assert_refused(
+        daemon.request(
+            "POST",
+            "/v1/encrypt",
+            Some(&json!({"key": "signer", "plaintext": "aGk="})),
+            None,
+        ),
+        (409, "wrong-purpose"),
     );
-    assert_eq!((status, code(&reply)), (409, "wrong-purpose"), "{reply}");
 }
 
 #[test]
@@ -128,23 +128,27 @@ fn batches_fail_item_by_item() {
     assert_eq!(unb64(&opened[2]["plaintext"]), b"three");
     assert_eq!(code(&opened[3]), "malformed");
     // A malformed item fails the whole batch: it could not be read.
-    let (status, reply) = daemon.request(
-        "POST",
-        "/v1/decrypt/batch",
-        Some(&json!({"items": [{"ciphertext": 5}]})),
-        None,
+    assert_refused(
+        daemon.request(
+            "POST",
+            "/v1/decrypt/batch",
+            Some(&json!({"items": [{"ciphertext": 5}]})),
+            None,
+        ),
+        (400, "bad-request"),
     );
-    assert_eq!((status, code(&reply)), (400, "bad-request"), "{reply}");
     let too_many: Vec<Value> = (0..1001)
         .map(|_| json!({"key": "notes", "plaintext": ""}))
         .collect();
-    let (status, reply) = daemon.request(
-        "POST",
-        "/v1/encrypt/batch",
-        Some(&json!({"items": too_many})),
-        None,
+    assert_refused(
+        daemon.request(
+            "POST",
+            "/v1/encrypt/batch",
+            Some(&json!({"items": too_many})),
+            None,
+        ),
+        (400, "invalid-argument"),
     );
-    assert_eq!((status, code(&reply)), (400, "invalid-argument"), "{reply}");
 }
 
 #[test]
@@ -167,16 +171,14 @@ fn datakey_generate_then_unwrap() {
         &json!({"wrapped": generated["wrapped"], "context": b64(b"blob/7")}),
     );
     assert_eq!(unb64(&unwrapped["plaintext"]), key);
-    let (status, reply) = daemon.request(
-        "POST",
-        "/v1/datakey/unwrap",
-        Some(&json!({"wrapped": generated["wrapped"]})),
-        None,
-    );
-    assert_eq!(
-        (status, code(&reply)),
+    assert_refused(
+        daemon.request(
+            "POST",
+            "/v1/datakey/unwrap",
+            Some(&json!({"wrapped": generated["wrapped"]})),
+            None,
+        ),
         (422, "decryption-failed"),
-        "{reply}"
     );
     let again = post(&daemon, "/v1/datakey/generate", &json!({"key": "notes"}));
     assert_ne!(again["plaintext"], generated["plaintext"]);
@@ -221,13 +223,15 @@ fn rewrap_moves_to_the_primary_version() {
         &json!({"min_decryption_version": 2}),
     );
     assert_eq!(retired["min_decryption_version"], 2);
-    let (status, reply) = daemon.request(
-        "POST",
-        "/v1/decrypt",
-        Some(&json!({"ciphertext": v1["ciphertext"], "context": b64(b"c")})),
-        None,
+    assert_refused(
+        daemon.request(
+            "POST",
+            "/v1/decrypt",
+            Some(&json!({"ciphertext": v1["ciphertext"], "context": b64(b"c")})),
+            None,
+        ),
+        (409, "version-retired"),
     );
-    assert_eq!((status, code(&reply)), (409, "version-retired"), "{reply}");
 }
 
 #[test]
@@ -305,16 +309,19 @@ fn key_administration() {
         ),
         (&json!("sensitive"), &json!(3600), &json!(1000))
     );
-    let (status, reply) =
-        daemon.request("POST", "/v1/keys", Some(&json!({"name": "health"})), None);
-    assert_eq!((status, code(&reply)), (409, "key-exists"), "{reply}");
-    let (status, reply) = daemon.request(
-        "POST",
-        "/v1/keys",
-        Some(&json!({"name": "x", "class": "top-secret"})),
-        None,
+    assert_refused(
+        daemon.request("POST", "/v1/keys", Some(&json!({"name": "health"})), None),
+        (409, "key-exists"),
     );
-    assert_eq!((status, code(&reply)), (400, "bad-request"), "{reply}");
+    assert_refused(
+        daemon.request(
+            "POST",
+            "/v1/keys",
+            Some(&json!({"name": "x", "class": "top-secret"})),
+            None,
+        ),
+        (400, "bad-request"),
+    );
     // Secret-class keys live in the daemon's memory.
     post(
         &daemon,
@@ -323,23 +330,19 @@ fn key_administration() {
     );
     let (status, list) = daemon.request("GET", "/v1/keys", None, None);
     assert_eq!(status, 200);
-    let names: Vec<&str> = list["keys"]
-        .as_array()
-        .expect("keys")
-        .iter()
-        .map(|k| k["name"].as_str().expect("name"))
-        .collect();
+    let names = field_of_each(&list["keys"], "name");
     assert_eq!(names, ["health", "notes", "session"]);
     let (status, shown) = daemon.request("GET", "/v1/keys/notes", None, None);
     assert_eq!((status, &shown["primary_version"]), (200, &json!(1)));
-    let (status, reply) = daemon.request("GET", "/v1/keys/nope", None, None);
-    assert_eq!((status, code(&reply)), (404, "key-not-found"), "{reply}");
+    assert_refused(
+        daemon.request("GET", "/v1/keys/nope", None, None),
+        (404, "key-not-found"),
+    );
     let due = post(&daemon, "/v1/rotate-due", &json!({}));
     assert_eq!(due, json!({"rotated": []}));
     let epoch = post(&daemon, "/v1/master/rotate", &json!({}));
     assert_eq!(epoch["epoch"], 2);
-    let (status, summary) = daemon.request("GET", "/v1/audit/verify", None, None);
-    assert_eq!(status, 200, "{summary}");
+    let summary = assert_ok(daemon.request("GET", "/v1/audit/verify", None, None));
     assert!(
         summary["records"].as_u64().is_some_and(|n| n > 5),
         "{summary}"

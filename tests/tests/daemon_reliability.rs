@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use keyward_tests::daemon::{Daemon, b64, unb64};
+use keyward_tests::daemon::{Daemon, assert_ok, b64, unb64};
 use serde_json::{Value, json};
 
 /// How long we wait for the daemon to do something by itself.
@@ -14,8 +14,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// Every audit record.
 fn audit(daemon: &Daemon) -> Vec<Value> {
-    let (status, body) = daemon.request("GET", "/v1/audit?since=1&limit=10000", None, None);
-    assert_eq!(status, 200, "{body}");
+    let body = assert_ok(daemon.request("GET", "/v1/audit?since=1&limit=10000", None, None));
     body["records"].as_array().expect("records").clone()
 }
 
@@ -28,21 +27,20 @@ fn killed_mid_rotation_then_restarted_loses_nothing() {
     let mut written: Vec<(Value, Vec<u8>)> = Vec::new();
     for n in 0..40 {
         let plaintext = format!("message {n}").into_bytes();
-        let (status, sealed) = client.request(
+        let sealed = assert_ok(client.request(
             "POST",
             "/v1/encrypt",
             Some(&json!({"key": "notes", "plaintext": b64(&plaintext)})),
             None,
-        );
-        assert_eq!(status, 200, "{sealed}");
+        ));
         written.push((sealed["ciphertext"].clone(), plaintext));
-        let (status, reply) = client.request("POST", "/v1/keys/notes/rotate", None, None);
-        assert_eq!(status, 200, "{reply}");
+        assert_ok(client.request("POST", "/v1/keys/notes/rotate", None, None));
     }
     // Rotations on the wire, unanswered, as the daemon dies.
     let mut pipelined = daemon.client();
     for _ in 0..20 {
         pipelined
+            .connection()
             .send("POST", "/v1/keys/notes/rotate", None, None)
             .expect("send");
     }
@@ -50,36 +48,31 @@ fn killed_mid_rotation_then_restarted_loses_nothing() {
     let store = daemon.into_store();
 
     let daemon = Daemon::spawn(store, &[]);
-    let (status, summary) = daemon.request("GET", "/v1/audit/verify", None, None);
-    assert_eq!(status, 200, "{summary}");
+    assert_ok(daemon.request("GET", "/v1/audit/verify", None, None));
     daemon.unlock();
-    let (status, summary) = daemon.request("GET", "/v1/audit/verify", None, None);
-    assert_eq!(status, 200, "{summary}");
-    let (status, key) = daemon.request("GET", "/v1/keys/notes", None, None);
-    assert_eq!(status, 200, "{key}");
+    assert_ok(daemon.request("GET", "/v1/audit/verify", None, None));
+    let key = assert_ok(daemon.request("GET", "/v1/keys/notes", None, None));
     assert!(
         key["primary_version"].as_u64().is_some_and(|v| v >= 41),
         "{key}"
     );
     let mut client = daemon.client();
     for (ciphertext, plaintext) in &written {
-        let (status, opened) = client.request(
+        let opened = assert_ok(client.request(
             "POST",
             "/v1/decrypt",
             Some(&json!({"ciphertext": ciphertext})),
             None,
-        );
-        assert_eq!(status, 200, "{opened}");
+        ));
         assert_eq!(&unb64(&opened["plaintext"]), plaintext);
     }
     // New data goes under the newest version, and reads back.
-    let (status, sealed) = client.request(
+    let sealed = assert_ok(client.request(
         "POST",
         "/v1/encrypt",
         Some(&json!({"key": "notes", "plaintext": b64(b"after")})),
         None,
-    );
-    assert_eq!(status, 200, "{sealed}");
+    ));
     assert_eq!(sealed["version"], key["primary_version"]);
     // And the CLI, on the stopped store, agrees.
     let store = daemon.into_store();
@@ -90,20 +83,18 @@ fn killed_mid_rotation_then_restarted_loses_nothing() {
 fn the_scheduler_rotates_keys_that_are_due() {
     let daemon = Daemon::start_with(&["--check-interval", "1s"]);
     daemon.unlock();
-    let (status, reply) = daemon.request(
+    assert_ok(daemon.request(
         "POST",
         "/v1/keys",
         Some(&json!({"name": "short", "rotation_period": 1})),
         None,
-    );
-    assert_eq!(status, 200, "{reply}");
-    let (status, sealed) = daemon.request(
+    ));
+    let sealed = assert_ok(daemon.request(
         "POST",
         "/v1/encrypt",
         Some(&json!({"key": "short", "plaintext": b64(b"old data")})),
         None,
-    );
-    assert_eq!(status, 200, "{sealed}");
+    ));
     assert_eq!(sealed["version"], 1);
     let deadline = Instant::now() + WAIT;
     let mut version = 1;
@@ -118,13 +109,12 @@ fn the_scheduler_rotates_keys_that_are_due() {
         .find(|r| r["action"] == "key.rotate")
         .expect("rotation record");
     assert_eq!(rotation["fields"]["key"], "short", "{rotation}");
-    let (status, opened) = daemon.request(
+    let opened = assert_ok(daemon.request(
         "POST",
         "/v1/decrypt",
         Some(&json!({"ciphertext": sealed["ciphertext"]})),
         None,
-    );
-    assert_eq!(status, 200, "{opened}");
+    ));
     assert_eq!(unb64(&opened["plaintext"]), b"old data");
     assert_eq!(opened["version"], 1);
 }

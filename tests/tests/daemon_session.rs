@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use keyward_tests::daemon::{Daemon, PASSPHRASE, Signal, b64, code, unb64};
+use keyward_tests::daemon::{
+    Daemon, PASSPHRASE, Response, Signal, assert_ok, assert_refused, b64, code, unb64,
+};
 use serde_json::{Value, json};
 
 /// How long we wait for the daemon to do something by itself.
@@ -27,8 +29,7 @@ fn wait_unlocked(daemon: &Daemon, want: bool) -> bool {
 
 /// Every audit record.
 fn audit(daemon: &Daemon) -> Vec<Value> {
-    let (status, body) = daemon.request("GET", "/v1/audit?since=1&limit=10000", None, None);
-    assert_eq!(status, 200, "{body}");
+    let body = assert_ok(daemon.request("GET", "/v1/audit?since=1&limit=10000", None, None));
     body["records"].as_array().expect("records").clone()
 }
 
@@ -70,13 +71,12 @@ fn locked_until_unlocked() {
     let again = daemon.unlock();
     assert_eq!(again["session"]["unlocked_at"], unlocked_at);
     daemon.create_key("notes");
-    let (status, reply) = daemon.request(
+    let reply = assert_ok(daemon.request(
         "POST",
         "/v1/encrypt",
         Some(&json!({"key": "notes", "plaintext": b64(b"hi")})),
         None,
-    );
-    assert_eq!(status, 200, "{reply}");
+    ));
     let ciphertext = reply["ciphertext"].clone();
     for _ in 0..2 {
         let (status, reply) = daemon.request("POST", "/v1/lock", None, None);
@@ -84,13 +84,15 @@ fn locked_until_unlocked() {
     }
     assert_eq!(daemon.status()["unlocked"], false);
     assert_eq!(last_lock_reason(&daemon).as_deref(), Some("request"));
-    let (status, reply) = daemon.request(
-        "POST",
-        "/v1/decrypt",
-        Some(&json!({"ciphertext": ciphertext})),
-        None,
+    assert_refused(
+        daemon.request(
+            "POST",
+            "/v1/decrypt",
+            Some(&json!({"ciphertext": ciphertext})),
+            None,
+        ),
+        (423, "locked"),
     );
-    assert_eq!((status, code(&reply)), (423, "locked"), "{reply}");
 }
 
 #[test]
@@ -119,25 +121,22 @@ fn wrong_passphrase_changes_nothing() {
     daemon.unlock();
     // A recovery key of the wrong form.
     daemon.request("POST", "/v1/lock", None, None);
-    let (status, reply) = daemon.request(
-        "POST",
-        "/v1/unlock",
-        Some(&json!({"secrets": {"recovery-key": "nope"}})),
-        None,
-    );
-    assert_eq!(
-        (status, code(&reply)),
+    assert_refused(
+        daemon.request(
+            "POST",
+            "/v1/unlock",
+            Some(&json!({"secrets": {"recovery-key": "nope"}})),
+            None,
+        ),
         (401, "wrong-recovery-key"),
-        "{reply}"
     );
     // The real recovery key.
-    let (status, reply) = daemon.request(
+    let reply = assert_ok(daemon.request(
         "POST",
         "/v1/unlock",
         Some(&json!({"secrets": {"recovery-key": daemon.store().recovery_key_text()}})),
         None,
-    );
-    assert_eq!(status, 200, "{reply}");
+    ));
     assert_eq!(reply["protector"]["kind"], "recovery");
 }
 
@@ -145,18 +144,19 @@ fn wrong_passphrase_changes_nothing() {
 fn missing_secret_is_asked_for() {
     let daemon = Daemon::start();
     let audit_len = || {
-        let (status, body) = daemon.request("GET", "/v1/audit?since=0&limit=10000", None, None);
-        assert_eq!(status, 200, "{body}");
+        let body = assert_ok(daemon.request("GET", "/v1/audit?since=0&limit=10000", None, None));
         body["records"].as_array().expect("records").len()
     };
     let before = audit_len();
-    let (status, reply) = daemon.request(
-        "POST",
-        "/v1/unlock",
-        Some(&json!({"with": "passphrase"})),
-        None,
+    let reply = assert_refused(
+        daemon.request(
+            "POST",
+            "/v1/unlock",
+            Some(&json!({"with": "passphrase"})),
+            None,
+        ),
+        (428, "secret-required"),
     );
-    assert_eq!((status, code(&reply)), (428, "secret-required"), "{reply}");
     assert_eq!(
         audit_len(),
         before,
@@ -167,20 +167,24 @@ fn missing_secret_is_asked_for() {
     assert!(reply["error"].get("tries_left").is_some(), "{reply}");
     assert_eq!(reply["error"]["exit"], 3);
     // A secret the request cannot carry is refused by name.
-    let (status, reply) = daemon.request(
-        "POST",
-        "/v1/unlock",
-        Some(&json!({"with": "passphrase", "secrets": {"password": PASSPHRASE}})),
-        None,
+    assert_refused(
+        daemon.request(
+            "POST",
+            "/v1/unlock",
+            Some(&json!({"with": "passphrase", "secrets": {"password": PASSPHRASE}})),
+            None,
+        ),
+        (400, "bad-request"),
     );
-    assert_eq!((status, code(&reply)), (400, "bad-request"), "{reply}");
-    let (status, reply) = daemon.request(
-        "POST",
-        "/v1/unlock",
-        Some(&json!({"with": "fingerprint"})),
-        None,
+    assert_refused(
+        daemon.request(
+            "POST",
+            "/v1/unlock",
+            Some(&json!({"with": "fingerprint"})),
+            None,
+        ),
+        (400, "bad-request"),
     );
-    assert_eq!((status, code(&reply)), (400, "bad-request"), "{reply}");
     let (status, reply) = daemon.request("POST", "/v1/unlock", Some(&json!({"with": 99})), None);
     assert_eq!(
         (status, code(&reply)),
@@ -196,21 +200,22 @@ fn idle_timeout_locks() {
     daemon.unlock();
     assert!(wait_unlocked(&daemon, false), "still unlocked");
     assert_eq!(last_lock_reason(&daemon).as_deref(), Some("idle"));
-    let (status, reply) = daemon.request("POST", "/v1/keys", Some(&json!({"name": "k"})), None);
-    assert_eq!((status, code(&reply)), (423, "locked"), "{reply}");
+    assert_refused(
+        daemon.request("POST", "/v1/keys", Some(&json!({"name": "k"})), None),
+        (423, "locked"),
+    );
 }
 
 #[test]
 fn an_unlock_may_shorten_the_session_but_never_lengthen_it() {
     let daemon = Daemon::start();
-    let (status, reply) = daemon.request(
+    let reply = assert_ok(daemon.request(
         "POST",
         "/v1/unlock",
         Some(&json!({"secrets": {"passphrase": PASSPHRASE},
                      "idle_timeout": 1_000_000, "absolute_timeout": 2})),
         None,
-    );
-    assert_eq!(status, 200, "{reply}");
+    ));
     let session = &reply["session"];
     let at = session["unlocked_at"].as_i64().expect("unlocked_at");
     assert!(
@@ -223,13 +228,15 @@ fn an_unlock_may_shorten_the_session_but_never_lengthen_it() {
     );
     assert!(wait_unlocked(&daemon, false), "still unlocked");
     assert_eq!(last_lock_reason(&daemon).as_deref(), Some("absolute"));
-    let (status, reply) = daemon.request(
-        "POST",
-        "/v1/unlock",
-        Some(&json!({"secrets": {"passphrase": PASSPHRASE}, "idle_timeout": 0})),
-        None,
+    assert_refused(
+        daemon.request(
+            "POST",
+            "/v1/unlock",
+            Some(&json!({"secrets": {"passphrase": PASSPHRASE}, "idle_timeout": 0})),
+            None,
+        ),
+        (400, "invalid-argument"),
     );
-    assert_eq!((status, code(&reply)), (400, "invalid-argument"), "{reply}");
 }
 
 #[test]
@@ -266,7 +273,12 @@ fn sigterm_with_requests_in_flight_stops_cleanly() {
                     }
                     let plaintext = format!("worker {i} message {n}");
                     let body = json!({"key": "notes", "plaintext": b64(plaintext.as_bytes())});
-                    match client.try_request("POST", "/v1/encrypt", Some(&body), None) {
+                    let body = serde_json::to_vec(&body).expect("JSON serializes");
+                    let answer =
+                        client
+                            .connection()
+                            .exchange("POST", "/v1/encrypt", Some(&body), None);
+                    match answer.map(Response::from) {
                         Ok(response) => {
                             answers.push((response.status, response.json(), plaintext));
                             done.fetch_add(1, Ordering::Relaxed);
@@ -321,13 +333,12 @@ fn sigterm_with_requests_in_flight_stops_cleanly() {
     restarted.unlock();
     let mut client = restarted.client();
     for (ciphertext, plaintext) in ciphertexts.iter().step_by(7) {
-        let (status, reply) = client.request(
+        let reply = assert_ok(client.request(
             "POST",
             "/v1/decrypt",
             Some(&json!({"ciphertext": b64(ciphertext)})),
             None,
-        );
-        assert_eq!(status, 200, "{reply}");
+        ));
         assert_eq!(unb64(&reply["plaintext"]), plaintext.as_bytes());
     }
 }

@@ -8,7 +8,7 @@ use std::io::Write as _;
 use std::net::Shutdown;
 use std::time::Duration;
 
-use keyward_tests::daemon::{Client, Daemon, b64, code};
+use keyward_tests::daemon::{Client, Daemon, Response, assert_ok, assert_refused, b64, code};
 use serde_json::{Value, json};
 
 /// Long enough for any close we wait for; the daemon's timeouts in these
@@ -26,6 +26,7 @@ fn unlocked_with_key() -> Daemon {
 fn raw(daemon: &Daemon, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
     let mut client = daemon.client();
     client
+        .connection()
         .send(method, path, Some(body), None)
         .expect("send the request");
     let response = client.read_response().expect("a response");
@@ -35,6 +36,15 @@ fn raw(daemon: &Daemon, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
         "{response:?}"
     );
     (response.status, response.json())
+}
+
+/// Reads `client`'s next response, asserting that it is the error `want`
+/// (status and stable code).
+#[track_caller]
+fn read_refusal(client: &mut Client, want: (u16, &str)) -> Response {
+    let response = client.read_response().expect("response");
+    assert_eq!((response.status, code(&response.json())), want);
+    response
 }
 
 #[test]
@@ -88,46 +98,40 @@ fn unknown_fields_wrong_types_and_bad_base64_are_bad_request() {
         assert!(!message.contains("123456"), "{message}");
     }
     // A bad key name is the service's own error.
-    let (status, reply) = daemon.request(
-        "POST",
-        "/v1/encrypt",
-        Some(&json!({"key": "../etc", "plaintext": "aGk="})),
-        None,
+    assert_refused(
+        daemon.request(
+            "POST",
+            "/v1/encrypt",
+            Some(&json!({"key": "../etc", "plaintext": "aGk="})),
+            None,
+        ),
+        (400, "invalid-key-name"),
     );
-    assert_eq!((status, code(&reply)), (400, "invalid-key-name"), "{reply}");
     // Data that is not a keyward ciphertext.
-    let (status, reply) = daemon.request(
-        "POST",
-        "/v1/decrypt",
-        Some(&json!({"ciphertext": b64(b"hello, world")})),
-        None,
+    assert_refused(
+        daemon.request(
+            "POST",
+            "/v1/decrypt",
+            Some(&json!({"ciphertext": b64(b"hello, world")})),
+            None,
+        ),
+        (400, "malformed"),
     );
-    assert_eq!((status, code(&reply)), (400, "malformed"), "{reply}");
 }
 
 #[test]
 fn unknown_routes_and_methods_are_json() {
     let daemon = Daemon::start();
-    let (status, reply) = daemon.request("GET", "/v1/nope", None, None);
-    assert_eq!((status, code(&reply)), (404, "not-found"), "{reply}");
-    let (status, reply) = daemon.request("GET", "/", None, None);
-    assert_eq!((status, code(&reply)), (404, "not-found"), "{reply}");
-    let (status, reply) = daemon.request("PUT", "/v1/status", None, None);
-    assert_eq!(
-        (status, code(&reply)),
-        (405, "method-not-allowed"),
-        "{reply}"
-    );
-    let (status, reply) = daemon.request("GET", "/v1/encrypt", None, None);
-    assert_eq!(
-        (status, code(&reply)),
-        (405, "method-not-allowed"),
-        "{reply}"
-    );
-    let (status, reply) = daemon.request("GET", "/v1/audit?since=x", None, None);
-    assert_eq!((status, code(&reply)), (400, "bad-request"), "{reply}");
-    let (status, reply) = daemon.request("GET", "/v1/keys/Bad%2FName", None, None);
-    assert_eq!((status, code(&reply)), (400, "invalid-key-name"), "{reply}");
+    for (method, path, want) in [
+        ("GET", "/v1/nope", (404, "not-found")),
+        ("GET", "/", (404, "not-found")),
+        ("PUT", "/v1/status", (405, "method-not-allowed")),
+        ("GET", "/v1/encrypt", (405, "method-not-allowed")),
+        ("GET", "/v1/audit?since=x", (400, "bad-request")),
+        ("GET", "/v1/keys/Bad%2FName", (400, "invalid-key-name")),
+    ] {
+        assert_refused(daemon.request(method, path, None, None), want);
+    }
 }
 
 #[test]
@@ -138,11 +142,7 @@ fn oversized_bodies_are_refused_and_batches_may_be_larger() {
     client
         .send_raw(b"POST /v1/encrypt HTTP/1.1\r\nHost: k\r\nContent-Length: 1048577\r\n\r\n")
         .expect("send");
-    let response = client.read_response().expect("response");
-    assert_eq!(
-        (response.status, code(&response.json())),
-        (413, "payload-too-large")
-    );
+    let response = read_refusal(&mut client, (413, "payload-too-large"));
     assert_eq!(response.header("connection"), Some("close"));
     assert!(client.closed_within(WAIT), "connection left open");
 
@@ -162,33 +162,26 @@ fn oversized_bodies_are_refused_and_batches_may_be_larger() {
         // The daemon stops reading at the limit: a broken pipe is expected.
         let _ = writer.write_all(&request);
     });
-    let response = client.read_response().expect("response");
-    assert_eq!(
-        (response.status, code(&response.json())),
-        (413, "payload-too-large")
-    );
+    read_refusal(&mut client, (413, "payload-too-large"));
     sender.join().expect("sender");
 
     // 2 MiB: too much for one request, fine for a batch.
     let big = b64(&vec![7u8; 1536 * 1024]);
-    let (status, reply) = daemon.request(
-        "POST",
-        "/v1/encrypt",
-        Some(&json!({"key": "notes", "plaintext": big})),
-        None,
-    );
-    assert_eq!(
-        (status, code(&reply)),
+    assert_refused(
+        daemon.request(
+            "POST",
+            "/v1/encrypt",
+            Some(&json!({"key": "notes", "plaintext": big})),
+            None,
+        ),
         (413, "payload-too-large"),
-        "{reply}"
     );
-    let (status, reply) = daemon.request(
+    let reply = assert_ok(daemon.request(
         "POST",
         "/v1/encrypt/batch",
         Some(&json!({"items": [{"key": "notes", "plaintext": big}]})),
         None,
-    );
-    assert_eq!(status, 200, "{reply}");
+    ));
     assert_eq!(reply["results"][0]["version"], 1, "{reply}");
 }
 
@@ -211,11 +204,7 @@ fn slow_headers_and_half_open_connections_are_closed() {
     short
         .send_raw(b"POST /v1/unlock HTTP/1.1\r\nHost: k\r\nContent-Length: 100\r\n\r\n{\"with\"")
         .expect("send");
-    let response = short.read_response().expect("response");
-    assert_eq!(
-        (response.status, code(&response.json())),
-        (408, "request-timeout")
-    );
+    read_refusal(&mut short, (408, "request-timeout"));
     assert!(short.closed_within(WAIT), "short body not closed");
 
     // Half-closed: the client stops sending mid-head.

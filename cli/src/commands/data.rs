@@ -7,8 +7,8 @@ use keyward_api::types::{
     DatakeyRequest, DecryptRequest, EncryptRequest, ExportPublic, RewrapRequest, SignRequest,
     UnwrapRequest, VerifyRequest,
 };
-use keyward_kms::KeyName;
 use keyward_kms::service::{PublicKeyExport, StreamSummary, Verified};
+use keyward_kms::{KeyName, Service};
 use serde_json::json;
 use zeroize::Zeroizing;
 
@@ -56,20 +56,16 @@ pub(super) fn encrypt(ctx: &Ctx<'_>, args: &EncryptArgs) -> Result<(), Failure> 
             return report_summary(ctx, &summary_of(&answer.key, answer.version, head.len())?);
         }
     }
-    let mut service = ctx.open()?;
-    ctx.unlock(&mut service, Reserve::Nothing)?;
-    let mut progress = Progress::new("encrypted", input.len());
-    let mut input = Cursor::new(head).chain(input);
-    let summary = ctx.check(service.encrypt_stream(
-        &args.key,
-        args.context.as_bytes(),
-        &mut input,
-        &mut output,
-        &mut |done| progress.update(done),
-    ))?;
-    progress.finish();
-    output.commit()?;
-    report_summary(ctx, &summary)
+    stream_here(
+        ctx,
+        "encrypted",
+        head,
+        input,
+        output,
+        |service, input, output, progress| {
+            service.encrypt_stream(&args.key, args.context.as_bytes(), input, output, progress)
+        },
+    )
 }
 
 /// `keyward decrypt`.
@@ -94,19 +90,44 @@ pub(super) fn decrypt(ctx: &Ctx<'_>, args: &DecryptArgs) -> Result<(), Failure> 
             );
         }
     }
+    stream_here(
+        ctx,
+        "decrypted",
+        head,
+        input,
+        output,
+        |service, input, output, progress| {
+            service.decrypt_stream(args.context.as_bytes(), input, output, progress)
+        },
+    )
+}
+
+/// A stream through this process's key service, unlocked here: `run`
+/// streams `head` then the rest of `input` into `output`, its progress
+/// shown as `done` ("encrypted", "decrypted"). Only once the stream is
+/// complete (when decrypting: every chunk authenticated and the final one
+/// seen) does an output file appear.
+fn stream_here(
+    ctx: &Ctx<'_>,
+    done: &'static str,
+    head: Zeroizing<Vec<u8>>,
+    input: Input,
+    mut output: Output,
+    run: impl FnOnce(
+        &mut Service,
+        &mut dyn Read,
+        &mut (dyn Write + Send),
+        &mut dyn FnMut(u64),
+    ) -> keyward_kms::Result<StreamSummary>,
+) -> Result<(), Failure> {
     let mut service = ctx.open()?;
     ctx.unlock(&mut service, Reserve::Nothing)?;
-    let mut progress = Progress::new("decrypted", input.len());
+    let mut progress = Progress::new(done, input.len());
     let mut input = Cursor::new(head).chain(input);
-    let summary = ctx.check(service.decrypt_stream(
-        args.context.as_bytes(),
-        &mut input,
-        &mut output,
-        &mut |done| progress.update(done),
-    ))?;
+    let summary = ctx.check(run(&mut service, &mut input, &mut output, &mut |n| {
+        progress.update(n);
+    }))?;
     progress.finish();
-    // Only now, with every chunk authenticated and the final one seen, does
-    // an output file appear.
     output.commit()?;
     report_summary(ctx, &summary)
 }

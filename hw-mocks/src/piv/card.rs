@@ -761,20 +761,9 @@ impl Card {
             Some([a]) => *a,
             _ => return Err(SW_WRONG_DATA),
         };
-        let pin = one_byte(apdu::find(&inner, &[0xAA]))?;
-        let touch = one_byte(apdu::find(&inner, &[0xAB]))?;
-        let (pin, touch) = Self::policies(cmd.p2, pin, touch)?;
         let key = SlotKey::generate(algo).ok_or(SW_WRONG_DATA)?;
         let point = key.public_point();
-        self.piv.slots.insert(
-            cmd.p2,
-            KeySlot {
-                key,
-                pin_policy: pin,
-                touch_policy: touch,
-                origin: 1,
-            },
-        );
+        self.install(cmd.p2, &inner, key, 1)?;
         let mut inner = Vec::new();
         push_tlv(&mut inner, &[0x86], &point);
         let mut out = Vec::new();
@@ -795,20 +784,34 @@ impl Card {
         if scalar.len() != len {
             return Err(SW_WRONG_DATA);
         }
-        let pin = one_byte(apdu::find(&tlvs, &[0xAA]))?;
-        let touch = one_byte(apdu::find(&tlvs, &[0xAB]))?;
-        let (pin, touch) = Self::policies(cmd.p2, pin, touch)?;
         let key = SlotKey::from_scalar(cmd.p1, scalar).ok_or(SW_WRONG_DATA)?;
+        self.install(cmd.p2, &tlvs, key, 2)?;
+        Ok(Vec::new())
+    }
+
+    /// Puts `key` in `slot` with the PIN and touch policies that tags 0xAA
+    /// and 0xAB of a GENERATE or IMPORT ask for; `origin` is 1 for a key
+    /// generated on the card, 2 for an imported one.
+    fn install(
+        &mut self,
+        slot: u8,
+        tlvs: &[apdu::Tlv<'_>],
+        key: SlotKey,
+        origin: u8,
+    ) -> Result<(), Sw> {
+        let pin = one_byte(apdu::find(tlvs, &[0xAA]))?;
+        let touch = one_byte(apdu::find(tlvs, &[0xAB]))?;
+        let (pin_policy, touch_policy) = Self::policies(slot, pin, touch)?;
         self.piv.slots.insert(
-            cmd.p2,
+            slot,
             KeySlot {
                 key,
-                pin_policy: pin,
-                touch_policy: touch,
-                origin: 2,
+                pin_policy,
+                touch_policy,
+                origin,
             },
         );
-        Ok(Vec::new())
+        Ok(())
     }
 
     fn general_authenticate(&mut self, cmd: &Command) -> Reply {

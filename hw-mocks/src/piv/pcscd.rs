@@ -75,14 +75,7 @@ impl Pcscd {
             ),
         )?;
         let log = File::create(dir.path().join("pcscd.log"))?;
-        let child = Command::new("pcscd")
-            .arg("--foreground")
-            .arg("--config")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
+        let child = spawn_pcscd(&conf, log)?;
         let mut me = Self {
             child: Some(child),
             dir,
@@ -155,15 +148,7 @@ impl Pcscd {
         let log = OpenOptions::new()
             .append(true)
             .open(self.dir.path().join("pcscd.log"))?;
-        let child = Command::new("pcscd")
-            .arg("--foreground")
-            .arg("--config")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        self.child = Some(child);
+        self.child = Some(spawn_pcscd(&conf, log)?);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !pcsc_ready() {
             if Instant::now() > deadline {
@@ -213,4 +198,17 @@ pub fn wait_card(reader: &str, timeout: Duration) -> io::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(25));
     }
+}
+
+/// `pcscd` in the foreground with the readers configured in `conf`, its
+/// output going to `log`.
+fn spawn_pcscd(conf: &Path, log: File) -> io::Result<Child> {
+    Command::new("pcscd")
+        .arg("--foreground")
+        .arg("--config")
+        .arg(conf)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
 }

@@ -266,7 +266,7 @@ fn encrypt_impl(
     header.extend_from_slice(&salt);
     let engine = Engine::new(key, &header, class, context, chunk_exponent, batch);
     write_all(output.writer(), &header)?;
-    engine.encrypt(reader, output, progress)
+    engine.run(Direction::Seal, reader, output, progress)
 }
 
 /// Decrypts the body that follows `raw_header` (already read from
@@ -357,7 +357,7 @@ fn decrypt_impl(
     stream_header.extend_from_slice(raw_header);
     stream_header.extend_from_slice(&params);
     let engine = Engine::new(key, &stream_header, class, context, chunk_exponent, batch);
-    engine.decrypt(reader, output, progress)
+    engine.run(Direction::Open, reader, output, progress)
 }
 
 /// The per-stream key: `HKDF-SHA256(ikm = data key, salt = the header's
@@ -457,16 +457,20 @@ impl Engine {
             .map(|_| ())
     }
 
-    fn encrypt(
+    /// Seals (`Direction::Seal`) or opens (`Direction::Open`) the chunks
+    /// of `reader` into `output`; returns the plaintext length. Three
+    /// rotating buffers: `cur` is being sealed or opened while `prev`
+    /// (done last round) is written out and `next` is filled. Plaintext
+    /// passes through them, so they are zeroized when dropped.
+    fn run(
         &self,
+        dir: Direction,
         reader: &mut dyn Read,
         mut output: Output<'_>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<u64> {
-        let (chunk, slot, n) = (self.chunk, self.slot, self.batch);
-        // Three rotating buffers: `cur` is being sealed while `prev` (sealed
-        // last round) is written out and `next` is filled. Plaintext passes
-        // through them, so they are zeroized when dropped.
+        let (slot, n) = (self.slot, self.batch);
+        let carry = self.carry(dir);
         let new_buffer = || Zeroizing::new(vec![0u8; n * slot]);
         // `prev` and `next` are allocated only once the input outgrows one
         // batch: a small message then costs one buffer, not three (each is
@@ -476,186 +480,37 @@ impl Engine {
             new_buffer(),
             Zeroizing::new(Vec::new()),
         );
-        let (mut cur_len, mut eof) = fill_plain(reader, &mut cur, chunk, slot, 0)?;
-        // Sealed bytes at the start of `prev` still to be written, and the
-        // plaintext they hold.
+        let (mut cur_len, mut eof) = self.fill(dir, reader, &mut cur, 0)?;
+        // Length of the region at the start of `prev` still to be written
+        // (chunks with their tags).
         let mut pending = 0usize;
-        let mut pending_plain = 0u64;
         let mut base = 0u64;
         let mut done = 0u64;
-        loop {
-            if eof {
-                // Everything left is in `cur`: seal it, the last chunk
-                // flagged final (one empty chunk for an empty input).
-                let count = cur_len.div_ceil(chunk).max(1);
-                let last_len = cur_len - (count - 1) * chunk;
-                let region_len = (count - 1) * slot + last_len + TAG_LEN;
-                let prev_bytes = &prev[..pending];
-                let (local, shared) = output.split();
-                in_parallel(
-                    &mut cur[..region_len],
-                    slot,
-                    || local.map_or(Ok(()), |w| write_all(w, prev_bytes)),
-                    move || shared.map_or(Ok(()), |w| write_all(w, prev_bytes)),
-                    &|i, s| self.seal_slot(base, count, true, i, s),
-                )?;
-                if pending > 0 {
-                    done += pending_plain;
-                    progress(done);
-                }
-                let writer = output.writer();
-                write_all(writer, &cur[..region_len])?;
-                writer
-                    .flush()
-                    .map_err(|e| Error::io("writing the ciphertext", e))?;
-                done += cur_len as u64;
-                progress(done);
-                return Ok(done);
-            }
+        while !eof {
             // `cur` is full and more may follow. Its last chunk is final
             // only if the input ends right after it, which we do not know
-            // yet: hold it back and seal it with the next batch.
+            // yet: hold it back and seal or open it with the next batch.
             if next.len() < n * slot {
                 next = new_buffer();
             }
-            let (seal_part, held) = cur.split_at_mut((n - 1) * slot);
-            let (mut next_len, mut next_eof) = (0, false);
-            let prev_bytes = &prev[..pending];
-            let next_buffer = &mut next[..];
-            let (local, shared) = output.split();
-            in_parallel(
-                seal_part,
-                slot,
-                || {
-                    if let Some(w) = local {
-                        write_all(w, prev_bytes)?;
-                    }
-                    next_buffer[..chunk].copy_from_slice(&held[..chunk]);
-                    (next_len, next_eof) = fill_plain(reader, next_buffer, chunk, slot, chunk)?;
-                    Ok(())
-                },
-                move || shared.map_or(Ok(()), |w| write_all(w, prev_bytes)),
-                &|i, s| self.seal_slot(base, n - 1, false, i, s),
-            )?;
-            if pending > 0 {
-                done += pending_plain;
-                progress(done);
-            }
-            base = index(base, n - 1)?;
-            pending = (n - 1) * slot;
-            pending_plain = ((n - 1) * chunk) as u64;
-            // prev <- cur (sealed), cur <- next (filled), next <- prev (free).
-            std::mem::swap(&mut prev, &mut cur);
-            std::mem::swap(&mut cur, &mut next);
-            (cur_len, eof) = (next_len, next_eof);
-        }
-    }
-
-    fn decrypt(
-        &self,
-        reader: &mut dyn Read,
-        mut output: Output<'_>,
-        progress: &mut dyn FnMut(u64),
-    ) -> Result<u64> {
-        let (slot, n) = (self.slot, self.batch);
-        // As in `encrypt`: `cur` is being opened while `prev` (opened last
-        // round) is written out and `next` is filled.
-        let new_buffer = || Zeroizing::new(vec![0u8; n * slot]);
-        // As in `encrypt`: `prev` and `next` only once needed.
-        let (mut prev, mut cur, mut next) = (
-            Zeroizing::new(Vec::new()),
-            new_buffer(),
-            Zeroizing::new(Vec::new()),
-        );
-        let (mut cur_len, mut eof) = fill_cipher(reader, &mut cur, 0)?;
-        // Length of the region at the start of `prev` holding authenticated
-        // plaintext still to be written (chunks with their tags).
-        let mut pending = 0usize;
-        let mut base = 0u64;
-        let mut done = 0u64;
-        loop {
-            if eof {
-                let (full, rest) = (cur_len / slot, cur_len % slot);
-                let count = full + usize::from(rest > 0);
-                if count == 0 {
-                    // Only possible before the first chunk: the body is empty.
-                    return Err(Error::Truncated);
-                }
-                if rest > 0 && rest < TAG_LEN {
-                    return Err(Error::DecryptionFailed);
-                }
-                let final_index = index(base, count - 1)?;
-                if rest == TAG_LEN && final_index > 0 {
-                    // Our writer never ends a non-empty stream with an
-                    // empty chunk; refuse the non-canonical form.
-                    return Err(Error::Malformed {
-                        what: "stream ends with an empty chunk after data",
-                    });
-                }
-                // A full-size final chunk that fails as final but opens as
-                // non-final means the stream was cut at a chunk boundary.
-                let last_start = (count - 1) * slot;
-                let held = (rest == 0).then(|| Zeroizing::new(cur[last_start..cur_len].to_vec()));
-                let prev_region = &prev[..pending];
-                let (local, shared) = output.split();
-                let result = in_parallel(
-                    &mut cur[..cur_len],
-                    slot,
-                    || local.map_or(Ok(()), |w| write_plain(w, prev_region, slot)),
-                    move || shared.map_or(Ok(()), |w| write_plain(w, prev_region, slot)),
-                    &|i, s| self.open_slot(base, count, true, i, s),
-                );
-                match result {
-                    Ok(()) => {}
-                    Err(Error::DecryptionFailed) => {
-                        if let Some(mut held) = held
-                            && self
-                                .key
-                                .open_in_place(chunk_nonce(final_index, false), &[], &mut held)
-                                .is_ok()
-                        {
-                            return Err(Error::Truncated);
-                        }
-                        return Err(Error::DecryptionFailed);
-                    }
-                    Err(e) => return Err(e),
-                }
-                if pending > 0 {
-                    done += plain_len(pending, slot);
-                    progress(done);
-                }
-                let writer = output.writer();
-                write_plain(writer, &cur[..cur_len], slot)?;
-                writer
-                    .flush()
-                    .map_err(|e| Error::io("writing the plaintext", e))?;
-                done += plain_len(cur_len, slot);
-                progress(done);
-                return Ok(done);
-            }
-            // `cur` is full; its last chunk may be the final one, so hold it
-            // back for the next batch (as in `encrypt`).
-            if next.len() < n * slot {
-                next = new_buffer();
-            }
-            let (open_part, held) = cur.split_at_mut((n - 1) * slot);
+            let (work_part, held) = cur.split_at_mut((n - 1) * slot);
             let (mut next_len, mut next_eof) = (0, false);
             let prev_region = &prev[..pending];
             let next_buffer = &mut next[..];
             let (local, shared) = output.split();
             in_parallel(
-                open_part,
+                work_part,
                 slot,
                 || {
                     if let Some(w) = local {
-                        write_plain(w, prev_region, slot)?;
+                        self.write(dir, w, prev_region)?;
                     }
-                    next_buffer[..slot].copy_from_slice(held);
-                    (next_len, next_eof) = fill_cipher(reader, next_buffer, slot)?;
+                    next_buffer[..carry].copy_from_slice(&held[..carry]);
+                    (next_len, next_eof) = self.fill(dir, reader, next_buffer, carry)?;
                     Ok(())
                 },
-                move || shared.map_or(Ok(()), |w| write_plain(w, prev_region, slot)),
-                &|i, s| self.open_slot(base, n - 1, false, i, s),
+                move || shared.map_or(Ok(()), |w| self.write(dir, w, prev_region)),
+                &|i, s| self.process(dir, base, n - 1, false, i, s),
             )?;
             if pending > 0 {
                 done += plain_len(pending, slot);
@@ -663,11 +518,175 @@ impl Engine {
             }
             base = index(base, n - 1)?;
             pending = (n - 1) * slot;
+            // prev <- cur (done), cur <- next (filled), next <- prev (free).
             std::mem::swap(&mut prev, &mut cur);
             std::mem::swap(&mut cur, &mut next);
             (cur_len, eof) = (next_len, next_eof);
         }
+        // Everything left is in `cur`: its last chunk is the final one.
+        let last = match dir {
+            Direction::Seal => self.last_to_seal(cur_len),
+            Direction::Open => self.last_to_open(&cur, cur_len, base)?,
+        };
+        let prev_region = &prev[..pending];
+        let (local, shared) = output.split();
+        let result = in_parallel(
+            &mut cur[..last.len],
+            slot,
+            || local.map_or(Ok(()), |w| self.write(dir, w, prev_region)),
+            move || shared.map_or(Ok(()), |w| self.write(dir, w, prev_region)),
+            &|i, s| self.process(dir, base, last.count, true, i, s),
+        );
+        if let (Err(Error::DecryptionFailed), Some(mut held)) = (&result, last.held) {
+            // A full-size final chunk that fails as final but opens as
+            // non-final means the stream was cut at a chunk boundary.
+            if self
+                .key
+                .open_in_place(chunk_nonce(last.final_index, false), &[], &mut held)
+                .is_ok()
+            {
+                return Err(Error::Truncated);
+            }
+        }
+        result?;
+        if pending > 0 {
+            done += plain_len(pending, slot);
+            progress(done);
+        }
+        let writer = output.writer();
+        self.write(dir, writer, &cur[..last.len])?;
+        writer.flush().map_err(|e| Error::io(dir.writing(), e))?;
+        done += plain_len(last.len, slot);
+        progress(done);
+        Ok(done)
     }
+
+    /// The final batch of plaintext, `cur_len` bytes: its chunks, the last
+    /// flagged final (one empty chunk for an empty input).
+    fn last_to_seal(&self, cur_len: usize) -> Last {
+        let chunk = self.chunk;
+        let count = cur_len.div_ceil(chunk).max(1);
+        let last_len = cur_len - (count - 1) * chunk;
+        Last {
+            count,
+            len: (count - 1) * self.slot + last_len + TAG_LEN,
+            held: None,
+            final_index: 0,
+        }
+    }
+
+    /// The final batch of ciphertext, the first `cur_len` bytes of `cur`
+    /// (whose chunks start at index `base`), checked for the shapes no
+    /// writer makes.
+    fn last_to_open(&self, cur: &[u8], cur_len: usize, base: u64) -> Result<Last> {
+        let slot = self.slot;
+        let (full, rest) = (cur_len / slot, cur_len % slot);
+        let count = full + usize::from(rest > 0);
+        if count == 0 {
+            // Only possible before the first chunk: the body is empty.
+            return Err(Error::Truncated);
+        }
+        if rest > 0 && rest < TAG_LEN {
+            return Err(Error::DecryptionFailed);
+        }
+        let final_index = index(base, count - 1)?;
+        if rest == TAG_LEN && final_index > 0 {
+            // Our writer never ends a non-empty stream with an empty chunk;
+            // refuse the non-canonical form.
+            return Err(Error::Malformed {
+                what: "stream ends with an empty chunk after data",
+            });
+        }
+        let last_start = (count - 1) * slot;
+        Ok(Last {
+            count,
+            len: cur_len,
+            held: (rest == 0).then(|| Zeroizing::new(cur[last_start..cur_len].to_vec())),
+            final_index,
+        })
+    }
+
+    /// How many bytes of a held-back slot the next batch starts with: its
+    /// plaintext when sealing, the whole chunk with its tag when opening.
+    fn carry(&self, dir: Direction) -> usize {
+        match dir {
+            Direction::Seal => self.chunk,
+            Direction::Open => self.slot,
+        }
+    }
+
+    /// Reads the input into `buf` from `start` ([`fill_plain`] or
+    /// [`fill_cipher`]).
+    fn fill(
+        &self,
+        dir: Direction,
+        reader: &mut dyn Read,
+        buf: &mut [u8],
+        start: usize,
+    ) -> Result<(usize, bool)> {
+        match dir {
+            Direction::Seal => fill_plain(reader, buf, self.chunk, self.slot, start),
+            Direction::Open => fill_cipher(reader, buf, start),
+        }
+    }
+
+    /// Writes a region that is done: the sealed chunks, or the plaintext of
+    /// the opened ones.
+    fn write(&self, dir: Direction, writer: &mut dyn Write, region: &[u8]) -> Result<()> {
+        match dir {
+            Direction::Seal => write_all(writer, region),
+            Direction::Open => write_plain(writer, region, self.slot),
+        }
+    }
+
+    /// Seals or opens chunk `i` of a batch ([`Engine::seal_slot`],
+    /// [`Engine::open_slot`]).
+    fn process(
+        &self,
+        dir: Direction,
+        base: u64,
+        count: usize,
+        final_batch: bool,
+        i: usize,
+        s: &mut [u8],
+    ) -> Result<()> {
+        match dir {
+            Direction::Seal => self.seal_slot(base, count, final_batch, i, s),
+            Direction::Open => self.open_slot(base, count, final_batch, i, s),
+        }
+    }
+}
+
+/// Which way [`Engine::run`] works.
+#[derive(Clone, Copy)]
+enum Direction {
+    /// Plaintext in, ciphertext out.
+    Seal,
+    /// Ciphertext in, authenticated plaintext out.
+    Open,
+}
+
+impl Direction {
+    /// What a failed write was doing.
+    fn writing(self) -> &'static str {
+        match self {
+            Self::Seal => "writing the ciphertext",
+            Self::Open => "writing the plaintext",
+        }
+    }
+}
+
+/// The final batch of a stream.
+struct Last {
+    /// Its chunks.
+    count: usize,
+    /// Its bytes in the buffer, tags included.
+    len: usize,
+    /// When opening and the final chunk is full-size: a copy of it, to tell
+    /// a stream cut at a chunk boundary from a forged one.
+    held: Option<Zeroizing<Vec<u8>>>,
+    /// The index of its final chunk (when opening).
+    final_index: u64,
 }
 
 /// Where a stream's output goes.

@@ -52,8 +52,7 @@ mod tests {
 
     #[test]
     fn failing_audit_write_stops_the_operation() {
-        let (fx, mut svc) = fixture();
-        let k = encryption_key(&mut svc, "k");
+        let (fx, mut svc, k) = fixture_with_key("k");
         {
             let conn = Connection::open(&fx.path).expect("open raw");
             conn.execute_batch(

@@ -94,17 +94,9 @@ impl Service {
             });
         }
         let (key, dek) = self.decryption_key(&header.key, header.version)?;
-        let result = envelope::open(&dek, key.class, context, ciphertext);
-        self.audit_use(
-            action,
-            &header.key,
-            header.version,
-            key.class,
-            Some(ciphertext.len() as u64),
-            result.is_ok(),
-        )?;
+        let plaintext = self.open_audited(action, &header, &key, &dek, context, ciphertext)?;
         Ok(Decrypted {
-            plaintext: result?,
+            plaintext,
             key: header.key,
             version: header.version,
         })
@@ -192,6 +184,30 @@ impl Service {
         Ok((key, dek))
     }
 
+    /// Opens the one-shot `ciphertext` (its `header` read already) with
+    /// `dek`, the data key of `key`, and records the use as `action`,
+    /// failed or not.
+    pub(super) fn open_audited(
+        &mut self,
+        action: Action,
+        header: &envelope::Header,
+        key: &KeyRow,
+        dek: &Secret32,
+        context: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<SecretBytes> {
+        let result = envelope::open(dek, key.class, context, ciphertext);
+        self.audit_use(
+            action,
+            &header.key,
+            header.version,
+            key.class,
+            Some(ciphertext.len() as u64),
+            result.is_ok(),
+        )?;
+        result
+    }
+
     pub(super) fn audit_use(
         &mut self,
         action: Action,
@@ -214,8 +230,7 @@ mod tests {
 
     #[test]
     fn rewrap_moves_to_the_primary_version_with_the_same_plaintext() {
-        let (_fx, mut svc) = fixture();
-        let k = encryption_key(&mut svc, "k");
+        let (_fx, mut svc, k) = fixture_with_key("k");
         let v1 = svc.encrypt(&k, b"ctx", b"keep me").expect("encrypt");
         svc.rotate_key(&k).expect("rotate");
         let r = svc.rewrap(b"ctx", &v1).expect("rewrap");
@@ -235,8 +250,7 @@ mod tests {
 
     #[test]
     fn datakeys_round_trip_and_are_bound_to_their_context() {
-        let (_fx, mut svc) = fixture();
-        let k = encryption_key(&mut svc, "store");
+        let (_fx, mut svc, k) = fixture_with_key("store");
         let dk = svc.datakey_generate(&k, b"db:1").expect("generate");
         assert_eq!(dk.plaintext.expose().len(), 32);
         assert_ne!(dk.plaintext.expose(), &[0u8; 32][..]);

@@ -288,8 +288,7 @@ mod tests {
     #[test]
     fn public_key_exports_are_audited() {
         let (_fx, mut svc) = fixture();
-        let k = name("signer");
-        svc.create_key(&k, &spec(KeyPurpose::Sign)).expect("create");
+        let k = new_key(&mut svc, "signer", &spec(KeyPurpose::Sign));
         let export = svc.export_public(&k, None).expect("export");
         let records = svc.audit_records(0, 10_000).expect("records");
         let last = records.last().expect("a record");

@@ -73,16 +73,8 @@ impl Service {
                     .take(envelope::MAX_CIPHERTEXT_LEN)
                     .read_to_end(&mut ciphertext)
                     .map_err(|e| Error::io("cannot read the ciphertext", e))?;
-                let result = envelope::open(&dek, key.class, context, &ciphertext);
-                self.audit_use(
-                    Action::Decrypt,
-                    &header.key,
-                    header.version,
-                    key.class,
-                    Some(ciphertext.len() as u64),
-                    result.is_ok(),
-                )?;
-                let plain = result?;
+                let plain =
+                    self.open_audited(Action::Decrypt, &header, &key, &dek, context, &ciphertext)?;
                 writer
                     .write_all(plain.expose())
                     .map_err(|e| Error::io("cannot write the plaintext", e))?;
@@ -148,8 +140,7 @@ mod tests {
 
     #[test]
     fn decrypt_takes_a_whole_stream_ciphertext_too() {
-        let (_fx, mut svc) = fixture();
-        let k = encryption_key(&mut svc, "k");
+        let (_fx, mut svc, k) = fixture_with_key("k");
         let mut ct = Vec::new();
         svc.encrypt_stream(
             &k,

@@ -176,27 +176,33 @@ pub(super) fn spec(purpose: KeyPurpose) -> KeySpec {
     }
 }
 
+/// Creates a key named `key` as `spec` says.
+pub(super) fn new_key(svc: &mut Service, key: &str, spec: &KeySpec) -> KeyName {
+    let k = name(key);
+    svc.create_key(&k, spec).expect("create");
+    k
+}
+
 /// Creates an encryption key named `key`.
 pub(super) fn encryption_key(svc: &mut Service, key: &str) -> KeyName {
-    let k = name(key);
-    svc.create_key(&k, &spec(KeyPurpose::Encrypt))
-        .expect("create");
-    k
+    new_key(svc, key, &spec(KeyPurpose::Encrypt))
+}
+
+/// [`fixture`] with an encryption key named `key`.
+pub(super) fn fixture_with_key(key: &str) -> (Fixture, Service, KeyName) {
+    let (fx, mut svc) = fixture();
+    let k = encryption_key(&mut svc, key);
+    (fx, svc, k)
 }
 
 /// Creates an encryption key named `key` that rotates after `limit`
 /// encryptions by one version.
 pub(super) fn limited_key(svc: &mut Service, key: &str, limit: u64) -> KeyName {
-    let k = name(key);
-    svc.create_key(
-        &k,
-        &KeySpec {
-            usage_limit: Some(limit),
-            ..spec(KeyPurpose::Encrypt)
-        },
-    )
-    .expect("create");
-    k
+    let s = KeySpec {
+        usage_limit: Some(limit),
+        ..spec(KeyPurpose::Encrypt)
+    };
+    new_key(svc, key, &s)
 }
 
 /// The unwrapped data key of a version, for comparing across rotations.

@@ -6,13 +6,14 @@
     reason = "each test file uses a different part of this module"
 )]
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-// The keystore the tests make, and the binary they run, are the daemon
-// fixture's: one definition for every end-to-end test.
-pub(crate) use keyward_tests::daemon::{FAST_ARGON2, PASSPHRASE, keyward_bin};
+// The keystore the tests make, the binary they run and how they run it are
+// the daemon fixture's: one definition for every end-to-end test.
+pub(crate) use keyward_tests::daemon::{
+    FAST_ARGON2, PASSPHRASE, clean_command, keyward_bin, output_with_stdin,
+};
 
 /// What one run of the binary did.
 #[derive(Debug)]
@@ -132,18 +133,23 @@ impl Env {
     /// A keystore with the recovery key and [`PASSPHRASE`] (fast Argon2).
     pub(crate) fn ready() -> Self {
         let env = Self::with_recovery();
+        env.enroll_passphrase().ok();
+        env
+    }
+
+    /// `enroll passphrase` of [`PASSPHRASE`] (fast Argon2), authorized by
+    /// the recovery key.
+    pub(crate) fn enroll_passphrase(&self) -> Run {
         let mut args = vec!["enroll", "passphrase"];
         args.extend(FAST_ARGON2);
-        env.run(
+        self.run(
             &args,
             b"",
             &[
-                ("KEYWARD_RECOVERY_KEY", &env.recovery_key_text()),
+                ("KEYWARD_RECOVERY_KEY", &self.recovery_key_text()),
                 ("KEYWARD_PASSPHRASE", PASSPHRASE),
             ],
         )
-        .ok();
-        env
     }
 
     /// A path inside the directory.
@@ -175,15 +181,7 @@ impl Env {
 
     /// As [`Env::command`] without `--store`.
     pub(crate) fn bare_command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(keyward_bin());
-        for var in [
-            "KEYWARD_STORE",
-            "KEYWARD_PASSPHRASE",
-            "KEYWARD_RECOVERY_KEY",
-            "RUST_LOG",
-        ] {
-            cmd.env_remove(var);
-        }
+        let mut cmd = clean_command(keyward_bin());
         cmd.env("HOME", self.dir.path())
             .env("XDG_DATA_HOME", self.dir.path().join("xdg"))
             .current_dir(self.dir.path())
@@ -211,24 +209,9 @@ impl Env {
     }
 }
 
-/// Runs `cmd`, feeding `stdin` from a thread so that large inputs cannot
-/// deadlock against a full stdout pipe.
-pub(crate) fn run_command(mut cmd: Command, stdin: &[u8]) -> Run {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn keyward");
-    let mut pipe = child.stdin.take().expect("stdin is piped");
-    let input = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
-        // The binary may exit without reading everything (an error before
-        // reading): a broken pipe here is expected then.
-        let _ = pipe.write_all(&input);
-    });
-    let output = child.wait_with_output().expect("wait for keyward");
-    writer.join().expect("stdin writer thread");
+/// Runs `cmd` with `stdin` ([`output_with_stdin`]).
+pub(crate) fn run_command(cmd: Command, stdin: &[u8]) -> Run {
+    let output = output_with_stdin(cmd, stdin);
     Run {
         code: output.status.code(),
         stdout: output.stdout,
