@@ -115,10 +115,14 @@ kw decrypt -i note2.kw
 kw key retire notes --min-version 1
 kw decrypt --context calendar -i note.kw
 
-say "9. Sign and verify a message"
+say "9. Sign and verify a message; a replay is refused"
 echo "meeting moved to 3pm" > message.txt
 kw sign --key messages --audience calendar -i message.txt -o message.sig
 kw verify --signature message.sig --audience calendar -i message.txt
+# The same signature a second time is a replay, refused; kept on file, it
+# is checked as archived (signature and audience only).
+expect_fail 5 "$KEYWARD" verify --signature message.sig --audience calendar -i message.txt
+kw verify --signature message.sig --audience calendar -i message.txt --archived
 echo "meeting moved to 4pm" > forged.txt
 expect_fail 5 "$KEYWARD" verify --signature message.sig --audience calendar -i forged.txt
 

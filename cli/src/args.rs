@@ -862,6 +862,12 @@ pub(crate) struct VerifyArgs {
     /// Message file [default: stdin]
     #[arg(short, long, value_name = "IN")]
     pub(crate) input: Option<PathBuf>,
+    /// Verify an archived signature: check the key, the signature and the
+    /// audience only. Without it, a signature made outside the freshness
+    /// window, or whose counter was already accepted from its signer, is
+    /// refused (exit 5), and the accepted counter is recorded
+    #[arg(long)]
+    pub(crate) archived: bool,
 }
 
 /// `keyward export-public`.

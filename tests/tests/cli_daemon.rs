@@ -150,6 +150,61 @@ fn commands_go_through_the_daemon_session() {
     .stdout;
     assert_eq!(again, key);
 
+    // `keyward verify` through the daemon refuses a replay by default (the
+    // daemon keeps the counters), and verifies it again only as archived.
+    ok(
+        run(
+            store,
+            sock,
+            &["key", "create", "msgs", "--purpose", "sign"],
+            &[],
+            b"",
+        ),
+        "create signing key",
+    );
+    let message = store.dir().join("m");
+    let signature = store.dir().join("m.sig");
+    std::fs::write(&message, b"pay 10 to alice").expect("write");
+    let (m, s) = (
+        message.to_str().expect("utf-8"),
+        signature.to_str().expect("utf-8"),
+    );
+    ok(
+        run(
+            store,
+            sock,
+            &[
+                "sign",
+                "--key",
+                "msgs",
+                "--audience",
+                "bank",
+                "-i",
+                m,
+                "-o",
+                s,
+            ],
+            &[],
+            b"",
+        ),
+        "sign",
+    );
+    let verify = ["verify", "--signature", s, "--audience", "bank", "-i", m];
+    let out = ok(run(store, sock, &verify, &[], b""), "first verify");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("; fresh, not seen before"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = run(store, sock, &verify, &[], b"");
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert_stderr_has(
+        &out,
+        "error: replayed message: counter 1 was already accepted",
+    );
+    let archived = [&verify[..], &["--archived"]].concat();
+    ok(run(store, sock, &archived, &[], b""), "archived verify");
+
     // The audit log seen through the daemon verifies, with the checkpoint
     // (the daemon holds the master key).
     let out = ok(

@@ -440,6 +440,81 @@ fn sign_verify_and_export_public() {
 }
 
 #[test]
+fn verify_refuses_a_replay_unless_archived() {
+    let env = Env::ready();
+    env.unlocked(&["key", "create", "msgs", "--purpose", "sign"], b"")
+        .ok();
+    std::fs::write(env.path("m"), b"pay 10 to alice").expect("write");
+    let (msg, sig) = (env.arg("m"), env.arg("m.sig"));
+    env.unlocked(
+        &[
+            "sign",
+            "--key",
+            "msgs",
+            "--audience",
+            "bank",
+            "-i",
+            &msg,
+            "-o",
+            &sig,
+        ],
+        b"",
+    )
+    .ok();
+    let verify = [
+        "verify",
+        "--signature",
+        &sig,
+        "--audience",
+        "bank",
+        "-i",
+        &msg,
+    ];
+
+    // The first verification accepts the message and says the freshness
+    // window and the replay counter were checked.
+    let first = env.keyward(&verify).ok().out();
+    assert!(
+        first.starts_with("good signature by key msgs version 1 "),
+        "{first}"
+    );
+    assert!(
+        first.trim_end().ends_with("; fresh, not seen before"),
+        "{first}"
+    );
+
+    // The same signature again is a replay: refused, exit 5, every time.
+    for _ in 0..2 {
+        env.keyward(&verify).fails_with(5).diagnosis(
+            "replayed message: counter 1 was already accepted",
+            "this signed message was already accepted once; ask for a fresh one",
+        );
+    }
+
+    // An archived signature is verified on request, and the output says
+    // what was not checked.
+    let mut archived = verify.to_vec();
+    archived.push("--archived");
+    let out = env.keyward(&archived).ok().out();
+    assert!(
+        out.trim_end()
+            .ends_with("; freshness and replay not checked (--archived)"),
+        "{out}"
+    );
+    archived.push("--json");
+    let json = env.keyward(&archived).ok().json();
+    assert_eq!(json["freshness_checked"], false);
+    assert_eq!(json["counter"], 1);
+
+    // A forged message is refused with or without --archived.
+    std::fs::write(env.path("m"), b"pay 1000 to mallory").expect("write");
+    env.keyward(&archived[..archived.len() - 1]).fails_with(5);
+
+    // The refusals and the acceptance are in a log that still verifies.
+    env.keyward(&["audit", "verify"]).ok();
+}
+
+#[test]
 fn purposes_do_not_mix() {
     let env = Env::ready();
     env.unlocked(&["key", "create", "msgs", "--purpose", "sign"], b"")

@@ -173,16 +173,31 @@ pub(super) fn verify(ctx: &Ctx<'_>, args: &VerifyArgs) -> Result<(), Failure> {
             message: Bytes::copy_of(&head),
             signature: Bytes::copy_of(&signature),
             audience: args.audience.clone(),
-            fresh: false,
+            fresh: !args.archived,
         })?)?,
         _ => {
             let mut service = ctx.open()?;
             let mut input = Cursor::new(head).chain(input);
-            ctx.check(service.verify(&args.audience, &signature, &mut input))?
+            let verified = if args.archived {
+                service.verify(&args.audience, &signature, &mut input)
+            } else {
+                service.verify_fresh(&args.audience, &signature, &mut input)
+            };
+            ctx.check(verified)?
         }
     };
+    // Say which checks ran: an archived verification proves who signed,
+    // not that the message is new.
+    let freshness = if args.archived {
+        "freshness and replay not checked (--archived)"
+    } else {
+        "fresh, not seen before"
+    };
     if ctx.json() {
-        return print_json(&verified);
+        return print_json(&VerifyOutput {
+            verified: &verified,
+            freshness_checked: !args.archived,
+        });
     }
     #[expect(
         clippy::cast_possible_wrap,
@@ -190,9 +205,18 @@ pub(super) fn verify(ctx: &Ctx<'_>, args: &VerifyArgs) -> Result<(), Failure> {
     )]
     let when = format_time(verified.timestamp as i64);
     print(&format!(
-        "good signature by key {} version {} (signed {when}, counter {}, audience {:?})\n",
+        "good signature by key {} version {} (signed {when}, counter {}, audience {:?}); {freshness}\n",
         verified.key, verified.version, verified.counter, verified.audience
     ))
+}
+
+/// What `keyward verify --json` prints: the verified header, and whether
+/// the freshness window and the replay counter were checked.
+#[derive(serde::Serialize)]
+struct VerifyOutput<'a> {
+    #[serde(flatten)]
+    verified: &'a Verified,
+    freshness_checked: bool,
 }
 
 /// Reads a signature file, refusing anything too large to be one.
