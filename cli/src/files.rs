@@ -1,9 +1,13 @@
 //! Data in and out: stdin or a file, stdout or an atomically written file,
 //! and progress on a terminal.
 //!
-//! An output file is written to a temporary file in the same directory,
-//! flushed, fsynced and renamed over the target only when the command
-//! succeeded: a failed decryption never leaves a partial plaintext file. On
+//! An output file is written to an unnamed file in the same directory
+//! (`O_TMPFILE`), fsynced and given its name only when the command
+//! succeeded: a failed decryption never leaves a partial plaintext file, and
+//! neither does a process killed mid-way (SIGKILL, power loss), since the
+//! kernel frees an unnamed file when its last descriptor closes. Where the
+//! filesystem has no `O_TMPFILE`, a named temporary file (0600) is used and
+//! removed on every exit but SIGKILL. On
 //! stdout that guarantee is impossible (bytes already written cannot be
 //! taken back), which docs/CLI.md says; stdout only ever receives
 //! authenticated plaintext chunks.
@@ -77,13 +81,130 @@ pub(crate) enum Output {
     /// Something that is not a regular file (`/dev/null`, a FIFO, a
     /// terminal device): written in place, as there is nothing to rename.
     Device(BufWriter<File>),
-    /// A temporary file renamed to `path` on [`Output::commit`].
+    /// A pending file given the name `path` on [`Output::commit`].
     File {
-        /// The temporary file, deleted on drop unless committed.
-        writer: BufWriter<tempfile::NamedTempFile>,
+        /// The pending file, gone on drop unless committed.
+        writer: BufWriter<Pending>,
         /// Final path.
         path: PathBuf,
     },
+}
+
+/// The file an output is written to until it is committed.
+pub(crate) enum Pending {
+    /// An unnamed file (`O_TMPFILE`) in the target's directory: nothing is
+    /// left on disk if the process dies before the commit.
+    Unnamed(File),
+    /// A named temporary file, for filesystems without `O_TMPFILE`: removed
+    /// on drop, but left behind by SIGKILL.
+    Named(tempfile::NamedTempFile),
+}
+
+impl Pending {
+    /// Creates the pending file in `dir`, mode 0600.
+    fn create(dir: &Path) -> io::Result<Self> {
+        use rustix::fs::{CWD, Mode, OFlags};
+        // The commit names the file through /proc/self/fd; without /proc we
+        // could write it but never link it.
+        if Path::new("/proc/self/fd").is_dir() {
+            match rustix::fs::openat(
+                CWD,
+                dir,
+                OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
+                Mode::RUSR | Mode::WUSR,
+            ) {
+                Ok(fd) => return Ok(Self::Unnamed(File::from(fd))),
+                // open(2): EOPNOTSUPP (and EISDIR or EINVAL on older
+                // kernels) when the filesystem has no O_TMPFILE.
+                Err(e)
+                    if e == rustix::io::Errno::OPNOTSUPP
+                        || e == rustix::io::Errno::ISDIR
+                        || e == rustix::io::Errno::INVAL => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        tempfile::Builder::new()
+            .prefix(".keyward-")
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .map(Self::Named)
+    }
+
+    fn file(&self) -> &File {
+        match self {
+            Self::Unnamed(file) => file,
+            Self::Named(tmp) => tmp.as_file(),
+        }
+    }
+
+    /// Fsyncs the file and gives it the name `path`, replacing what is
+    /// there atomically.
+    fn commit(self, path: &Path) -> io::Result<()> {
+        self.file().sync_all()?;
+        match self {
+            Self::Named(tmp) => tmp.persist(path).map(drop).map_err(|e| e.error),
+            Self::Unnamed(file) => link_unnamed(&file, path),
+        }
+    }
+}
+
+/// Names an unnamed file `path`: linked straight to it when nothing is
+/// there, else linked to a fresh name beside it and renamed over it (link
+/// never replaces). Only a complete, fsynced output ever has a name.
+fn link_unnamed(file: &File, path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+
+    use rustix::fs::{AtFlags, CWD};
+    let source = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let link =
+        |to: &Path| rustix::fs::linkat(CWD, source.as_str(), CWD, to, AtFlags::SYMLINK_FOLLOW);
+    match link(path) {
+        Ok(()) => return Ok(()),
+        Err(e) if e == rustix::io::Errno::EXIST => {}
+        Err(e) => return Err(e.into()),
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    for attempt in 0..16_u32 {
+        let temporary = dir.join(format!(
+            ".keyward-{}-{nanos:08x}-{attempt}.tmp",
+            std::process::id()
+        ));
+        match link(&temporary) {
+            Ok(()) => {
+                return std::fs::rename(&temporary, path).inspect_err(|_| {
+                    let _ = std::fs::remove_file(&temporary);
+                });
+            }
+            Err(e) if e == rustix::io::Errno::EXIST => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        "no free temporary name beside the output",
+    ))
+}
+
+impl Write for Pending {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Unnamed(file) => file.write(buf),
+            Self::Named(tmp) => tmp.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Unnamed(file) => file.flush(),
+            Self::Named(tmp) => tmp.flush(),
+        }
+    }
 }
 
 /// What an output holds, for the terminal check.
@@ -120,17 +241,12 @@ impl Output {
                     Some(d) if !d.as_os_str().is_empty() => d,
                     _ => Path::new("."),
                 };
-                // tempfile creates the file with mode 0600 and O_EXCL.
-                let tmp = tempfile::Builder::new()
-                    .prefix(".keyward-")
-                    .suffix(".tmp")
-                    .tempfile_in(dir)
-                    .map_err(|e| {
-                        Failure::io(
-                            format_args!("cannot create a file in {}", dir.display()),
-                            &e,
-                        )
-                    })?;
+                let tmp = Pending::create(dir).map_err(|e| {
+                    Failure::io(
+                        format_args!("cannot create a file in {}", dir.display()),
+                        &e,
+                    )
+                })?;
                 Ok(Self::File {
                     writer: BufWriter::with_capacity(1 << 16, tmp),
                     path: p.to_path_buf(),
@@ -171,13 +287,10 @@ impl Output {
                 let tmp = writer.into_inner().map_err(|e| {
                     Failure::io(format_args!("cannot write {}", path.display()), e.error())
                 })?;
-                tmp.as_file()
-                    .sync_all()
-                    .map_err(|e| Failure::io(format_args!("cannot sync {}", path.display()), &e))?;
-                tmp.persist(&path).map_err(|e| {
+                tmp.commit(&path).map_err(|e| {
                     Failure::io(
-                        format_args!("cannot rename the output to {}", path.display()),
-                        &e.error,
+                        format_args!("cannot write the output to {}", path.display()),
+                        &e,
                     )
                 })?;
                 sync_parent(&path);
@@ -366,6 +479,13 @@ mod tests {
         let target = dir.path().join("out.bin");
         let mut out = Output::create(Some(&target), Content::Plaintext, false).expect("create");
         out.write_all(b"partial").expect("write");
+        out.flush().expect("flush");
+        // On a filesystem with O_TMPFILE (ext4, tmpfs, xfs, btrfs) the
+        // pending output has no name at all, even while it is written.
+        if matches!(&out, Output::File { writer, .. } if matches!(writer.get_ref(), Pending::Unnamed(_)))
+        {
+            assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0);
+        }
         drop(out);
         assert!(!target.exists());
         assert_eq!(
