@@ -163,7 +163,9 @@ fn secret_from_bytes(bytes: &[u8]) -> Option<SecretString> {
 /// Reads up to the first newline, one byte at a time so that nothing past
 /// the line is consumed from a shared descriptor.
 fn read_line(reader: &mut dyn Read) -> io::Result<Zeroizing<Vec<u8>>> {
-    let mut line = Zeroizing::new(Vec::with_capacity(128));
+    // Room for the longest line we accept, so the Vec never reallocates
+    // (which would free a copy of the secret without zeroizing it).
+    let mut line = Zeroizing::new(Vec::with_capacity(MAX_SECRET_LEN + 1));
     let mut byte = [0u8; 1];
     loop {
         match reader.read(&mut byte) {

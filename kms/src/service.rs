@@ -41,7 +41,10 @@ mod usage;
 mod test_support;
 
 pub use data::{DataKey, Decrypted, Rewrapped};
-pub use keys::{DEFAULT_USAGE_LIMIT, HARD_USAGE_LIMIT, KeyInfo, KeySpec, Rotated, VersionInfo};
+pub use keys::{
+    DEFAULT_USAGE_LIMIT, HARD_USAGE_LIMIT, KeyInfo, KeySpec, MAX_ROTATION_PERIOD, Rotated,
+    VersionInfo,
+};
 pub use protectors::{ProtectorInfo, mk_wrap_aad};
 pub use signing::{FRESHNESS_WINDOW, PublicKeyExport, Verified};
 pub use stream::StreamSummary;

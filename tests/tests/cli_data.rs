@@ -515,6 +515,35 @@ fn verify_refuses_a_replay_unless_archived() {
 }
 
 #[test]
+fn rotation_period_beyond_100_years_is_a_usage_error() {
+    let env = Env::ready();
+    let run = env
+        .unlocked(
+            &[
+                "key",
+                "create",
+                "k",
+                "--rotation-period",
+                "18446744073709551615",
+            ],
+            b"",
+        )
+        .fails_with(2);
+    assert!(
+        run.stderr.starts_with(
+            "error: invalid argument: rotation period must be at most 100 years (3153600000 s)"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("disk"), "{}", run.stderr);
+    // Nothing was created, and 100 years is accepted.
+    env.keyward(&["key", "show", "k"]).fails_with(4);
+    env.unlocked(&["key", "create", "k", "--rotation-period", "5200w"], b"")
+        .ok();
+}
+
+#[test]
 fn purposes_do_not_mix() {
     let env = Env::ready();
     env.unlocked(&["key", "create", "msgs", "--purpose", "sign"], b"")

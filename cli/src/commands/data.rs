@@ -273,13 +273,9 @@ const DAEMON_MAX_INPUT: usize = 700 * 1024;
 /// Reads up to [`DAEMON_MAX_INPUT`] bytes; `true` if that was all of the
 /// input. The bytes are zeroized when dropped (they may be plaintext).
 fn read_head(input: &mut Input) -> Result<(Zeroizing<Vec<u8>>, bool), Failure> {
-    let mut head = Zeroizing::new(Vec::with_capacity(
-        input
-            .len()
-            .and_then(|n| usize::try_from(n).ok())
-            .unwrap_or(64 * 1024)
-            .min(DAEMON_MAX_INPUT + 1),
-    ));
+    // The whole limit at once: a Vec that grew would free its earlier
+    // buffers, holding plaintext, without zeroizing them.
+    let mut head = Zeroizing::new(Vec::with_capacity(DAEMON_MAX_INPUT + 1));
     input
         .take(DAEMON_MAX_INPUT as u64 + 1)
         .read_to_end(&mut head)

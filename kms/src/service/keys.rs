@@ -87,6 +87,9 @@ pub(super) struct MemoryKey {
     pub(super) versions: Vec<VersionRow>,
 }
 
+/// The longest rotation period a key may have: 100 years, in seconds.
+pub const MAX_ROTATION_PERIOD: u64 = 100 * 365 * 86_400;
+
 impl Service {
     /// Creates a named key with version 1.
     ///
@@ -101,10 +104,22 @@ impl Service {
                 what: format!("usage limit must be between 1 and 2^32, not {usage_limit}"),
             });
         }
-        if spec.rotation_period == Some(0) {
-            return Err(Error::InvalidArgument {
-                what: "rotation period must be at least one second".into(),
-            });
+        match spec.rotation_period {
+            Some(0) => {
+                return Err(Error::InvalidArgument {
+                    what: "rotation period must be at least one second".into(),
+                });
+            }
+            // SQLite keeps integers as i64: a larger period would reach the
+            // store as a database error, with a misleading remedy.
+            Some(period) if period > MAX_ROTATION_PERIOD => {
+                return Err(Error::InvalidArgument {
+                    what: format!(
+                        "rotation period must be at most 100 years ({MAX_ROTATION_PERIOD} s), not {period} s"
+                    ),
+                });
+            }
+            _ => {}
         }
         let store_id = *self.store.store_id();
         let key = KeyRow {
@@ -424,6 +439,30 @@ pub(super) fn key_info(key: &KeyRow, versions: &[VersionRow]) -> KeyInfo {
 mod tests {
     use super::*;
     use crate::service::test_support::*;
+
+    #[test]
+    fn rotation_period_is_bounded() {
+        let (_fx, mut svc) = fixture();
+        for (period, ok) in [
+            (0, false),
+            (1, true),
+            (MAX_ROTATION_PERIOD, true),
+            (MAX_ROTATION_PERIOD + 1, false),
+            (u64::MAX, false),
+        ] {
+            let mut s = spec(KeyPurpose::Encrypt);
+            s.rotation_period = Some(period);
+            let result = svc.create_key(&name(&format!("k{period}")), &s);
+            if ok {
+                assert_eq!(result.expect("create").rotation_period, Some(period));
+            } else {
+                assert!(
+                    matches!(result, Err(Error::InvalidArgument { .. })),
+                    "{period}: {result:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn key_lifecycle_rotate_and_retire() {
