@@ -328,38 +328,18 @@ pub(super) fn ec_key(session: &Session, uri: &Uri, label: &str) -> Res<(Enrolled
         }
     }
     let (id, label) = new_key_id_and_label(uri, label)?;
-    let public_template = [
-        Attribute::Token(true),
-        Attribute::Private(false),
-        Attribute::Verify(true),
-        Attribute::EcParams(P256_PARAMS.to_vec()),
-        Attribute::Id(id.clone()),
-        Attribute::Label(label.as_bytes().to_vec()),
-    ];
-    let private_template = [
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Derive(true),
-        Attribute::Sign(true),
-        Attribute::Id(id.clone()),
-        Attribute::Label(label.as_bytes().to_vec()),
-    ];
-    let (public, private) = session
-        .generate_key_pair(
-            &Mechanism::EccKeyPairGen,
-            &public_template,
-            &private_template,
-        )
-        .map_err(|e| {
-            Fail::refused(
-                e,
-                "C_GenerateKeyPair",
-                "P-256 key generation (CKM_EC_KEY_PAIR_GEN)",
-                Instead::AesGcm,
-            )
-        })?;
+    let (public, private) = generate_key_pair(
+        session,
+        &KeyPairSpec {
+            mechanism: Mechanism::EccKeyPairGen,
+            params: &P256_PARAMS,
+            derive: true,
+            id: &id,
+            label: &label,
+            what: "P-256 key generation (CKM_EC_KEY_PAIR_GEN)",
+            instead: Instead::AesGcm,
+        },
+    )?;
     let point = read_ec_point(session, public)?;
     Ok((
         EnrolledKey {
@@ -566,37 +546,18 @@ pub(super) fn ed25519_key(session: &Session, label: &str) -> Res<(SignKey, Vec<O
     } else {
         format!("keyward {label} ed25519")
     };
-    let public_template = [
-        Attribute::Token(true),
-        Attribute::Private(false),
-        Attribute::Verify(true),
-        Attribute::EcParams(ED25519_PARAMS.to_vec()),
-        Attribute::Id(id.clone()),
-        Attribute::Label(label.as_bytes().to_vec()),
-    ];
-    let private_template = [
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Sign(true),
-        Attribute::Id(id.clone()),
-        Attribute::Label(label.as_bytes().to_vec()),
-    ];
-    let (public, private) = session
-        .generate_key_pair(
-            &Mechanism::EccEdwardsKeyPairGen,
-            &public_template,
-            &private_template,
-        )
-        .map_err(|e| {
-            Fail::refused(
-                e,
-                "C_GenerateKeyPair",
-                "Ed25519 key generation (CKM_EC_EDWARDS_KEY_PAIR_GEN)",
-                Instead::NoEd25519,
-            )
-        })?;
+    let (public, private) = generate_key_pair(
+        session,
+        &KeyPairSpec {
+            mechanism: Mechanism::EccEdwardsKeyPairGen,
+            params: &ED25519_PARAMS,
+            derive: false,
+            id: &id,
+            label: &label,
+            what: "Ed25519 key generation (CKM_EC_EDWARDS_KEY_PAIR_GEN)",
+            instead: Instead::NoEd25519,
+        },
+    )?;
     let point = read_public(session, public, PublicForm::Ed25519)?;
     Ok((
         SignKey {
@@ -606,4 +567,53 @@ pub(super) fn ed25519_key(session: &Session, label: &str) -> Res<(SignKey, Vec<O
         },
         vec![public, private],
     ))
+}
+
+/// What [`generate_key_pair`] makes: a token key pair whose private half is
+/// sensitive and never extractable, both halves under one id and label.
+struct KeyPairSpec<'a> {
+    mechanism: Mechanism<'static>,
+    /// DER of the curve (`CKA_EC_PARAMS`).
+    params: &'static [u8],
+    /// The private key may derive (ECDH), besides signing.
+    derive: bool,
+    id: &'a [u8],
+    label: &'a str,
+    /// The mechanism as the "not supported" error names it.
+    what: &'static str,
+    /// What to use instead when the token refuses the mechanism.
+    instead: Instead,
+}
+
+/// Generates the key pair `spec` describes; returns the public and the
+/// private handle.
+fn generate_key_pair(
+    session: &Session,
+    spec: &KeyPairSpec<'_>,
+) -> Res<(ObjectHandle, ObjectHandle)> {
+    let public_template = [
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::Verify(true),
+        Attribute::EcParams(spec.params.to_vec()),
+        Attribute::Id(spec.id.to_vec()),
+        Attribute::Label(spec.label.as_bytes().to_vec()),
+    ];
+    let mut private_template = vec![
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+    ];
+    if spec.derive {
+        private_template.push(Attribute::Derive(true));
+    }
+    private_template.extend([
+        Attribute::Sign(true),
+        Attribute::Id(spec.id.to_vec()),
+        Attribute::Label(spec.label.as_bytes().to_vec()),
+    ]);
+    session
+        .generate_key_pair(&spec.mechanism, &public_template, &private_template)
+        .map_err(|e| Fail::refused(e, "C_GenerateKeyPair", spec.what, spec.instead))
 }
