@@ -546,7 +546,7 @@ impl backend::Backend for Backend {
     }
 
     fn sign(&self, enrollment: &Enrollment, msg: &[u8], ui: &dyn Callbacks) -> Result<Signature> {
-        check_kind(enrollment)?;
+        enrollment.check_kind(KIND)?;
         let params = Params::from_json(&enrollment.params)?;
         let tcti = self.tcti_for(None, Some(&params.tcti));
         let auth = self.checks_and_pin(&params, &tcti, ui)?;
@@ -558,7 +558,7 @@ impl backend::Backend for Backend {
     }
 
     fn health(&self, enrollment: &Enrollment) -> Result<Health> {
-        check_kind(enrollment)?;
+        enrollment.check_kind(KIND)?;
         let params = Params::from_json(&enrollment.params)?;
         let tcti = self.tcti_for(None, Some(&params.tcti));
         let result = self.with_tpm(&tcti, |scope| {
@@ -631,10 +631,6 @@ fn connect(tcti: &str) -> Result<Context> {
         tracing::warn!(%tcti, rc = %rc::show(&err), "cannot open the TPM");
         not_found(tcti)
     })
-}
-
-fn check_kind(enrollment: &Enrollment) -> Result<()> {
-    enrollment.check_kind(KIND)
 }
 
 #[cfg(test)]

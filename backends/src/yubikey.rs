@@ -90,8 +90,8 @@ use keyward_kms::secret::{Secret32, SecretString, random_bytes};
 use keyward_kms::{Error, Result};
 
 use card::{
-    Session, check_kind, check_pin_format, description, find, join, missing_new, not_found,
-    not_protected, parse_serial, release, scan, verify,
+    Session, check_pin_format, description, find, join, missing_new, not_found, not_protected,
+    parse_serial, release, scan, verify,
 };
 pub use descriptor::{Params, Pin, Touch};
 use descriptor::{pin_policy, retired_slots, slot_id, touch_policy};
@@ -518,7 +518,7 @@ impl backend::Backend for Backend {
     }
 
     fn sign(&self, enrollment: &Enrollment, msg: &[u8], ui: &dyn Callbacks) -> Result<Signature> {
-        check_kind(enrollment)?;
+        enrollment.check_kind(KIND)?;
         let params = Params::from_json(&enrollment.params)?;
         let vk =
             p256::ecdsa::VerifyingKey::from_sec1_bytes(&enrollment.public_key).map_err(|_| {
@@ -547,7 +547,7 @@ impl backend::Backend for Backend {
     }
 
     fn health(&self, enrollment: &Enrollment) -> Result<Health> {
-        check_kind(enrollment)?;
+        enrollment.check_kind(KIND)?;
         let params = Params::from_json(&enrollment.params)?;
         let (mut s, retries) = match self.start(params.serial) {
             Ok(x) => x,

@@ -49,10 +49,6 @@ pub(super) fn description(params: &Params) -> String {
     format!("YubiKey {} slot {}", params.serial, params.slot)
 }
 
-pub(super) fn check_kind(enrollment: &Enrollment) -> Result<()> {
-    enrollment.check_kind(KIND)
-}
-
 pub(super) fn parse_serial(text: &str) -> Result<u32> {
     let t = text.trim();
     let t = t.strip_prefix("yubikey:").unwrap_or(t);
